@@ -1,0 +1,237 @@
+"""One documented configuration whose defaults are the paper's setting.
+
+Presets (``picie_lib/presets/*.yaml``) are plain parameter files listing only what they change;
+the CLI, the library and papermill all read them. An unknown key is an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+LOSSES = ("ce", "focal", "ib_focal")
+BALANCES = ("picie", "inverse", "none")
+KMEANS_BACKENDS = ("auto", "faiss", "torch")
+
+
+@dataclass
+class Config:
+    # --- data ---------------------------------------------------------------------------------
+    dataset: str = "synthetic"
+    """Data set: "synthetic" (built in, generated from the seed)."""
+    data_root: str | None = None
+    """Root folder of an on-disk data set (unused by "synthetic")."""
+    image_size: int = 96
+    """Synthetic: side of the generated images (the base resolution the views are cut from)."""
+    n_train: int = 400
+    """Synthetic: number of training images."""
+    n_val: int = 100
+    """Synthetic: number of validation images."""
+    data_seed: int = 0
+    """Synthetic: seed of the generated scenes (fixed across training seeds)."""
+    res: int = 320
+    """Network input side for both views (PiCIE --res1) and the evaluation crop (--res)."""
+
+    # --- model --------------------------------------------------------------------------------
+    pretrained: str | None = None
+    """Backbone weights: null (random), "imagenet" (torchvision, needs internet) or a state-dict path."""
+
+    # --- clustering (picie.md section 2) --------------------------------------------------------
+    n_clusters: int = 27
+    """K: clusters per k-means (PiCIE K_train = K_test = 27)."""
+    kmeans_init_batches: int = 20
+    """Batches whose pixels seed the k-means fit before the running-mean updates (KM_INIT)."""
+    kmeans_iters: int = 20
+    """Lloyd iterations of that initial fit (KM_ITER)."""
+    kmeans_backend: str = "auto"
+    """"auto" (faiss when importable, torch on a GPU that faiss cannot use), "faiss" or "torch"."""
+    kmeans_max_init_points: int | None = None
+    """Cap on the pixels of the initial fit (subsampled uniformly); null = all pixels, as PiCIE."""
+    batch_size_cluster: int = 256
+    """Images per batch in the clustering and labelling passes."""
+
+    # --- training (design section 3) ------------------------------------------------------------
+    loss: str = "ce"
+    """"ce" (PiCIE), "focal" (method 1) or "ib_focal" (method 2: CE, then IB-Focal)."""
+    epochs_ce: int = 10
+    """Epochs of the CE baseline (PiCIE: 10)."""
+    epochs_focal: int = 15
+    """Epochs of method 1 (paper: 15)."""
+    epochs_ib_focal: int = 20
+    """Epochs of method 2, both phases (paper: 20)."""
+    batch_size_train: int = 256
+    """Images per training batch (paper: 256; PiCIE's script: 128)."""
+    lr: float = 1e-4
+    """Adam learning rate, constant (PiCIE on COCO)."""
+    balance: str = "picie"
+    """Class weights of CE and Focal: "picie" (counts/sum, as the original), "inverse" or "none"."""
+    ib_balance: str = "inverse"
+    """Class weights of the IB-Focal phase (IB authors: inverse frequency summing to K)."""
+    gamma: float = 2.0
+    """Focal exponent (paper: 2)."""
+    ib_alpha: float = 1000.0
+    """IB scale alpha (IB authors' training scripts: 1000)."""
+    ib_eps: float = 1e-3
+    """IB epsilon (IB authors: 1e-3)."""
+    ib_detach: bool = False
+    """Detach the IB factor (treat it as a weight). False = the IB authors' code."""
+    temperature: float = 1.0
+    """Logits are f.c / temperature; 1.0 is PiCIE (bounded cosine logits)."""
+    switch: str | int = "min_loss"
+    """IB-Focal switch: "min_loss" (at the CE minimum, capped at half the epochs) or the number of CE epochs."""
+
+    # --- views (design section 3, picie.md section 4) ---------------------------------------------
+    brightness: tuple[float, float] = (0.7, 1.3)
+    contrast: tuple[float, float] = (0.7, 1.3)
+    saturation: tuple[float, float] = (0.7, 1.3)
+    hue: tuple[float, float] = (-0.1, 0.1)
+    p_jitter: float = 0.8
+    """Probability of each of brightness, contrast, saturation and hue, drawn independently."""
+    p_blur: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Gaussian blur sigma range, in pixels of the base image."""
+    p_grayscale: float = 0.2
+    min_scale: float = 0.5
+    """Smallest crop side, as a fraction of the image side."""
+    p_flip: float = 0.5
+
+    # --- runtime ------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of the model initialisation, the views, the k-means and the batch order."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds run by `compare`."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda"."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    channels_last: bool = True
+    """Channels-last memory format (same numbers, faster convolutions)."""
+    amp: bool = False
+    """bfloat16 autocast for the network (losses stay float32). Off = exact float32."""
+    eval_batch_size: int = 64
+    """Images per batch at evaluation."""
+    probe_epochs: int = 20
+    """Epochs of the supervised linear probe (the ceiling reference in `compare`)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def one_of(name: str, allowed: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+
+        one_of("loss", LOSSES)
+        one_of("balance", BALANCES)
+        one_of("ib_balance", BALANCES)
+        one_of("kmeans_backend", KMEANS_BACKENDS)
+        one_of("dataset", ("synthetic",))
+        for name in (
+            "image_size",
+            "n_train",
+            "n_val",
+            "res",
+            "n_clusters",
+            "kmeans_init_batches",
+            "kmeans_iters",
+            "batch_size_cluster",
+            "batch_size_train",
+            "eval_batch_size",
+        ):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        for name in ("epochs_ce", "epochs_focal", "epochs_ib_focal", "num_workers", "probe_epochs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 0")
+        if self.res % 32:
+            raise ValueError(f"res={self.res}: expected a multiple of 32 (the backbone's stride)")
+        if not (self.temperature > 0 and self.lr > 0 and self.ib_alpha > 0 and self.ib_eps > 0):
+            raise ValueError("temperature, lr, ib_alpha and ib_eps must be positive")
+        if self.switch != "min_loss" and not (isinstance(self.switch, int) and self.switch >= 0):
+            raise ValueError(f"switch={self.switch!r}: expected 'min_loss' or a number of CE epochs >= 0")
+        if not 0 < self.min_scale <= 1:
+            raise ValueError(f"min_scale={self.min_scale}: expected a fraction in (0, 1]")
+        for name in ("brightness", "contrast", "saturation", "hue", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}={[lo, hi]}: expected [low, high] with low <= high")
+
+    def epochs_for(self, loss: str | None = None) -> int:
+        """Epochs of a method, in the paper's 10 : 15 : 20 proportions as the preset scales them."""
+        return getattr(self, f"epochs_{loss or self.loss}")
+
+    def replace(self, **changes: Any) -> Config:
+        return from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+_TUPLE_FIELDS = {f.name for f in fields(Config) if str(f.type).startswith("tuple")}
+_FLOAT_FIELDS = {f.name for f in fields(Config) if f.type == "float"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key in _TUPLE_FIELDS and isinstance(value, list):
+        return tuple(float(v) for v in value)
+    if key in _FLOAT_FIELDS and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            raise ValueError(f"{key}={value!r}: expected a number") from None
+    return value
+
+
+def from_dict(values: dict[str, Any], source: str = "parameters") -> Config:
+    """Build a Config, naming the unknown keys and the source they came from."""
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def preset_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise ValueError(f"preset {name!r}: expected one of {available} or the path of a .yaml file")
+    return path
+
+
+def load_preset(name: str, **overrides: Any) -> Config:
+    """Paper defaults, then the preset's keys, then ``overrides``."""
+    path = preset_path(name)
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values")
+    return from_dict({**values, **overrides}, source=str(path))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (``lr=3e-4``, ``switch=5``, ``pretrained=null``)."""
+    if "=" not in text:
+        raise ValueError(f"-p {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from picie_lib.runs import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def load_config(path: Path) -> Config:
+    return from_dict(json.loads(Path(path).read_text()), source=str(path))
