@@ -1,0 +1,59 @@
+"""The dataset interface every data source implements, and its two modes.
+
+A source only says how to load image ``i`` at its base resolution (and its label map, if any).
+``SceneDataset`` turns that into PiCIE's two training views (``mode="train"``) or into an
+evaluation pair (``mode="eval"``: shorter side to ``res``, centre crop).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from picie_lib.transforms import ViewParams, center_crop_resize, make_views, normalize
+
+IGNORE_INDEX = -1
+
+
+class SceneDataset(Dataset):
+    """Base class. Subclasses set ``class_names``, ``thing_classes``, ``stuff_classes`` and
+    implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``.
+
+    ``mode="train"`` items are ``(index, view1, view2)`` (float (3, res, res), normalised) and
+    need ``set_view_params`` once per epoch; ``mode="eval"`` items are ``(index, image, label)``.
+    """
+
+    class_names: tuple[str, ...] = ()
+    thing_classes: tuple[int, ...] = ()
+    stuff_classes: tuple[int, ...] = ()
+
+    def __init__(self, mode: str, res: int) -> None:
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode={mode!r}: expected 'train' or 'eval'")
+        self.mode, self.res = mode, res
+        self.view_params: ViewParams | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def set_view_params(self, params: ViewParams) -> None:
+        if len(params) != len(self):
+            raise ValueError(f"view parameters for {len(params)} images, dataset has {len(self)}")
+        self.view_params = params
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        image = image.float() / 255
+        if self.mode == "train":
+            if self.view_params is None:
+                raise RuntimeError("train mode needs set_view_params() for the epoch before loading")
+            view1, view2 = make_views(image, self.view_params, index, self.res)
+            return index, view1, view2
+        if label is None:
+            label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+        image, label = center_crop_resize(image, label, self.res)
+        return index, normalize(image), label
