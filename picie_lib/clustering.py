@@ -1,0 +1,199 @@
+"""PiCIE's mini-batch k-means (``commons.py::run_mini_batch_kmeans``, picie.md section 2).
+
+The first ``init_batches`` batches of pixel features are clustered with Lloyd's k-means
+(faiss, on a GPU index when faiss sees a GPU; or the pure-torch ``lloyd_kmeans``). Every later
+batch is assigned to its nearest centroid and each centroid moves to the running mean of all
+the pixels it has been given: ``count_k += n_k``, ``c_k <- (1 - n_k / count_k) c_k + n_k / count_k
+mean_k``. Centroids are never re-normalised, as in the original.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    import faiss
+except ImportError:  # the torch implementation takes over
+    faiss = None
+
+ASSIGN_CHUNK = 1 << 18  # pixels per distance block, to bound memory on large batches
+
+
+def faiss_gpu_count() -> int:
+    return faiss.get_num_gpus() if faiss is not None else 0
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """ "auto": faiss on its GPU if it has one; torch on a CUDA device faiss cannot use; else faiss
+    on the CPU; torch everywhere faiss is missing."""
+    if backend == "faiss" and faiss is None:
+        raise ImportError("kmeans_backend='faiss' but faiss is not installed (pip install faiss-gpu)")
+    if backend != "auto":
+        return backend
+    if faiss is None:
+        return "torch"
+    if torch.device(device).type == "cuda" and faiss_gpu_count() == 0:
+        return "torch"
+    return "faiss"
+
+
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index and squared L2 distance of each row of ``x`` (N, D) to its nearest centroid (K, D)."""
+    c = centroids.to(x.dtype)
+    c_sq = (c * c).sum(1)
+    index, dist = [], []
+    for chunk in x.split(ASSIGN_CHUNK):
+        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; the argmin ignores ||x||^2 (as PiCIE's labelling).
+        score = chunk @ c.T * 2 - c_sq
+        best, idx = score.max(dim=1)
+        index.append(idx)
+        dist.append(((chunk * chunk).sum(1) - best).clamp_min(0))
+    return torch.cat(index), torch.cat(dist)
+
+
+def lloyd_kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None) -> torch.Tensor:
+    """Lloyd's k-means in torch, on ``x``'s device, following faiss's ``Clustering``.
+
+    Initial centroids are ``k`` distinct points drawn at random (faiss's default). After each
+    assignment a centroid is the mean of its points; an empty cluster takes over half of the
+    largest one: a copy of that centroid nudged by a small relative perturbation, the two moving
+    apart symmetrically (faiss's ``split_clusters`` rule, with the largest cluster chosen instead
+    of a random one so that the result does not depend on a second random stream).
+    ``init`` (k, D) replaces the random start.
+    """
+    n, d = x.shape
+    if n < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {n}")
+    if init is not None:
+        centroids = init.to(x.device, x.dtype).clone()
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        centroids = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
+    for _ in range(n_iter):
+        assign, _ = nearest_centroid(x, centroids)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        nonempty = counts > 0
+        centroids[nonempty] = sums[nonempty] / counts[nonempty, None].to(x.dtype)
+        for empty in torch.nonzero(~nonempty).flatten().tolist():
+            big = int(counts.argmax())
+            eps = 1.0 / 1024
+            sign = torch.ones(d, device=x.device, dtype=x.dtype)
+            sign[1::2] = -1
+            centroids[empty] = centroids[big] * (1 + sign * eps)
+            centroids[big] = centroids[big] * (1 - sign * eps)
+            counts[empty] = counts[big] // 2
+            counts[big] -= counts[empty]
+    return centroids
+
+
+def faiss_kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None) -> torch.Tensor:
+    """faiss's ``Clustering`` with PiCIE's settings (no subsampling), on a GPU index when it has one.
+    ``init`` (k, D) replaces faiss's random start."""
+    data = np.ascontiguousarray(x.detach().float().cpu().numpy())
+    d = data.shape[1]
+    clus = faiss.Clustering(d, k)
+    clus.niter = n_iter
+    clus.seed = int(seed)
+    clus.max_points_per_centroid = 10_000_000  # as PiCIE: use every point
+    clus.min_points_per_centroid = 1  # no warning on small fits
+    clus.verbose = False
+    if init is not None:
+        faiss.copy_array_to_vector(np.ascontiguousarray(init.detach().float().cpu().numpy()).ravel(), clus.centroids)
+    if faiss_gpu_count() > 0:
+        res = faiss.StandardGpuResources()
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.device = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        index = faiss.GpuIndexFlatL2(res, d, cfg)
+    else:
+        index = faiss.IndexFlatL2(d)
+    clus.train(data, index)
+    centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, d)
+    return torch.from_numpy(centroids.copy()).to(x.device)
+
+
+def kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, backend: str = "auto") -> torch.Tensor:
+    """Centroids (k, D) of ``x`` (N, D) by Lloyd's algorithm, with faiss or torch."""
+    if resolve_backend(backend, x.device) == "faiss":
+        return faiss_kmeans(x, k, n_iter, seed)
+    return lloyd_kmeans(x.float(), k, n_iter, seed)
+
+
+class MiniBatchKMeans:
+    """PiCIE's k-means over a stream of batches: ``update(x)`` per batch, then ``finish()``.
+
+    ``x`` is (N, D) pixel features (already L2-normalised). The first ``init_batches`` batches are
+    kept and clustered together; later batches refine the centroids by running means. With
+    ``max_init_points`` set, each kept batch is subsampled uniformly so that the initial fit
+    holds at most that many points (bounded memory; PiCIE keeps them all).
+    """
+
+    def __init__(
+        self,
+        k: int,
+        init_batches: int,
+        n_iter: int,
+        seed: int,
+        backend: str = "auto",
+        max_init_points: int | None = None,
+    ) -> None:
+        self.k, self.init_batches, self.n_iter, self.seed = k, init_batches, n_iter, seed
+        self.backend, self.max_init_points = backend, max_init_points
+        self.centroids: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+        self._kept: list[torch.Tensor] = []
+        self._gen = torch.Generator().manual_seed(int(seed))
+        self.inertia_sum, self.n_points = 0.0, 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if self.centroids is None:
+            if self.max_init_points is not None:
+                per_batch = max(1, self.max_init_points // self.init_batches)
+                if len(x) > per_batch:
+                    x = x[torch.randperm(len(x), generator=self._gen)[:per_batch].to(x.device)]
+            self._kept.append(x)
+            if len(self._kept) == self.init_batches:
+                self._fit_initial()
+            return
+        assign, dist = nearest_centroid(x, self.centroids)
+        self._record(assign, dist)
+        batch_counts = torch.bincount(assign, minlength=self.k).to(self.counts.dtype)
+        sums = torch.zeros_like(self.centroids).index_add_(0, assign, x)
+        hit = batch_counts > 0
+        self.counts += batch_counts
+        rate = (batch_counts[hit] / self.counts[hit]).float()[:, None]
+        self.centroids[hit] = (1 - rate) * self.centroids[hit] + rate * sums[hit] / batch_counts[hit, None].float()
+
+    def _fit_initial(self) -> None:
+        data = torch.cat(self._kept)
+        self._kept = []
+        self.centroids = kmeans(data, self.k, self.n_iter, self.seed, self.backend).float().to(data.device)
+        assign, dist = nearest_centroid(data, self.centroids)
+        self._record(assign, dist)
+        self.counts = torch.bincount(assign, minlength=self.k).double()
+
+    def _record(self, assign: torch.Tensor, dist: torch.Tensor) -> None:
+        self.inertia_sum += float(dist.double().sum())
+        self.n_points += len(dist)
+
+    def finish(self) -> torch.Tensor:
+        """The centroids (K, D); fits on what was kept when there were fewer batches than ``init_batches``."""
+        if self.centroids is None:
+            if not self._kept:
+                raise ValueError("MiniBatchKMeans.finish() before any update()")
+            self._fit_initial()
+        return self.centroids
+
+    @property
+    def mean_distance(self) -> float:
+        """Mean squared distance of the pixels to their centroid at assignment (PiCIE's k-means loss)."""
+        return self.inertia_sum / max(1, self.n_points)
+
+
+def assign_labels(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid labels of a feature map (B, D, h, w) -> (B, h, w) (PiCIE's labelling)."""
+    b, d, h, w = features.shape
+    flat = features.permute(0, 2, 3, 1).reshape(-1, d)
+    return nearest_centroid(flat, centroids)[0].view(b, h, w)

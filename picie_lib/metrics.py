@@ -1,0 +1,190 @@
+"""Evaluation metrics: the confusion matrix, Hungarian matching, All / Thing / Stuff scores,
+and over-segmentation measures (design section 3, "Evaluation").
+
+Rows of a confusion matrix are ground-truth classes and columns clusters. Two Thing/Stuff
+protocols are offered, and named wherever they are reported:
+
+- **subset** (the paper's tables, "the other group ignored"): keep the pixels whose ground
+  truth is in the group, match the group's classes to the clusters, score the group.
+- **global**: the All matching, with the scores restricted to the group's classes.
+
+PiCIE's own code slices the reordered matrix by cluster index (``[:12, :12]``), which mixes
+classes; neither protocol does that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def confusion_matrix(pred, target, num_classes: int, num_clusters: int) -> np.ndarray:
+    """Counts (num_classes, num_clusters), int64: rows = ground truth, columns = prediction.
+
+    ``pred`` and ``target`` are integer arrays or tensors of the same shape; target -1 is ignored.
+    """
+    pred, target = _as_tensor(pred).reshape(-1).long(), _as_tensor(target).reshape(-1).long()
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has {pred.numel()} elements, target {target.numel()}")
+    keep = target >= 0
+    pred, target = pred[keep], target[keep]
+    if len(target) and (int(target.max()) >= num_classes):
+        raise ValueError(f"target holds class {int(target.max())}, expected 0..{num_classes - 1} or -1")
+    if len(pred) and (int(pred.min()) < 0 or int(pred.max()) >= num_clusters):
+        raise ValueError(f"pred holds {int(pred.min())}..{int(pred.max())}, expected 0..{num_clusters - 1}")
+    counts = torch.bincount(target * num_clusters + pred, minlength=num_classes * num_clusters)
+    return counts.view(num_classes, num_clusters).cpu().numpy().astype(np.int64)
+
+
+class ConfusionMatrix:
+    """Accumulates a confusion matrix batch by batch (``update``), on the predictions' device."""
+
+    def __init__(self, num_classes: int, num_clusters: int) -> None:
+        self.num_classes, self.num_clusters = num_classes, num_clusters
+        self.matrix = np.zeros((num_classes, num_clusters), dtype=np.int64)
+
+    def update(self, pred, target) -> None:
+        self.matrix += confusion_matrix(pred, target, self.num_classes, self.num_clusters)
+
+
+def hungarian(confusion: np.ndarray) -> np.ndarray:
+    """Cluster matched to each row (class) maximising matched pixels; -1 for a row left unmatched
+    (only when there are more rows than clusters)."""
+    rows, cols = linear_sum_assignment(confusion, maximize=True)
+    assignment = np.full(confusion.shape[0], -1, dtype=np.int64)
+    assignment[rows] = cols
+    return assignment
+
+
+def _iou(confusion: np.ndarray, assignment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True positives and IoU (NaN where a class is absent from both truth and prediction)."""
+    rows = np.arange(len(assignment))
+    matched = assignment >= 0
+    tp = np.zeros(len(assignment), dtype=np.float64)
+    tp[matched] = confusion[rows[matched], assignment[matched]]
+    fn = confusion.sum(1) - tp
+    fp = np.zeros_like(tp)
+    fp[matched] = confusion[:, assignment[matched]].sum(0) - tp[matched]
+    denom = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(denom > 0, tp / denom, np.nan)
+    return tp, iou
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def score(confusion: np.ndarray, classes: Sequence[int] | None = None, match: bool = True) -> dict:
+    """Acc and mIoU in percent, per-class IoU (percent) and the class-to-cluster assignment.
+
+    ``classes`` selects a ground-truth subset (the subset protocol): only its rows count, and its
+    classes are matched to the clusters on their own. ``match=False`` takes class i = cluster i
+    (a supervised prediction). mIoU leaves out classes absent from truth and prediction.
+    """
+    confusion = np.asarray(confusion)
+    classes = np.arange(confusion.shape[0]) if classes is None else np.asarray(list(classes), dtype=np.int64)
+    sub = confusion[classes].astype(np.float64)
+    assignment = hungarian(sub) if match else classes.copy()
+    tp, iou = _iou(sub, assignment)
+    total = sub.sum()
+    return {
+        "acc": float(100 * tp.sum() / total) if total > 0 else math.nan,
+        "miou": 100 * _mean(iou),
+        "iou": 100 * iou,
+        "assignment": assignment,
+        "classes": classes,
+    }
+
+
+def group_scores(
+    confusion: np.ndarray, thing_classes: Sequence[int], stuff_classes: Sequence[int], match: bool = True
+) -> dict[str, float]:
+    """The six numbers of the paper's Table 2 (subset protocol) and their global-protocol twins.
+
+    Keys: ``acc_all, miou_all, acc_thing, miou_thing, acc_stuff, miou_stuff`` (subset) and
+    ``global_acc_thing, global_miou_thing, global_acc_stuff, global_miou_stuff``.
+    """
+    confusion = np.asarray(confusion)
+    all_scores = score(confusion, match=match)
+    out = {"acc_all": all_scores["acc"], "miou_all": all_scores["miou"]}
+    for name, group in (("thing", thing_classes), ("stuff", stuff_classes)):
+        group = np.asarray(list(group), dtype=np.int64)
+        subset = score(confusion, group, match=match)
+        out[f"acc_{name}"], out[f"miou_{name}"] = subset["acc"], subset["miou"]
+        rows = confusion[group].astype(np.float64)
+        matched = all_scores["assignment"][group]
+        tp = np.where(matched >= 0, rows[np.arange(len(group)), np.maximum(matched, 0)], 0.0)
+        out[f"global_acc_{name}"] = float(100 * tp.sum() / rows.sum()) if rows.sum() > 0 else math.nan
+        out[f"global_miou_{name}"] = _mean(all_scores["iou"][group])
+    return out
+
+
+def over_segmentation(confusion: np.ndarray, share: float = 0.9) -> dict[str, np.ndarray]:
+    """How many clusters each class's pixels spread over (NaN for classes without pixels).
+
+    - ``clusters_for_share``: the fewest clusters holding ``share`` (90%) of the class's pixels;
+    - ``effective_clusters``: exp(entropy) of the class's distribution over clusters (1 = one cluster);
+    - ``top_cluster_share``: the fraction of the class in its most common cluster.
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(1)
+    present = totals > 0
+    p = np.divide(confusion, totals[:, None], out=np.zeros_like(confusion), where=present[:, None])
+    sorted_p = -np.sort(-p, axis=1)
+    needed = (np.cumsum(sorted_p, axis=1) < share - 1e-12).sum(1) + 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(1)
+    nan = np.full(len(totals), np.nan)
+    return {
+        "clusters_for_share": np.where(present, needed, nan),
+        "effective_clusters": np.where(present, np.exp(entropy), nan),
+        "top_cluster_share": np.where(present, sorted_p[:, 0], nan),
+    }
+
+
+class ObjectFragments:
+    """Fragments per object: for each connected region of a class in the ground truth (an
+    "object"), the number of connected pieces the prediction cuts it into, counting pieces of at
+    least ``min_piece`` of the object's area. Averaged per class; 1 = never split.
+    """
+
+    def __init__(self, num_classes: int, min_piece: float = 0.05, min_object_pixels: int = 16) -> None:
+        self.num_classes, self.min_piece, self.min_object_pixels = num_classes, min_piece, min_object_pixels
+        self.fragments = np.zeros(num_classes, dtype=np.float64)
+        self.objects = np.zeros(num_classes, dtype=np.int64)
+
+    def update(self, pred, target) -> None:
+        """One image: ``pred`` and ``target`` (H, W) integer maps, target -1 ignored."""
+        pred, target = np.asarray(pred), np.asarray(target)
+        for cls in np.unique(target):
+            if cls < 0:
+                continue
+            objects, n = ndimage.label(target == cls)
+            for j, box in enumerate(ndimage.find_objects(objects), start=1):
+                mask = objects[box] == j
+                area = int(mask.sum())
+                if area < self.min_object_pixels:
+                    continue
+                inside = pred[box]
+                pieces = 0
+                for cluster in np.unique(inside[mask]):
+                    parts, _ = ndimage.label(mask & (inside == cluster))
+                    sizes = np.bincount(parts.ravel())[1:]
+                    pieces += int((sizes >= self.min_piece * area).sum())
+                self.fragments[cls] += max(pieces, 1)
+                self.objects[cls] += 1
+
+    def per_class(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.objects > 0, self.fragments / np.maximum(self.objects, 1), np.nan)
