@@ -1,0 +1,276 @@
+"""Final evaluation (picie.md section 7, design section 3 "Evaluation").
+
+A fresh k-means (K clusters, PiCIE's mini-batch k-means) on the train split without
+augmentation (shorter side resized, centre crop), then on val: logits of the frozen centroid
+classifier, upsampled bilinearly to the label size, argmax, a confusion matrix, Hungarian
+matching. BatchNorm uses batch statistics, as in training's clustering pass.
+
+The same machinery scores two reference points used to calibrate a data set: k-means on raw
+RGB pixels, and a supervised linear probe on the network's features (the ceiling).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from picie_lib.clustering import MiniBatchKMeans
+from picie_lib.config import Config, load_config
+from picie_lib.data import SceneDataset, build_dataset
+from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, score
+from picie_lib.model import batch_statistics
+from picie_lib.progress import progress
+from picie_lib.runs import atomic_write_text, environment, write_json
+from picie_lib.train import (
+    build_model,
+    derive_seed,
+    load_checkpoint,
+    make_loader,
+    network_features,
+    permutation,
+    resolve_device,
+)
+from picie_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS, STREAM_PROBE = 11, 12, 13
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> features (B, D, h, w)
+
+
+def network_feature_fn(model: torch.nn.Module, cfg: Config) -> FeatureFn:
+    """L2-normalised network features (batch statistics, no gradient)."""
+
+    @torch.no_grad()
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        with batch_statistics(model):
+            return F.normalize(network_features(model, images, cfg), dim=1)
+
+    return extract
+
+
+def rgb_feature_fn(stride: int = 4) -> FeatureFn:
+    """Raw RGB in [0, 1], averaged over stride x stride cells (the network's output grid)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return lambda images: F.avg_pool2d(images * std + mean, stride)
+
+
+def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -> torch.Tensor:
+    """(B, K, h, w) scores whose argmax is the prediction.
+
+    ``"dot"``: f . c_k, PiCIE's frozen classifier (its evaluation rule). ``"nearest"``: the negative
+    squared distance up to a per-pixel constant, 2 f . c_k - ||c_k||^2.
+    """
+    c = centroids.to(features.device, features.dtype)
+    dot = torch.einsum("bdhw,kd->bkhw", features, c)
+    if rule == "dot":
+        return dot
+    if rule == "nearest":
+        return 2 * dot - (c * c).sum(1).view(1, -1, 1, 1)
+    raise ValueError(f"rule={rule!r}: expected 'dot' or 'nearest'")
+
+
+def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int) -> torch.Tensor:
+    """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation)."""
+    km = MiniBatchKMeans(
+        cfg.n_clusters,
+        cfg.kmeans_init_batches,
+        cfg.kmeans_iters,
+        derive_seed(seed, STREAM_EVAL_KMEANS),
+        cfg.kmeans_backend,
+        cfg.kmeans_max_init_points,
+    )
+    order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
+    for _, images, _ in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "eval k-means"):
+        feats = extract(images)
+        km.update(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
+    return km.finish()
+
+
+def predict(
+    extract: FeatureFn,
+    images: torch.Tensor,
+    size: tuple[int, int],
+    centroids=None,
+    rule: str = "dot",
+    head: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Per-pixel predictions (B, H, W) at the label size: logits upsampled bilinearly, argmax."""
+    feats = extract(images)
+    logits = head(feats) if head is not None else cluster_logits(feats, centroids, rule)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+
+
+@torch.no_grad()
+def score_predictions(
+    predict_batch: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
+    dataset: SceneDataset,
+    cfg: Config,
+    num_clusters: int,
+    match: bool = True,
+) -> dict:
+    """Run ``predict_batch`` over the val set; returns scores, per-class tables and the confusion matrix."""
+    confusion = ConfusionMatrix(dataset.n_classes, num_clusters)
+    predictions, targets = [], []
+    order = list(range(len(dataset)))
+    for _, images, labels in progress(make_loader(dataset, order, cfg.eval_batch_size, cfg), "evaluate"):
+        pred = predict_batch(images, tuple(labels.shape[-2:])).cpu()
+        confusion.update(pred, labels)
+        predictions.append(pred)
+        targets.append(labels)
+    return summarise(confusion.matrix, torch.cat(predictions), torch.cat(targets), dataset, match)
+
+
+def summarise(
+    confusion: np.ndarray, predictions: torch.Tensor, targets: torch.Tensor, dataset: SceneDataset, match: bool = True
+) -> dict:
+    """The six numbers (both protocols), per-class IoU and over-segmentation, from one evaluation."""
+    things, stuff = dataset.thing_classes, dataset.stuff_classes
+    scores = group_scores(confusion, things, stuff, match=match)
+    all_scores = score(confusion, match=match)
+    subset_iou = np.full(dataset.n_classes, np.nan)
+    for group in (things, stuff):
+        subset_iou[list(group)] = score(confusion, group, match=match)["iou"]
+    # fragments are counted on the All matching's class map, so that a piece = a predicted class
+    assignment = all_scores["assignment"]
+    cluster_to_class = np.full(confusion.shape[1], -1, dtype=np.int64)
+    cluster_to_class[assignment[assignment >= 0]] = np.nonzero(assignment >= 0)[0]
+    fragments = ObjectFragments(dataset.n_classes)
+    mapped = torch.from_numpy(cluster_to_class)[predictions.long()].numpy()
+    for pred, target in zip(mapped, targets.numpy(), strict=True):
+        fragments.update(pred, target)
+    overseg = over_segmentation(confusion)
+    per_class = []
+    for c, name in enumerate(dataset.class_names):
+        per_class.append(
+            {
+                "class": name,
+                "kind": "thing" if c in things else "stuff",
+                "pixels": int(confusion[c].sum()),
+                "iou_all": float(all_scores["iou"][c]),
+                "iou_subset": float(subset_iou[c]),
+                "cluster": int(assignment[c]),
+                "clusters_for_90pct": float(overseg["clusters_for_share"][c]),
+                "effective_clusters": float(overseg["effective_clusters"][c]),
+                "top_cluster_share": float(overseg["top_cluster_share"][c]),
+                "fragments_per_object": float(fragments.per_class()[c]),
+            }
+        )
+    groups = {}
+    for kind, members in (("thing", things), ("stuff", stuff)):
+        rows = [per_class[c] for c in members]
+        groups[kind] = {
+            key: float(np.nanmean([r[key] for r in rows]))
+            for key in ("clusters_for_90pct", "effective_clusters", "fragments_per_object")
+        }
+    return {"scores": scores, "per_class": per_class, "oversegmentation": groups, "confusion": confusion.tolist()}
+
+
+def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None) -> dict:
+    """PiCIE's final evaluation of ``model``: fresh k-means on train, scored on val."""
+    train_set = train_set or build_dataset(cfg, "train", mode="eval")
+    val_set = val_set or build_dataset(cfg, "val", mode="eval")
+    extract = network_feature_fn(model, cfg)
+    start = time.perf_counter()
+    centroids = fit_centroids(extract, train_set, cfg, cfg.seed)
+    result = score_predictions(
+        lambda x, size: predict(extract, x, size, centroids, "dot"), val_set, cfg, cfg.n_clusters
+    )
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def evaluate_rgb(cfg: Config, train_set=None, val_set=None) -> dict:
+    """Reference: k-means on raw RGB pixels, nearest-centroid prediction."""
+    train_set = train_set or build_dataset(cfg, "train", mode="eval")
+    val_set = val_set or build_dataset(cfg, "val", mode="eval")
+    extract = rgb_feature_fn()
+    start = time.perf_counter()
+    centroids = fit_centroids(extract, train_set, cfg, cfg.seed)
+    result = score_predictions(
+        lambda x, size: predict(extract, x, size, centroids, "nearest"), val_set, cfg, cfg.n_clusters
+    )
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None, lr: float = 1e-2) -> dict:
+    """Reference (the ceiling): a supervised 1x1 linear classifier on the frozen, normalised features.
+
+    Trained with Adam and plain cross-entropy (as STEGO's probe) for ``cfg.probe_epochs`` epochs on
+    the train split, against the label at
+    each feature pixel's centre (the features are computed once); scored on val at the label
+    resolution, without matching (class i = output i).
+    """
+    train_set = train_set or build_dataset(cfg, "train", mode="eval")
+    val_set = val_set or build_dataset(cfg, "val", mode="eval")
+    extract = network_feature_fn(model, cfg)
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    feats, labels = [], []
+    order = list(range(len(train_set)))
+    for _, images, target in progress(make_loader(train_set, order, cfg.eval_batch_size, cfg), "probe features"):
+        f = extract(images)
+        stride = target.shape[-1] // f.shape[-1]
+        feats.append(f.cpu())
+        labels.append(target[:, stride // 2 :: stride, stride // 2 :: stride][:, : f.shape[-2], : f.shape[-1]])
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    torch.manual_seed(derive_seed(cfg.seed, STREAM_PROBE))
+    head = torch.nn.Conv2d(feats.shape[1], train_set.n_classes, kernel_size=1).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    for epoch in progress(range(cfg.probe_epochs), "probe epochs"):
+        shuffle = torch.randperm(len(feats), generator=torch.Generator().manual_seed(epoch))
+        for idx in shuffle.split(cfg.eval_batch_size):
+            loss = F.cross_entropy(head(feats[idx].to(device)), labels[idx].to(device), ignore_index=-1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        result = score_predictions(
+            lambda x, size: predict(extract, x, size, head=head), val_set, cfg, val_set.n_classes, match=False
+        )
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
+    model = build_model(cfg, resolve_device(cfg.device))
+    model.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoint.pt")["model"])
+    return model
+
+
+def per_class_csv(result: dict) -> str:
+    rows = result["per_class"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
+    """metrics.json (everything), per_class.csv and confusion.csv, atomically."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / "metrics.json", {"method": method, "seed": cfg.seed, **result, "environment": environment()})
+    atomic_write_text(out_dir / "per_class.csv", per_class_csv(result))
+    conf = np.asarray(result["confusion"])
+    lines = ["class," + ",".join(f"cluster_{k}" for k in range(conf.shape[1]))]
+    lines += [f"{row['class']}," + ",".join(map(str, conf[c])) for c, row in enumerate(result["per_class"])]
+    atomic_write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
+
+
+def evaluate_run(run_dir: Path) -> dict:
+    """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json; expected the folder of a run made by `train`")
+    cfg = load_config(run_dir / "config.json")
+    result = evaluate_model(load_trained_model(run_dir, cfg), cfg)
+    write_evaluation(run_dir, result, cfg.loss, cfg)
+    return result

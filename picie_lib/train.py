@@ -1,0 +1,416 @@
+"""PiCIE training (``train_picie.py``), with CE, Focal or IB-Focal as the per-pixel loss.
+
+One epoch is three separable passes over the data, all seeing the same per-image views:
+
+1. **clustering**: features of both views (no gradient), one mini-batch k-means per view;
+2. **labelling**: every pixel of both views gets its nearest centroid (kept in memory, not on disk);
+3. **training**: the four loss terms of design section 3 with the centroids as frozen classifiers.
+
+BatchNorm: passes 1 and 2 use the batch's statistics and leave the running ones alone
+(``model.batch_statistics``); pass 3 trains in ``train()`` mode. Passes 1 and 2 visit the same
+batches in the same order, so they see identical features.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from picie_lib.clustering import MiniBatchKMeans, assign_labels
+from picie_lib.config import Config, save_config
+from picie_lib.data import SceneDataset, build_dataset
+from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
+from picie_lib.model import PanopticFPN, batch_statistics
+from picie_lib.progress import progress
+from picie_lib.runs import (
+    Timer,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_text,
+    environment,
+    new_run_dir,
+    read_jsonl,
+    write_json,
+)
+from picie_lib.transforms import crop_flip, draw_view_params
+
+CHECKPOINT_FORMAT = "picie_lib.checkpoint/1"
+# Parameters that change how a run is executed but not what it computes; a resumed run may differ in them.
+RUNTIME_KEYS = {"device", "num_workers", "seeds", "eval_batch_size", "probe_epochs"}
+RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json", "metrics.json")
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no GPU; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """An independent 31-bit seed (faiss takes int32) for (seed, epoch, purpose, ...): every random stream of a run is
+    a pure function of the run's seed and where it is used, so a resumed epoch replays exactly."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+STREAM_VIEWS, STREAM_CLUSTER_ORDER, STREAM_TRAIN_ORDER, STREAM_KMEANS = 1, 2, 3, 4
+
+
+def permutation(n: int, seed: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def build_model(cfg: Config, device: torch.device) -> PanopticFPN:
+    torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
+    model = PanopticFPN(pretrained=cfg.pretrained).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def network_features(model: torch.nn.Module, images: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Raw (unnormalised) float32 features (B, 128, H/4, W/4), under bf16 autocast if ``cfg.amp``."""
+    device = next(model.parameters()).device
+    images = images.to(device, non_blocking=True)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        return model(images).float()
+
+
+def view_features(model, view1, view2, crop, flip, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-aligned, L2-normalised features of both views (B, 128, h, w).
+
+    View 2's map gets the crop and flip that view 1 got on the image (PiCIE's ``transform_eqv``),
+    then both are normalised per pixel (``F.normalize(dim=1)``).
+    """
+    f1 = network_features(model, view1, cfg)
+    f2 = crop_flip(network_features(model, view2, cfg), crop, flip, f1.shape[-2:])
+    return F.normalize(f1, dim=1), F.normalize(f2, dim=1)
+
+
+def make_loader(dataset, order: list[int], batch_size: int, cfg: Config) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order,
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B*h*w, C), pixel-major as PiCIE's ``feature_flatten``."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+# ---- the three passes --------------------------------------------------------------------------
+@torch.no_grad()
+def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, seed: int):
+    """One k-means per view over the epoch's views: centroids (2, K, 128) and their k-means losses."""
+    kms = [
+        MiniBatchKMeans(
+            cfg.n_clusters,
+            cfg.kmeans_init_batches,
+            cfg.kmeans_iters,
+            derive_seed(seed, view),
+            cfg.kmeans_backend,
+            cfg.kmeans_max_init_points,
+        )
+        for view in (1, 2)
+    ]
+    params = dataset.view_params
+    with batch_statistics(model):
+        for idx, view1, view2 in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "cluster"):
+            f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
+            kms[0].update(_flat(f1))
+            kms[1].update(_flat(f2))
+    centroids = torch.stack([km.finish() for km in kms])
+    return centroids, [km.mean_distance for km in kms]
+
+
+@torch.no_grad()
+def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.Tensor, cfg: Config):
+    """Nearest-centroid labels of every pixel of both views, (2, N, h, w), and counts (2, K)."""
+    params = dataset.view_params
+    labels = None
+    with batch_statistics(model):
+        for idx, view1, view2 in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "label"):
+            f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
+            if labels is None:
+                dtype = torch.uint8 if cfg.n_clusters <= 256 else torch.int32
+                labels = torch.zeros((2, len(dataset), *f1.shape[-2:]), dtype=dtype)
+            labels[0, idx] = assign_labels(f1, centroids[0]).cpu().to(labels.dtype)
+            labels[1, idx] = assign_labels(f2, centroids[1]).cpu().to(labels.dtype)
+    counts = torch.stack([torch.bincount(labels[v].flatten().long(), minlength=cfg.n_clusters) for v in (0, 1)])
+    return labels, counts
+
+
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def make_criterion(cfg: Config, phase: str) -> Criterion:
+    """The per-pixel loss of a phase as ``(logits (N,K), target (N,), features (N,D), weight) -> loss``."""
+    if phase == "ce":
+        return lambda z, t, f, w: cross_entropy(z, t, weight=w)
+    if phase == "focal":
+        return lambda z, t, f, w: focal_loss(z, t, gamma=cfg.gamma, weight=w)
+    if phase == "ib_focal":
+        return lambda z, t, f, w: ib_focal_loss(
+            z, t, f, alpha=cfg.ib_alpha, gamma=cfg.gamma, eps=cfg.ib_eps, weight=w, detach=cfg.ib_detach
+        )
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def picie_loss(f1, f2, labels1, labels2, centroids, weights, criterion, temperature):
+    """``1/2 (across + within)`` with the four terms of design section 3; returns (loss, terms)."""
+    y1, y2 = labels1.reshape(-1), labels2.reshape(-1)
+    c1, c2 = centroids
+    w1, w2 = weights
+
+    def term(f, c, y, w):
+        return criterion(_flat(centroid_logits(f, c, temperature)), y, _flat(f), w)
+
+    terms = {
+        "across_1": term(f1, c2, y2, w2),  # view-1 features against view-2 clusters
+        "across_2": term(f2, c1, y1, w1),
+        "within_1": term(f1, c1, y1, w1),
+        "within_2": term(f2, c2, y2, w2),
+    }
+    across = (terms["across_1"] + terms["across_2"]) / 2
+    within = (terms["within_1"] + terms["within_2"]) / 2
+    return (across + within) / 2, terms
+
+
+def train_pass(model, optimizer, dataset, order, labels, centroids, weights, criterion, cfg, epoch) -> dict:
+    """One optimisation pass; returns the epoch's mean loss and mean of each term."""
+    device = next(model.parameters()).device
+    params = dataset.view_params
+    centroids = centroids.to(device)
+    weights = [None if w is None else w.to(device) for w in weights]
+    model.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    for batch, (idx, view1, view2) in enumerate(
+        progress(make_loader(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
+    ):
+        f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
+        y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
+        loss, terms = picie_loss(f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature)
+        if not torch.isfinite(loss):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {epoch}, batch {batch + 1}, term(s) {', '.join(bad)}; "
+                "the last checkpoint is from the end of the previous epoch"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(idx)
+        seen += n
+        for k, v in {"loss": loss, **terms}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+    return {k: v / seen for k, v in sums.items()}
+
+
+# ---- the IB-Focal schedule -----------------------------------------------------------------------
+class Schedule:
+    """Which loss each epoch uses. For ``ib_focal``: CE first, then IB-Focal from ``switch_epoch``.
+
+    ``switch="min_loss"``: after each CE epoch, once the epoch's mean loss fails to improve on the
+    lowest so far, the minimum has passed: training goes on from the minimum epoch's weights (and
+    optimizer state) with IB-Focal. If the loss is still falling after half the epochs, the switch
+    is forced there. ``switch=N``: the first N epochs use CE.
+    """
+
+    def __init__(self, cfg: Config, epochs: int) -> None:
+        self.loss, self.rule, self.epochs = cfg.loss, cfg.switch, epochs
+        self.cap = max(1, epochs // 2)
+        self.best_loss = math.inf
+        self.ce_min_epoch: int | None = None
+        self.switch_epoch: int | None = 1 if (cfg.loss == "ib_focal" and cfg.switch == 0) else None
+
+    def phase(self, epoch: int) -> str:
+        if self.loss != "ib_focal":
+            return self.loss
+        return "ib_focal" if self.switch_epoch is not None and epoch >= self.switch_epoch else "ce"
+
+    def end_of_epoch(self, epoch: int, loss: float) -> str:
+        """Returns "keep", "new_min" (snapshot these weights) or "restore" (go back to the minimum)."""
+        if self.phase(epoch) != "ce" or self.loss != "ib_focal":
+            return "keep"
+        if self.rule != "min_loss":
+            if epoch >= self.rule:
+                self.switch_epoch = epoch + 1
+            return "keep"
+        if loss < self.best_loss:
+            self.best_loss, self.ce_min_epoch = loss, epoch
+            if epoch >= self.cap:
+                self.switch_epoch = epoch + 1
+            return "new_min"
+        self.switch_epoch = epoch + 1
+        return "restore"
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "ce_min_epoch": self.ce_min_epoch, "switch_epoch": self.switch_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.ce_min_epoch, self.switch_epoch = (
+            state["best_loss"],
+            state["ce_min_epoch"],
+            state["switch_epoch"],
+        )
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``train``; read with ``weights_only=True`` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there (a run writes one at the end of every epoch)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a picie_lib checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return ckpt
+
+
+def _check_same_config(saved: dict, cfg: Config, path: Path) -> None:
+    current = cfg.to_dict()
+    diff = sorted(k for k in current if k not in RUNTIME_KEYS and saved.get(k) != current[k])
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in diff)
+        raise ValueError(f"{path} was written by a different configuration ({details})")
+
+
+# ---- the training loop ---------------------------------------------------------------------------
+def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train one run into ``out_dir``: config.json, environment.json, log.jsonl (one line per
+    epoch), checkpoint.pt (rewritten atomically at the end of every epoch) and summary.json."""
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    epochs = cfg.epochs_for()
+    dataset = build_dataset(cfg, "train", mode="train")
+    model = build_model(cfg, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    schedule = Schedule(cfg, epochs)
+    ce_min_state = None  # (model, optimizer) state at the CE minimum, for the min_loss switch
+    start, centroids = 1, None
+
+    if resume and (out_dir / "checkpoint.pt").exists():
+        ckpt = load_checkpoint(out_dir / "checkpoint.pt")
+        _check_same_config(ckpt["config"], cfg, out_dir / "checkpoint.pt")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        centroids, start = ckpt["centroids"], ckpt["epoch"] + 1
+        if (out_dir / "ce_min.pt").exists():
+            ce_min_state = load_checkpoint(out_dir / "ce_min.pt")
+        # keep the log consistent with the checkpoint: drop lines of an epoch that did not finish
+        log = [r for r in read_jsonl(out_dir / "log.jsonl") if r["epoch"] < start]
+        atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+    else:
+        new_run_dir(out_dir, overwrite=overwrite)
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    save_config(cfg, out_dir / "config.json")
+    write_json(out_dir / "environment.json", environment())
+
+    run_start = time.perf_counter()
+    for epoch in progress(range(start, epochs + 1), f"{cfg.loss} epochs", total=epochs - start + 1):
+        timer = Timer()
+        phase = schedule.phase(epoch)
+        dataset.set_view_params(
+            draw_view_params(
+                len(dataset), cfg, torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, STREAM_VIEWS))
+            )
+        )
+        order = permutation(len(dataset), derive_seed(cfg.seed, epoch, STREAM_CLUSTER_ORDER))
+        with timer("cluster"):
+            centroids, kmeans_loss = cluster_pass(
+                model, dataset, order, cfg, derive_seed(cfg.seed, epoch, STREAM_KMEANS)
+            )
+        with timer("label"):
+            labels, counts = label_pass(model, dataset, order, centroids, cfg)
+        balance = cfg.ib_balance if phase == "ib_focal" else cfg.balance
+        weights = [class_weights(c, balance) for c in counts]
+        with timer("train"):
+            stats = train_pass(
+                model,
+                optimizer,
+                dataset,
+                permutation(len(dataset), derive_seed(cfg.seed, epoch, STREAM_TRAIN_ORDER)),
+                labels,
+                centroids,
+                weights,
+                make_criterion(cfg, phase),
+                cfg,
+                epoch,
+            )
+        action = schedule.end_of_epoch(epoch, stats["loss"])
+        if action == "new_min":
+            ce_min_state = {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "model": copy.deepcopy(model.state_dict()),
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+            }
+            atomic_torch_save(ce_min_state, out_dir / "ce_min.pt")
+        elif action == "restore":
+            model.load_state_dict(ce_min_state["model"])
+            optimizer.load_state_dict(ce_min_state["optimizer"])
+        record = {
+            "epoch": epoch,
+            "phase": phase,
+            **stats,
+            "kmeans_loss": kmeans_loss,
+            "empty_clusters": [int((c == 0).sum()) for c in counts],
+            "largest_cluster_share": [float(c.max() / c.sum()) for c in counts],
+            "seconds": timer.totals,
+        }
+        if schedule.switch_epoch == epoch + 1:
+            record["switch"] = {
+                "ib_focal_from_epoch": epoch + 1,
+                "weights_from_epoch": schedule.ce_min_epoch if action == "restore" else epoch,
+            }
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": cfg.to_dict(),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "centroids": centroids.cpu(),
+                "schedule": schedule.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            out_dir / "checkpoint.pt",
+        )
+        append_jsonl(out_dir / "log.jsonl", record)
+
+    history = read_jsonl(out_dir / "log.jsonl")
+    summary = {
+        "loss": cfg.loss,
+        "seed": cfg.seed,
+        "epochs": epochs,
+        **schedule.state_dict(),
+        "train_seconds_this_session": time.perf_counter() - run_start,
+        "seconds_per_pass": {k: sum(r["seconds"].get(k, 0.0) for r in history) for k in ("cluster", "label", "train")},
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
