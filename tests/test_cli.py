@@ -1,0 +1,62 @@
+"""The command line, end to end on the smoke preset, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from picie_lib.cli import main
+
+KEYS = {"loss", "seed", "acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff"}
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "smoke"
+    proc = subprocess.run(
+        [sys.executable, "-m", "picie_lib", "compare", "--preset", "smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_compare_writes_table_2_and_its_rows(compared):
+    out, proc = compared
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal", "linear_probe"}
+    assert all(KEYS <= set(r) for r in rows)
+    assert all(r["seed"] == 0 for r in rows)
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert KEYS <= set(header)
+    table = (out / "results.md").read_text()
+    assert "49.99" in table and "Method 2: IB-Focal, ours" in table and "global protocol" in table
+    assert (out / "results.png").stat().st_size > 1000
+    epochs = {r["loss"]: r.get("epochs") for r in rows}
+    assert (epochs["ce"], epochs["focal"], epochs["ib_focal"]) == (2, 3, 4)  # 10 : 15 : 20, scaled
+    for method in ("ce", "focal", "ib_focal"):
+        assert (out / f"{method}-seed0" / "checkpoint.pt").is_file()
+        assert (out / f"{method}-seed0" / "metrics.json").is_file()
+    assert "PiCIE (CE), paper" in proc.stdout
+
+
+def test_train_and_evaluate_commands(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--loss", "focal", "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "focal" and "acc_all" in metrics["scores"]
+    assert (out / "per_class.csv").read_text().startswith("class,kind,pixels,iou_all")
+    assert "acc_all=" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    assert main(["train", "--preset", "smoke", "--loss", "ce", "--out", str(tmp_path / "x"), "-p", "bogus=1"]) == 2
+    assert "unknown key(s) bogus" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "smoke", "--loss", "dice", "--out", str(tmp_path / "y")])

@@ -1,0 +1,65 @@
+"""The built-in data set: classes, determinism, the curated-COCO stuff rule, the long tail."""
+
+import numpy as np
+import pytest
+import torch
+
+from picie_lib.config import Config
+from picie_lib.data import SyntheticScenes, build_dataset
+from picie_lib.data.cocostuff import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
+from picie_lib.data.synthetic import SHAPES, TEXTURES, generate_scene
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return SyntheticScenes(200, 64, seed=0, split="train")
+
+
+def test_the_27_cocostuff_classes_12_things_15_stuff(scenes):
+    assert scenes.class_names == COARSE_NAMES and len(COARSE_NAMES) == 27
+    assert scenes.thing_classes == tuple(range(12)) == THING_CLASSES
+    assert scenes.stuff_classes == tuple(range(12, 27)) == STUFF_CLASSES
+    assert all(n.endswith("-things") for n in COARSE_NAMES[:12])
+    assert all(n.endswith("-stuff") for n in COARSE_NAMES[12:])
+    # every class has its own texture, every thing its own shape
+    assert len({(k, tuple(sorted(p.items()))) for k, p in TEXTURES.values()}) == 27
+    assert len(set(SHAPES.values())) == 12
+
+
+def test_deterministic_by_seed_and_split():
+    a_img, a_lab = generate_scene(3, "train", 5, 64)
+    b_img, b_lab = generate_scene(3, "train", 5, 64)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
+    c_img, _ = generate_scene(4, "train", 5, 64)
+    d_img, _ = generate_scene(3, "val", 5, 64)
+    assert not np.array_equal(a_img, c_img) and not np.array_equal(a_img, d_img)
+    # the same scene whatever else was generated before it
+    assert torch.equal(SyntheticScenes(8, 64, seed=3).images[5], torch.from_numpy(a_img).permute(2, 0, 1))
+
+
+def test_mostly_stuff_long_tailed_and_every_class_present(scenes):
+    labels = scenes.labels.numpy().astype(int)
+    stuff_share = [(lab[lab >= 0] >= 12).mean() for lab in labels]
+    assert np.mean(np.array(stuff_share) >= 0.75) >= 0.9  # "at least 75% stuff in most images"
+    counts = np.bincount(labels[labels >= 0], minlength=27)
+    assert (counts > 0).all()
+    things, stuff = np.sort(counts[:12]), np.sort(counts[12:])
+    assert stuff[-1] / stuff[0] > 5 and things[-1] / things[0] > 3  # long-tailed
+    thing_share = counts[:12].sum() / counts.sum()
+    assert 0.05 < thing_share < 0.25  # things are there, and not negligible
+    assert (labels == -1).any()  # a few unlabelled pixels, as in COCO
+
+
+def test_modes_and_shapes():
+    cfg = Config(image_size=64, res=64, n_train=4, n_val=2)
+    ev = build_dataset(cfg, "val", "eval")
+    idx, image, label = ev[1]
+    assert idx == 1 and image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert label.shape == (64, 64) and label.dtype == torch.int64 and label.min() >= -1 and label.max() < 27
+    tr = build_dataset(cfg, "train", "train")
+    with pytest.raises(RuntimeError, match="set_view_params"):
+        tr[0]
+    with pytest.raises(ValueError, match="split='test'"):
+        SyntheticScenes(2, 64, split="test")
+    with pytest.raises(ValueError, match="mode='both'"):
+        SyntheticScenes(2, 64, mode="both")

@@ -1,0 +1,89 @@
+"""Evaluation: the whole pipeline on known predictions, the prediction rules, the references."""
+
+import numpy as np
+import pytest
+import torch
+
+from picie_lib.config import load_preset
+from picie_lib.data import build_dataset
+from picie_lib.evaluate import (
+    cluster_logits,
+    evaluate_model,
+    evaluate_rgb,
+    rgb_feature_fn,
+    score_predictions,
+)
+from picie_lib.train import build_model
+from picie_lib.transforms import normalize
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    cfg = load_preset("smoke")
+    return cfg, build_dataset(cfg, "train", "eval"), build_dataset(cfg, "val", "eval")
+
+
+def test_a_relabelled_perfect_prediction_scores_100(smoke):
+    cfg, _, val = smoke
+    perm = torch.randperm(27, generator=torch.Generator().manual_seed(0))
+    labels = {}
+    for i in range(len(val)):
+        labels[i] = val[i][2]
+    order = iter(range(len(val)))
+
+    def predict_batch(images, size):  # the ground truth under a cluster permutation; -1 -> cluster 0
+        batch = [labels[next(order)] for _ in range(len(images))]
+        return torch.stack([perm[lab.clamp_min(0)] for lab in batch])
+
+    result = score_predictions(predict_batch, val, cfg, 27)
+    s = result["scores"]
+    present = {c for lab in labels.values() for c in lab.unique().tolist() if c >= 0}
+    assert s["acc_all"] == pytest.approx(100.0)
+    assert s["acc_thing"] == pytest.approx(100.0) and s["acc_stuff"] == pytest.approx(100.0)
+    assert s["miou_all"] == pytest.approx(100.0)
+    assert [r["cluster"] for r in result["per_class"] if r["pixels"] > 0] == [int(perm[c]) for c in sorted(present)]
+    assert all(r["fragments_per_object"] == 1 for r in result["per_class"] if r["pixels"] > 0)
+
+
+def test_cluster_logits_rules():
+    g = torch.Generator().manual_seed(1)
+    f, c = torch.randn(2, 6, 4, 5, generator=g), torch.randn(7, 6, generator=g) * 2
+    dist = ((f[:, None] - c[None, :, :, None, None]) ** 2).sum(2)
+    assert torch.equal(cluster_logits(f, c, "nearest").argmax(1), dist.argmin(1))
+    assert torch.allclose(cluster_logits(f, c, "dot"), torch.einsum("bdhw,kd->bkhw", f, c))
+
+
+def test_rgb_features_undo_the_normalisation():
+    img = torch.rand(3, 8, 8)
+    feats = rgb_feature_fn(stride=4)(normalize(img)[None])
+    assert torch.allclose(feats, torch.nn.functional.avg_pool2d(img[None], 4), atol=1e-6)
+
+
+def test_evaluate_model_reports_both_protocols_and_per_class_tables(smoke):
+    cfg, train, val = smoke
+    result = evaluate_model(build_model(cfg, torch.device("cpu")), cfg, train, val)
+    keys = {
+        "acc_all",
+        "miou_all",
+        "acc_thing",
+        "miou_thing",
+        "acc_stuff",
+        "miou_stuff",
+        "global_acc_thing",
+        "global_miou_thing",
+        "global_acc_stuff",
+        "global_miou_stuff",
+    }
+    assert set(result["scores"]) == keys
+    assert all(0 <= v <= 100 for v in result["scores"].values() if not np.isnan(v))
+    assert len(result["per_class"]) == 27 and np.asarray(result["confusion"]).shape == (27, 27)
+    assert set(result["oversegmentation"]) == {"thing", "stuff"}
+    # deterministic for a seed
+    again = evaluate_model(build_model(cfg, torch.device("cpu")), cfg, train, val)
+    assert again["confusion"] == result["confusion"]
+
+
+def test_rgb_reference_runs(smoke):
+    cfg, train, val = smoke
+    result = evaluate_rgb(cfg, train, val)
+    assert 0 < result["scores"]["acc_all"] <= 100

@@ -1,0 +1,193 @@
+"""Metrics against scikit-learn and brute force over all matchings."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix as sk_confusion
+
+from picie_lib.metrics import (
+    ConfusionMatrix,
+    ObjectFragments,
+    confusion_matrix,
+    group_scores,
+    hungarian,
+    over_segmentation,
+    score,
+)
+
+
+def _brute_force(conf: np.ndarray, classes=None):
+    """Best injective class->cluster map by enumeration; Acc and nan-mean IoU in percent."""
+    conf = np.asarray(conf, dtype=float)
+    classes = list(range(conf.shape[0])) if classes is None else list(classes)
+    sub = conf[classes]
+    best = None
+    for perm in itertools.permutations(range(conf.shape[1]), len(classes)):
+        matched = sum(sub[i, perm[i]] for i in range(len(classes)))
+        if best is None or matched > best[0]:
+            best = (matched, perm)
+    matched, perm = best
+    ious = []
+    for i in range(len(classes)):
+        tp = sub[i, perm[i]]
+        fn = sub[i].sum() - tp
+        fp = sub[:, perm[i]].sum() - tp
+        ious.append(tp / (tp + fp + fn) if tp + fp + fn > 0 else math.nan)
+    return 100 * matched / sub.sum(), 100 * np.nanmean(ious), np.array(ious) * 100
+
+
+def test_confusion_matrix_matches_sklearn_with_ignore():
+    rng = np.random.default_rng(0)
+    target = rng.integers(-1, 5, size=(3, 17, 19))
+    pred = rng.integers(0, 7, size=(3, 17, 19))
+    got = confusion_matrix(pred, target, num_classes=5, num_clusters=7)
+    keep = target >= 0
+    expected = sk_confusion(target[keep], pred[keep], labels=range(7))[:5]
+    assert got.shape == (5, 7) and got.dtype == np.int64
+    assert np.array_equal(got, expected)
+    assert got.sum() == keep.sum()  # ignored pixels are not counted
+
+
+def test_confusion_matrix_rejects_out_of_range():
+    with pytest.raises(ValueError, match="target holds class 5"):
+        confusion_matrix([0, 1], [0, 5], num_classes=5, num_clusters=5)
+    with pytest.raises(ValueError, match="pred holds"):
+        confusion_matrix([0, 9], [0, 1], num_classes=5, num_clusters=5)
+
+
+def test_accumulated_confusion_equals_one_shot():
+    rng = np.random.default_rng(1)
+    target, pred = rng.integers(-1, 4, (5, 8, 8)), rng.integers(0, 4, (5, 8, 8))
+    acc = ConfusionMatrix(4, 4)
+    for p, t in zip(pred, target, strict=True):
+        acc.update(p, t)
+    assert np.array_equal(acc.matrix, confusion_matrix(pred, target, 4, 4))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_score_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    conf = rng.integers(0, 10**6, size=(5, 5))  # large counts: no ties between matchings
+    conf[rng.integers(0, 5)] = 0  # a class absent from the ground truth
+    got = score(conf)
+    acc, miou, iou = _brute_force(conf)
+    assert got["acc"] == pytest.approx(acc)
+    assert got["miou"] == pytest.approx(miou)
+    assert np.allclose(got["iou"], iou, equal_nan=True)
+    assert sorted(got["assignment"].tolist()) == list(range(5))
+
+
+def test_miou_leaves_out_classes_absent_from_truth_and_prediction():
+    conf = np.array([[10, 0, 0], [0, 5, 0], [0, 0, 0]])  # class 2 never occurs, cluster 2 never predicted
+    got = score(conf)
+    assert math.isnan(got["iou"][2])
+    assert got["miou"] == pytest.approx(100.0) and got["acc"] == pytest.approx(100.0)
+    # but a class absent from the truth whose matched cluster is predicted counts as IoU 0
+    conf2 = np.array([[10, 0, 3], [0, 5, 0], [0, 0, 0]])
+    got2 = score(conf2)
+    assert got2["iou"][2] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_subset_protocol_matches_brute_force_on_a_rectangular_problem(seed):
+    rng = np.random.default_rng(10 + seed)
+    conf = rng.integers(0, 10**6, size=(6, 6))
+    group = [1, 3, 4]
+    got = score(conf, classes=group)
+    acc, miou, iou = _brute_force(conf, group)
+    assert got["acc"] == pytest.approx(acc) and got["miou"] == pytest.approx(miou)
+    assert np.allclose(got["iou"], iou)
+    assert len(set(got["assignment"].tolist())) == 3
+
+
+def test_group_scores_both_protocols_by_hand():
+    # classes 0,1 = things, 2,3 = stuff; clusters in a scrambled order
+    conf = np.array(
+        [
+            [8, 2, 0, 0],
+            [6, 0, 0, 4],
+            [0, 0, 9, 1],
+            [0, 10, 0, 0],
+        ]
+    )
+    s = group_scores(conf, [0, 1], [2, 3])
+    # All matching: 0->0 (8), 1->3 (4), 2->2 (9), 3->1 (10): 31 of 40
+    assert s["acc_all"] == pytest.approx(100 * 31 / 40)
+    # subset, things: rows 0,1 alone; best is 0->1 (2) + 1->0 (6) = 8 or 0->0 (8) + 1->3 (4) = 12
+    assert s["acc_thing"] == pytest.approx(100 * 12 / 20)
+    # global, things: the All matching restricted to rows 0,1: 8 + 4 of 20
+    assert s["global_acc_thing"] == pytest.approx(100 * 12 / 20)
+    # subset, stuff: rows 2,3: 2->2 (9) + 3->1 (10) = 19 of 20
+    assert s["acc_stuff"] == pytest.approx(100 * 19 / 20)
+    # subset IoU for thing 0 (cluster 0) counts only thing pixels as false positives: 8 / (8 + 6 + 2)
+    t = score(conf, [0, 1])
+    assert t["iou"][0] == pytest.approx(100 * 8 / 16)
+    # global IoU for thing 0 counts every pixel: same here; for stuff 3 (cluster 1): 10 / (10 + 2)
+    assert score(conf)["iou"][3] == pytest.approx(100 * 10 / 12)
+
+
+def test_scores_do_not_depend_on_cluster_order():
+    # PiCIE slices the reordered matrix by cluster index; a correct protocol is invariant to relabelling
+    rng = np.random.default_rng(3)
+    conf = rng.integers(0, 30, size=(6, 6))
+    perm = rng.permutation(6)
+    a, b = group_scores(conf, [0, 1, 2], [3, 4, 5]), group_scores(conf[:, perm], [0, 1, 2], [3, 4, 5])
+    assert a == pytest.approx(b)
+
+
+def test_identity_matching_for_supervised_predictions():
+    conf = np.array([[5, 5], [0, 10]])
+    assert score(conf, match=False)["acc"] == pytest.approx(75.0)
+    assert score(conf, match=True)["acc"] == pytest.approx(75.0)
+    swapped = conf[:, ::-1]
+    assert score(swapped, match=False)["acc"] == pytest.approx(25.0)
+    assert score(swapped, match=True)["acc"] == pytest.approx(75.0)
+
+
+def test_more_classes_than_clusters_leaves_some_unmatched():
+    conf = np.array([[5, 0], [0, 5], [1, 1]])
+    assert hungarian(conf).tolist() == [0, 1, -1]
+    got = score(conf)
+    assert got["iou"][2] == 0.0 and got["acc"] == pytest.approx(100 * 10 / 12)
+
+
+def test_over_segmentation_by_hand():
+    conf = np.array(
+        [
+            [90, 10, 0, 0],  # one dominant cluster
+            [25, 25, 25, 25],  # spread evenly over four
+            [0, 0, 0, 0],  # absent
+        ]
+    )
+    o = over_segmentation(conf)
+    assert o["clusters_for_share"][0] == 1 and o["clusters_for_share"][1] == 4
+    assert o["effective_clusters"][1] == pytest.approx(4.0)
+    assert o["effective_clusters"][0] == pytest.approx(math.exp(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1))))
+    assert o["top_cluster_share"][0] == pytest.approx(0.9)
+    assert all(math.isnan(o[k][2]) for k in o)
+
+
+def test_object_fragments_counts_pieces_per_object():
+    target = np.full((20, 20), 1)
+    target[2:10, 2:10] = 0  # object A (class 0, 64 px)
+    target[12:18, 12:18] = 0  # object B (class 0, 36 px)
+    target[0, :] = -1
+    pred = np.full((20, 20), 5)
+    pred[2:10, 2:6] = 3  # A split into two halves of the same... different clusters
+    pred[2:10, 6:10] = 4
+    pred[12:18, 12:18] = 3  # B whole
+    pred[13, 13] = 7  # a 1-pixel speck in B, under 5% of its area: not a piece
+    frag = ObjectFragments(num_classes=2, min_piece=0.05)
+    frag.update(pred, target)
+    per_class = frag.per_class()
+    assert frag.objects[0] == 2
+    assert per_class[0] == pytest.approx((2 + 1) / 2)
+    # two disconnected pieces of the same cluster count twice
+    pred2 = pred.copy()
+    pred2[2:10, 2:10] = 3
+    pred2[2:10, 5:7] = 6  # a band cutting A into left and right parts of cluster 3
+    frag2 = ObjectFragments(num_classes=2)
+    frag2.update(pred2, target)
+    assert frag2.fragments[0] == 3 + 1

@@ -1,0 +1,178 @@
+"""Training: the four-term loss, the IB-Focal switch, determinism, checkpoints, guards."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from picie_lib import train as train_module
+from picie_lib.config import load_preset
+from picie_lib.losses import cross_entropy
+from picie_lib.runs import read_jsonl
+from picie_lib.train import NonFiniteLoss, Schedule, load_checkpoint, picie_loss, train
+
+
+def _cfg(**kw):
+    return load_preset("smoke", **{"device": "cpu", **kw})  # "same seed, same numbers" is a CPU promise
+
+
+# ---- the loss ----------------------------------------------------------------------------------
+def test_picie_loss_is_half_across_plus_half_within():
+    g = torch.Generator().manual_seed(0)
+    f1 = F.normalize(torch.randn(2, 8, 5, 6, generator=g), dim=1)
+    f2 = F.normalize(torch.randn(2, 8, 5, 6, generator=g), dim=1)
+    y1, y2 = torch.randint(0, 4, (2, 5, 6), generator=g), torch.randint(0, 4, (2, 5, 6), generator=g)
+    c = torch.randn(2, 4, 8, generator=g)
+    w = [torch.rand(4, generator=g) + 0.1 for _ in range(2)]
+    loss, terms = picie_loss(f1, f2, y1, y2, c, w, lambda z, t, f, wt: cross_entropy(z, t, wt), 1.0)
+
+    def ce(f, cent, y, wt):  # an independent route: a 1x1 conv and the 4-D cross-entropy
+        return F.cross_entropy(F.conv2d(f, cent[:, :, None, None]), y, weight=wt)
+
+    across = (ce(f1, c[1], y2, w[1]) + ce(f2, c[0], y1, w[0])) / 2
+    within = (ce(f1, c[0], y1, w[0]) + ce(f2, c[1], y2, w[1])) / 2
+    assert torch.allclose(loss, (across + within) / 2, atol=1e-6)
+    assert torch.allclose(terms["across_1"], ce(f1, c[1], y2, w[1]), atol=1e-6)
+
+
+# ---- the IB-Focal switch -------------------------------------------------------------------------
+def _run_schedule(cfg, epochs, losses):
+    s = Schedule(cfg, epochs)
+    actions, phases = [], []
+    for epoch, loss in enumerate(losses, start=1):
+        phases.append(s.phase(epoch))
+        actions.append(s.end_of_epoch(epoch, loss))
+    return s, actions, phases
+
+
+def test_min_loss_switches_at_the_minimum_and_goes_back_to_it():
+    s, actions, phases = _run_schedule(_cfg(loss="ib_focal"), 10, [3.0, 2.8, 2.9, 2.0, 1.0])
+    assert actions[:3] == ["new_min", "new_min", "restore"]
+    assert s.ce_min_epoch == 2 and s.switch_epoch == 4
+    assert phases == ["ce", "ce", "ce", "ib_focal", "ib_focal"]
+
+
+def test_min_loss_switch_is_capped_at_half_the_epochs():
+    s, actions, phases = _run_schedule(_cfg(loss="ib_focal"), 6, [3.0, 2.5, 2.0, 1.5, 1.0, 0.5])
+    assert actions[:3] == ["new_min"] * 3 and s.switch_epoch == 4 and s.ce_min_epoch == 3
+    assert phases == ["ce"] * 3 + ["ib_focal"] * 3
+
+
+def test_fixed_switch_epoch_and_zero():
+    s, actions, phases = _run_schedule(_cfg(loss="ib_focal", switch=2), 5, [3.0, 3.5, 1, 1, 1])
+    assert s.switch_epoch == 3 and "restore" not in actions and phases == ["ce", "ce"] + ["ib_focal"] * 3
+    _, _, phases0 = _run_schedule(_cfg(loss="ib_focal", switch=0), 3, [1, 1, 1])
+    assert phases0 == ["ib_focal"] * 3
+    _, actions_ce, phases_ce = _run_schedule(_cfg(loss="focal"), 3, [3, 4, 5])
+    assert phases_ce == ["focal"] * 3 and set(actions_ce) == {"keep"}
+
+
+# ---- end to end on the smoke preset ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ce")
+    summary = train(_cfg(loss="ce"), out)
+    return out, summary
+
+
+def test_a_run_writes_its_log_checkpoint_and_provenance(ce_run):
+    out, summary = ce_run
+    log = read_jsonl(out / "log.jsonl")
+    assert [r["epoch"] for r in log] == [1, 2] and all(r["phase"] == "ce" for r in log)
+    for key in ("loss", "across_1", "across_2", "within_1", "within_2", "kmeans_loss", "seconds"):
+        assert key in log[0]
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only=True inside
+    assert ckpt["epoch"] == 2 and ckpt["centroids"].shape == (2, 27, 128)
+    assert json.loads((out / "config.json").read_text())["loss"] == "ce"
+    env = json.loads((out / "environment.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__
+    assert summary["epochs"] == 2 and set(summary["seconds_per_pass"]) == {"cluster", "label", "train"}
+
+
+def test_same_seed_same_weights_on_cpu(ce_run, tmp_path):
+    out, _ = ce_run
+    train(_cfg(loss="ce"), tmp_path)
+    a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_jsonl(out / "log.jsonl")[-1]["loss"] == read_jsonl(tmp_path / "log.jsonl")[-1]["loss"]
+
+
+def test_an_existing_run_is_not_overwritten(ce_run):
+    out, _ = ce_run
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(_cfg(loss="ce"), out)
+
+
+def test_ib_focal_records_its_switch(tmp_path):
+    summary = train(_cfg(loss="ib_focal", switch=1), tmp_path)
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert [r["phase"] for r in log] == ["ce", "ib_focal", "ib_focal", "ib_focal"]
+    assert summary["switch_epoch"] == 2 and log[0]["switch"] == {"ib_focal_from_epoch": 2, "weights_from_epoch": 1}
+
+
+def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
+    scripted = iter([2.0, 2.5, 1.0, 1.0])
+
+    def fake_train_pass(model, *args, **kwargs):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)  # the weights move every epoch
+        return {"loss": next(scripted)}
+
+    monkeypatch.setattr(train_module, "train_pass", fake_train_pass)
+    summary = train(_cfg(loss="ib_focal"), tmp_path)
+    assert summary["ce_min_epoch"] == 1 and summary["switch_epoch"] == 3
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert log[1]["switch"] == {"ib_focal_from_epoch": 3, "weights_from_epoch": 1}
+    assert [r["phase"] for r in log] == ["ce", "ce", "ib_focal", "ib_focal"]
+    ce_min = load_checkpoint(tmp_path / "ce_min.pt")
+    final = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    # two IB-Focal epochs after going back to epoch 1's weights: epoch-1 weights + 2 * 0.01
+    key = "decoder.layer1.weight"
+    assert torch.allclose(final[key], ce_min["model"][key] + 0.02, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_a_named_term_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real = train_module.make_criterion
+    calls = {"n": 0}
+
+    def poisoned(cfg, phase):
+        calls["n"] += 1
+        crit = real(cfg, phase)
+        return (lambda z, t, f, w: crit(z, t, f, w) * float("nan")) if calls["n"] == 2 else crit
+
+    monkeypatch.setattr(train_module, "make_criterion", poisoned)
+    with pytest.raises(NonFiniteLoss, match="epoch 2, batch 1, term\\(s\\) across_1, across_2, within_1, within_2"):
+        train(_cfg(loss="ce"), tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(ce_run, tmp_path, monkeypatch):
+    out, _ = ce_run
+    real = train_module.cluster_pass
+    calls = {"n": 0}
+
+    def dies_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "cluster_pass", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(loss="ce"), tmp_path)
+    monkeypatch.setattr(train_module, "cluster_pass", real)
+    train(_cfg(loss="ce"), tmp_path, resume=True)
+    a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "log.jsonl")] == [1, 2]
+
+
+def test_resume_refuses_a_different_configuration(ce_run, tmp_path):
+    out, _ = ce_run
+    import shutil
+
+    shutil.copytree(out, tmp_path / "run")
+    with pytest.raises(ValueError, match="different configuration.*lr"):
+        train(_cfg(loss="ce", lr=0.5), tmp_path / "run", resume=True)
