@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
-from picie_lib.config import Config, save_config
+from picie_lib.config import Config, load_config, save_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
 from picie_lib.model import PanopticFPN, batch_statistics
@@ -325,7 +325,11 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
         log = [r for r in read_jsonl(out_dir / "log.jsonl") if r["epoch"] < start]
         atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     else:
-        new_run_dir(out_dir, overwrite=overwrite)
+        # --resume before the first checkpoint: start again, if the folder is this run's
+        started = resume and (out_dir / "config.json").is_file()
+        if started:
+            _check_same_config(load_config(out_dir / "config.json").to_dict(), cfg, out_dir / "config.json")
+        new_run_dir(out_dir, overwrite=overwrite or started)
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
     save_config(cfg, out_dir / "config.json")

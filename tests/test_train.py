@@ -169,6 +169,23 @@ def test_resume_ends_where_an_uninterrupted_run_ends(ce_run, tmp_path, monkeypat
     assert [r["epoch"] for r in read_jsonl(tmp_path / "log.jsonl")] == [1, 2]
 
 
+def test_resume_before_the_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    real = train_module.cluster_pass
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "cluster_pass", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(loss="ce", epochs_ce=1), tmp_path)
+    assert (tmp_path / "config.json").is_file() and not (tmp_path / "checkpoint.pt").exists()
+    monkeypatch.setattr(train_module, "cluster_pass", real)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(_cfg(loss="ce", epochs_ce=1, lr=0.5), tmp_path, resume=True)
+    train(_cfg(loss="ce", epochs_ce=1), tmp_path, resume=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
 def test_resume_refuses_a_different_configuration(ce_run, tmp_path):
     out, _ = ce_run
     import shutil
