@@ -146,6 +146,7 @@ def summarise(
     for pred, target in zip(mapped, targets.numpy(), strict=True):
         fragments.update(pred, target)
     overseg = over_segmentation(confusion)
+    fragments_per_object = fragments.per_class()
     per_class = []
     for c, name in enumerate(dataset.class_names):
         per_class.append(
@@ -159,7 +160,7 @@ def summarise(
                 "clusters_for_90pct": float(overseg["clusters_for_share"][c]),
                 "effective_clusters": float(overseg["effective_clusters"][c]),
                 "top_cluster_share": float(overseg["top_cluster_share"][c]),
-                "fragments_per_object": float(fragments.per_class()[c]),
+                "fragments_per_object": float(fragments_per_object[c]),
             }
         )
     groups = {}
@@ -172,32 +173,25 @@ def summarise(
     return {"scores": scores, "per_class": per_class, "oversegmentation": groups, "confusion": confusion.tolist()}
 
 
-def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None) -> dict:
-    """PiCIE's final evaluation of ``model``: fresh k-means on train, scored on val."""
+def evaluate_clusters(extract: FeatureFn, cfg: Config, rule: str, train_set=None, val_set=None) -> dict:
+    """Fresh k-means on the train split's features (no augmentation), predictions scored on val."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
-    extract = network_feature_fn(model, cfg)
     start = time.perf_counter()
     centroids = fit_centroids(extract, train_set, cfg, cfg.seed)
-    result = score_predictions(
-        lambda x, size: predict(extract, x, size, centroids, "dot"), val_set, cfg, cfg.n_clusters
-    )
+    result = score_predictions(lambda x, size: predict(extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters)
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None) -> dict:
+    """PiCIE's final evaluation of ``model``: its features, its dot-product classifier rule."""
+    return evaluate_clusters(network_feature_fn(model, cfg), cfg, "dot", train_set, val_set)
 
 
 def evaluate_rgb(cfg: Config, train_set=None, val_set=None) -> dict:
     """Reference: k-means on raw RGB pixels, nearest-centroid prediction."""
-    train_set = train_set or build_dataset(cfg, "train", mode="eval")
-    val_set = val_set or build_dataset(cfg, "val", mode="eval")
-    extract = rgb_feature_fn()
-    start = time.perf_counter()
-    centroids = fit_centroids(extract, train_set, cfg, cfg.seed)
-    result = score_predictions(
-        lambda x, size: predict(extract, x, size, centroids, "nearest"), val_set, cfg, cfg.n_clusters
-    )
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return evaluate_clusters(rgb_feature_fn(), cfg, "nearest", train_set, val_set)
 
 
 def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None, lr: float = 1e-2) -> dict:

@@ -310,7 +310,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = Schedule(cfg, epochs)
     ce_min_state = None  # (model, optimizer) state at the CE minimum, for the min_loss switch
-    start, centroids = 1, None
+    start = 1
 
     if resume and (out_dir / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out_dir / "checkpoint.pt")
@@ -318,7 +318,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
-        centroids, start = ckpt["centroids"], ckpt["epoch"] + 1
+        start = ckpt["epoch"] + 1
         if (out_dir / "ce_min.pt").exists():
             ce_min_state = load_checkpoint(out_dir / "ce_min.pt")
         # keep the log consistent with the checkpoint: drop lines of an epoch that did not finish
@@ -392,6 +392,8 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
                 "ib_focal_from_epoch": epoch + 1,
                 "weights_from_epoch": schedule.ce_min_epoch if action == "restore" else epoch,
             }
+        # the log line first: a run killed in between redoes this epoch and drops the line on resume
+        append_jsonl(out_dir / "log.jsonl", record)
         atomic_torch_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -401,11 +403,9 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
                 "optimizer": optimizer.state_dict(),
                 "centroids": centroids.cpu(),
                 "schedule": schedule.state_dict(),
-                "torch_rng": torch.get_rng_state(),
             },
             out_dir / "checkpoint.pt",
         )
-        append_jsonl(out_dir / "log.jsonl", record)
 
     history = read_jsonl(out_dir / "log.jsonl")
     summary = {
