@@ -70,7 +70,9 @@ class Config:
     lr: float = 1e-4
     """Adam learning rate, constant (PiCIE on COCO)."""
     balance: str = "picie"
-    """Class weights of CE and Focal: "picie" (counts/sum, as the original), "inverse" or "none"."""
+    """Class weights of CE (PiCIE, IB-Focal's CE phase): "picie" (counts/sum, the original's), "inverse", "none"."""
+    focal_balance: str = "none"
+    """Class weights of Focal (method 1): the paper's FL = -(1 - p)^2 log p has none."""
     ib_balance: str = "inverse"
     """Class weights of the IB-Focal phase (IB authors: inverse frequency summing to K)."""
     gamma: float = 2.0
@@ -131,6 +133,7 @@ class Config:
 
         one_of("loss", LOSSES)
         one_of("balance", BALANCES)
+        one_of("focal_balance", BALANCES)
         one_of("ib_balance", BALANCES)
         one_of("kmeans_backend", KMEANS_BACKENDS)
         one_of("dataset", ("synthetic",))

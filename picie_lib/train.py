@@ -44,7 +44,7 @@ from picie_lib.runs import (
 from picie_lib.transforms import crop_flip, draw_view_params
 
 CHECKPOINT_FORMAT = "picie_lib.checkpoint/1"
-# Parameters that change how a run is executed but not what it computes; a resumed run may differ in them.
+# Parameters that do not change what training computes; a resumed run may differ in them.
 RUNTIME_KEYS = {"device", "num_workers", "seeds", "eval_batch_size", "probe_epochs"}
 RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json", "metrics.json")
 
@@ -234,9 +234,11 @@ class Schedule:
     """Which loss each epoch uses. For ``ib_focal``: CE first, then IB-Focal from ``switch_epoch``.
 
     ``switch="min_loss"``: after each CE epoch, once the epoch's mean loss fails to improve on the
-    lowest so far, the minimum has passed: training goes on from the minimum epoch's weights (and
-    optimizer state) with IB-Focal. If the loss is still falling after half the epochs, the switch
-    is forced there. ``switch=N``: the first N epochs use CE.
+    lowest so far, the minimum (epoch m) has passed: training goes back to epoch m's weights and
+    optimizer state and goes on with IB-Focal as epoch m + 1. The CE epoch that revealed the
+    minimum is discarded and not counted, so the run equals ``switch=m``. If the loss is still
+    falling after half the epochs, the switch is forced there. ``switch=N``: the first N epochs
+    use CE.
     """
 
     def __init__(self, cfg: Config, epochs: int) -> None:
@@ -252,7 +254,8 @@ class Schedule:
         return "ib_focal" if self.switch_epoch is not None and epoch >= self.switch_epoch else "ce"
 
     def end_of_epoch(self, epoch: int, loss: float) -> str:
-        """Returns "keep", "new_min" (snapshot these weights) or "restore" (go back to the minimum)."""
+        """Returns "keep", "new_min" (snapshot these weights) or "restore" (discard this epoch and go
+        back to the minimum's weights; the next epoch is ``switch_epoch``)."""
         if self.phase(epoch) != "ce" or self.loss != "ib_focal":
             return "keep"
         if self.rule != "min_loss":
@@ -264,7 +267,7 @@ class Schedule:
             if epoch >= self.cap:
                 self.switch_epoch = epoch + 1
             return "new_min"
-        self.switch_epoch = epoch + 1
+        self.switch_epoch = self.ce_min_epoch + 1
         return "restore"
 
     def state_dict(self) -> dict:
@@ -322,7 +325,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
         if (out_dir / "ce_min.pt").exists():
             ce_min_state = load_checkpoint(out_dir / "ce_min.pt")
         # keep the log consistent with the checkpoint: drop lines of an epoch that did not finish
-        log = [r for r in read_jsonl(out_dir / "log.jsonl") if r["epoch"] < start]
+        log = [r for r in read_jsonl(out_dir / "log.jsonl") if r["epoch"] < start or r.get("discarded")]
         atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     else:
         # --resume before the first checkpoint: start again, if the folder is this run's
@@ -336,7 +339,14 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
     write_json(out_dir / "environment.json", environment())
 
     run_start = time.perf_counter()
-    for epoch in progress(range(start, epochs + 1), f"{cfg.loss} epochs", total=epochs - start + 1):
+    upcoming = {"epoch": start}  # the min_loss switch sends the loop back to the minimum's epoch
+
+    def epoch_numbers():
+        while upcoming["epoch"] <= epochs:
+            yield upcoming["epoch"]
+
+    for epoch in progress(epoch_numbers(), f"{cfg.loss} epochs", total=epochs - start + 1):
+        upcoming["epoch"] = epoch + 1
         timer = Timer()
         phase = schedule.phase(epoch)
         dataset.set_view_params(
@@ -351,7 +361,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
             )
         with timer("label"):
             labels, counts = label_pass(model, dataset, order, centroids, cfg)
-        balance = cfg.ib_balance if phase == "ib_focal" else cfg.balance
+        balance = {"ce": cfg.balance, "focal": cfg.focal_balance, "ib_focal": cfg.ib_balance}[phase]
         weights = [class_weights(c, balance) for c in counts]
         with timer("train"):
             stats = train_pass(
@@ -378,6 +388,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
         elif action == "restore":
             model.load_state_dict(ce_min_state["model"])
             optimizer.load_state_dict(ce_min_state["optimizer"])
+            upcoming["epoch"] = schedule.switch_epoch
         record = {
             "epoch": epoch,
             "phase": phase,
@@ -387,10 +398,12 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
             "largest_cluster_share": [float(c.max() / c.sum()) for c in counts],
             "seconds": timer.totals,
         }
-        if schedule.switch_epoch == epoch + 1:
+        if action == "restore":
+            record["discarded"] = True  # its weights were dropped for the minimum's
+        if phase == "ce" and schedule.switch_epoch is not None:
             record["switch"] = {
-                "ib_focal_from_epoch": epoch + 1,
-                "weights_from_epoch": schedule.ce_min_epoch if action == "restore" else epoch,
+                "ib_focal_from_epoch": schedule.switch_epoch,
+                "weights_from_epoch": schedule.switch_epoch - 1,
             }
         # the log line first: a run killed in between redoes this epoch and drops the line on resume
         append_jsonl(out_dir / "log.jsonl", record)
@@ -398,7 +411,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
             {
                 "format": CHECKPOINT_FORMAT,
                 "config": cfg.to_dict(),
-                "epoch": epoch,
+                "epoch": upcoming["epoch"] - 1,  # the epoch whose weights these are
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "centroids": centroids.cpu(),

@@ -63,3 +63,18 @@ def test_modes_and_shapes():
         SyntheticScenes(2, 64, split="test")
     with pytest.raises(ValueError, match="mode='both'"):
         SyntheticScenes(2, 64, mode="both")
+
+
+def test_train_mode_needs_square_base_images():
+    from picie_lib.data.base import SceneDataset
+
+    class Wide(SceneDataset):
+        def __len__(self):
+            return 1
+
+        def load(self, index):
+            return torch.zeros(3, 32, 48, dtype=torch.uint8), None
+
+    with pytest.raises(ValueError, match=r"Wide\[0\]: a base image of \(32, 48\).*square"):
+        Wide("train", 32)[0]
+    assert Wide("eval", 32)[0][1].shape == (3, 32, 32)  # eval mode centre-crops

@@ -47,10 +47,12 @@ def _run_schedule(cfg, epochs, losses):
 
 
 def test_min_loss_switches_at_the_minimum_and_goes_back_to_it():
-    s, actions, phases = _run_schedule(_cfg(loss="ib_focal"), 10, [3.0, 2.8, 2.9, 2.0, 1.0])
-    assert actions[:3] == ["new_min", "new_min", "restore"]
-    assert s.ce_min_epoch == 2 and s.switch_epoch == 4
-    assert phases == ["ce", "ce", "ce", "ib_focal", "ib_focal"]
+    s = Schedule(_cfg(loss="ib_focal"), 10)
+    actions = [s.end_of_epoch(epoch, loss) for epoch, loss in enumerate([3.0, 2.8, 2.9], start=1)]
+    assert actions == ["new_min", "new_min", "restore"]
+    # epoch 3 revealed the minimum at epoch 2: IB-Focal continues from epoch 2's weights as epoch 3
+    assert s.ce_min_epoch == 2 and s.switch_epoch == 3
+    assert [s.phase(e) for e in range(1, 6)] == ["ce", "ce", "ib_focal", "ib_focal", "ib_focal"]
 
 
 def test_min_loss_switch_is_capped_at_half_the_epochs():
@@ -111,8 +113,8 @@ def test_ib_focal_records_its_switch(tmp_path):
     assert summary["switch_epoch"] == 2 and log[0]["switch"] == {"ib_focal_from_epoch": 2, "weights_from_epoch": 1}
 
 
-def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
-    scripted = iter([2.0, 2.5, 1.0, 1.0])
+def _scripted_training(monkeypatch, losses):
+    scripted = iter(losses)
 
     def fake_train_pass(model, *args, **kwargs):
         with torch.no_grad():
@@ -121,16 +123,38 @@ def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
         return {"loss": next(scripted)}
 
     monkeypatch.setattr(train_module, "train_pass", fake_train_pass)
+
+
+def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
+    _scripted_training(monkeypatch, [2.0, 2.5, 1.0, 1.0, 1.0])
     summary = train(_cfg(loss="ib_focal"), tmp_path)
-    assert summary["ce_min_epoch"] == 1 and summary["switch_epoch"] == 3
+    assert summary["ce_min_epoch"] == 1 and summary["switch_epoch"] == 2
     log = read_jsonl(tmp_path / "log.jsonl")
-    assert log[1]["switch"] == {"ib_focal_from_epoch": 3, "weights_from_epoch": 1}
-    assert [r["phase"] for r in log] == ["ce", "ce", "ib_focal", "ib_focal"]
+    assert [(r["epoch"], r["phase"], r.get("discarded", False)) for r in log] == [
+        (1, "ce", False),
+        (2, "ce", True),
+        (2, "ib_focal", False),
+        (3, "ib_focal", False),
+        (4, "ib_focal", False),
+    ]
+    assert log[1]["switch"] == {"ib_focal_from_epoch": 2, "weights_from_epoch": 1}
     ce_min = load_checkpoint(tmp_path / "ce_min.pt")
-    final = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
-    # two IB-Focal epochs after going back to epoch 1's weights: epoch-1 weights + 2 * 0.01
+    final = load_checkpoint(tmp_path / "checkpoint.pt")
+    # three IB-Focal epochs after going back to epoch 1's weights: epoch-1 weights + 3 * 0.01
     key = "decoder.layer1.weight"
-    assert torch.allclose(final[key], ce_min["model"][key] + 0.02, atol=1e-6)
+    assert final["epoch"] == 4 and torch.allclose(final["model"][key], ce_min["model"][key] + 0.03, atol=1e-6)
+
+
+def test_min_loss_ends_where_a_switch_at_the_minimum_ends(tmp_path, monkeypatch):
+    _scripted_training(monkeypatch, [2.0, 1.5, 1.7, 1.0, 1.0])
+    train(_cfg(loss="ib_focal"), tmp_path / "min_loss")
+    _scripted_training(monkeypatch, [2.0, 1.5, 1.0, 1.0])
+    train(_cfg(loss="ib_focal", switch=2), tmp_path / "fixed")
+    a = load_checkpoint(tmp_path / "min_loss" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "fixed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    phases = [r["phase"] for r in read_jsonl(tmp_path / "fixed" / "log.jsonl")]
+    assert phases == ["ce", "ce", "ib_focal", "ib_focal"]
 
 
 def test_non_finite_loss_stops_with_a_named_term_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -193,3 +217,13 @@ def test_resume_refuses_a_different_configuration(ce_run, tmp_path):
     shutil.copytree(out, tmp_path / "run")
     with pytest.raises(ValueError, match="different configuration.*lr"):
         train(_cfg(loss="ce", lr=0.5), tmp_path / "run", resume=True)
+
+
+def test_focal_uses_its_own_class_weights(tmp_path):
+    # Focal ignores `balance` (the CE weights); `focal_balance` (default none) is what it uses
+    train(_cfg(loss="focal", epochs_focal=1, balance="picie"), tmp_path / "a")
+    train(_cfg(loss="focal", epochs_focal=1, balance="none"), tmp_path / "b")
+    train(_cfg(loss="focal", epochs_focal=1, focal_balance="inverse"), tmp_path / "c")
+    a, b, c = (load_checkpoint(tmp_path / n / "checkpoint.pt")["model"] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

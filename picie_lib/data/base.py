@@ -17,7 +17,8 @@ IGNORE_INDEX = -1
 
 class SceneDataset(Dataset):
     """Base class. Subclasses set ``class_names``, ``thing_classes``, ``stuff_classes`` and
-    implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``.
+    implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``;
+    in train mode the base image must be square (the crops are fractions of its side).
 
     ``mode="train"`` items are ``(index, view1, view2)`` (float (3, res, res), normalised) and
     need ``set_view_params`` once per epoch; ``mode="eval"`` items are ``(index, image, label)``.
@@ -49,6 +50,11 @@ class SceneDataset(Dataset):
         image, label = self.load(index)
         image = image.float() / 255
         if self.mode == "train":
+            if image.shape[-1] != image.shape[-2]:
+                raise ValueError(
+                    f"{type(self).__name__}[{index}]: a base image of {tuple(image.shape[-2:])}; train mode needs "
+                    "square base images (sources centre-crop them, as PiCIE's BaseTransform)"
+                )
             if self.view_params is None:
                 raise RuntimeError("train mode needs set_view_params() for the epoch before loading")
             view1, view2 = make_views(image, self.view_params, index, self.res)
