@@ -10,8 +10,6 @@ protocol, as the paper's table; the ``global_*`` columns give the global protoco
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from picie_lib.config import LOSSES, Config, save_config
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import evaluate_model, evaluate_rgb, linear_probe, load_trained_model, write_evaluation
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_write_text, environment, new_run_dir, write_json
+from picie_lib.runs import atomic_write_text, csv_text, environment, new_run_dir, write_json
 from picie_lib.train import build_model, resolve_device, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
@@ -99,15 +97,6 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False) -> list[dict]:
 
 
 # ---- tables and figure -------------------------------------------------------------------------
-def results_csv(rows: list[dict]) -> str:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _cell(values: list[float]) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -193,7 +182,7 @@ def plot_results(rows: list[dict], path: Path) -> None:
 
 def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) -> None:
     write_json(out_dir / "results.json", rows)
-    atomic_write_text(out_dir / "results.csv", results_csv(rows))
+    atomic_write_text(out_dir / "results.csv", csv_text(rows))
     atomic_write_text(out_dir / "results.md", results_markdown(rows, cfg, seconds))
     write_json(
         out_dir / "timings.json",

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from picie_lib.runs import atomic_write_text
+
 PRESET_DIR = Path(__file__).parent / "presets"
 LOSSES = ("ce", "focal", "ib_focal")
 BALANCES = ("picie", "inverse", "none")
@@ -231,8 +233,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from picie_lib.runs import atomic_write_text
-
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 

@@ -11,8 +11,6 @@ RGB pixels, and a supervised linear probe on the network's features (the ceiling
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +22,10 @@ import torch.nn.functional as F
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import Config, load_config
 from picie_lib.data import SceneDataset, build_dataset
-from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, score
+from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import batch_statistics
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_write_text, environment, write_json
+from picie_lib.runs import atomic_write_text, csv_text, environment, write_json
 from picie_lib.train import (
     build_model,
     derive_seed,
@@ -132,11 +130,12 @@ def summarise(
 ) -> dict:
     """The six numbers (both protocols), per-class IoU and over-segmentation, from one evaluation."""
     things, stuff = dataset.thing_classes, dataset.stuff_classes
-    scores = group_scores(confusion, things, stuff, match=match)
-    all_scores = score(confusion, match=match)
+    scored = protocol_scores(confusion, things, stuff, match=match)
+    scores = group_scores(confusion, things, stuff, match=match, scored=scored)
+    all_scores = scored["all"]
     subset_iou = np.full(dataset.n_classes, np.nan)
-    for group in (things, stuff):
-        subset_iou[list(group)] = score(confusion, group, match=match)["iou"]
+    for name in ("thing", "stuff"):
+        subset_iou[scored[name]["classes"]] = scored[name]["iou"]
     # fragments are counted on the All matching's class map, so that a piece = a predicted class
     assignment = all_scores["assignment"]
     cluster_to_class = np.full(confusion.shape[1], -1, dtype=np.int64)
@@ -239,20 +238,11 @@ def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
     return model
 
 
-def per_class_csv(result: dict) -> str:
-    rows = result["per_class"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
     """metrics.json (everything), per_class.csv and confusion.csv, atomically."""
     out_dir = Path(out_dir)
     write_json(out_dir / "metrics.json", {"method": method, "seed": cfg.seed, **result, "environment": environment()})
-    atomic_write_text(out_dir / "per_class.csv", per_class_csv(result))
+    atomic_write_text(out_dir / "per_class.csv", csv_text(result["per_class"]))
     conf = np.asarray(result["confusion"])
     lines = ["class," + ",".join(f"cluster_{k}" for k in range(conf.shape[1]))]
     lines += [f"{row['class']}," + ",".join(map(str, conf[c])) for c, row in enumerate(result["per_class"])]

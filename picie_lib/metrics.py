@@ -107,20 +107,37 @@ def score(confusion: np.ndarray, classes: Sequence[int] | None = None, match: bo
     }
 
 
-def group_scores(
+def protocol_scores(
     confusion: np.ndarray, thing_classes: Sequence[int], stuff_classes: Sequence[int], match: bool = True
+) -> dict[str, dict]:
+    """``score`` for All and for each group by the subset protocol: keys ``all``, ``thing``, ``stuff``."""
+    return {
+        "all": score(confusion, match=match),
+        "thing": score(confusion, thing_classes, match=match),
+        "stuff": score(confusion, stuff_classes, match=match),
+    }
+
+
+def group_scores(
+    confusion: np.ndarray,
+    thing_classes: Sequence[int],
+    stuff_classes: Sequence[int],
+    match: bool = True,
+    scored: dict[str, dict] | None = None,
 ) -> dict[str, float]:
     """The six numbers of the paper's Table 2 (subset protocol) and their global-protocol twins.
 
     Keys: ``acc_all, miou_all, acc_thing, miou_thing, acc_stuff, miou_stuff`` (subset) and
-    ``global_acc_thing, global_miou_thing, global_acc_stuff, global_miou_stuff``.
+    ``global_acc_thing, global_miou_thing, global_acc_stuff, global_miou_stuff``. ``scored`` is
+    ``protocol_scores``'s result, when the caller has it already.
     """
     confusion = np.asarray(confusion)
-    all_scores = score(confusion, match=match)
+    scored = scored or protocol_scores(confusion, thing_classes, stuff_classes, match)
+    all_scores = scored["all"]
     out = {"acc_all": all_scores["acc"], "miou_all": all_scores["miou"]}
-    for name, group in (("thing", thing_classes), ("stuff", stuff_classes)):
-        group = np.asarray(list(group), dtype=np.int64)
-        subset = score(confusion, group, match=match)
+    for name in ("thing", "stuff"):
+        subset = scored[name]
+        group = subset["classes"]
         out[f"acc_{name}"], out[f"miou_{name}"] = subset["acc"], subset["miou"]
         rows = confusion[group].astype(np.float64)
         matched = all_scores["assignment"][group]
