@@ -53,6 +53,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"\nwrote {args.out}/results.{{csv,json,md,png}} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from picie_lib.data.prepare import PREPARE
+
+    options = {"class_table": args.class_table} if args.dataset == "folder" else {}
+    report = PREPARE[args.dataset](Path(args.root), verify=args.verify, **options)
+    if not report["ok"]:
+        raise ValueError(f"{args.root}: {len(report['problems'])} problem(s), listed above")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m picie_lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the three methods and the reference points, with Table 2")
     preset_args(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("prepare", help="check an on-disk data set (layout, labels, curated lists) and count it")
+    p.add_argument("dataset", choices=("cocostuff", "cityscapes", "folder"))
+    p.add_argument("root", help="the data set's root folder (README, 'Real data')")
+    p.add_argument("--verify", action="store_true", help="decode every image and label map a run reads (slow)")
+    p.add_argument("--class-table", help="folder: the class table file (default ROOT/classes.yaml)")
+    p.set_defaults(func=cmd_prepare)
     return parser
 
 

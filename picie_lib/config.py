@@ -20,15 +20,26 @@ PRESET_DIR = Path(__file__).parent / "presets"
 LOSSES = ("ce", "focal", "ib_focal")
 BALANCES = ("picie", "inverse", "none")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
+DATASETS = ("synthetic", "cocostuff27", "cityscapes27", "folder")
 
 
 @dataclass
 class Config:
     # --- data ---------------------------------------------------------------------------------
     dataset: str = "synthetic"
-    """Data set: "synthetic" (built in, generated from the seed)."""
+    """Data set: "synthetic" (built in, generated from the seed), or on disk at `data_root` (README, "Real
+    data"): "cocostuff27" (COCO-Stuff-27), "cityscapes27" (Cityscapes-27) or "folder" (your own images)."""
     data_root: str | None = None
     """Root folder of an on-disk data set (unused by "synthetic")."""
+    base_res: int = 640
+    """On-disk data: side of the square base image the training views are cut from (PiCIE --res2):
+    shorter side resized to it, then a centre crop. The synthetic scenes use `image_size` instead."""
+    curated: bool = True
+    """COCO-Stuff-27: only the curated images (IIC's lists, 49,629 train / 2,175 val); false = whole splits."""
+    class_table: str | None = None
+    """Folder data set: YAML/JSON class table (`names`, `things`); null = `data_root`/classes.yaml."""
+    max_images: int | None = None
+    """On-disk data: keep the first N images of each split (quick trials); null = all."""
     image_size: int = 96
     """Synthetic: side of the generated images (the base resolution the views are cut from)."""
     n_train: int = 400
@@ -138,12 +149,19 @@ class Config:
         one_of("focal_balance", BALANCES)
         one_of("ib_balance", BALANCES)
         one_of("kmeans_backend", KMEANS_BACKENDS)
-        one_of("dataset", ("synthetic",))
+        one_of("dataset", DATASETS)
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ValueError(f"data_root={self.data_root!r}: dataset={self.dataset} needs the folder of its files")
+        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
+            raise ValueError(f"max_images={self.max_images!r}: expected a positive integer or null")
+        if not isinstance(self.curated, bool):
+            raise ValueError(f"curated={self.curated!r}: expected true or false")
         for name in (
             "image_size",
             "n_train",
             "n_val",
             "res",
+            "base_res",
             "n_clusters",
             "kmeans_init_batches",
             "kmeans_iters",

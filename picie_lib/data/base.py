@@ -15,6 +15,17 @@ from picie_lib.transforms import ViewParams, center_crop_resize, make_views, nor
 IGNORE_INDEX = -1
 
 
+class BadFile(ValueError):
+    """One file of a data set that cannot be used (corrupt, truncated, wrong size or values).
+
+    Raised by ``load``; the passes skip the item with a warning and count it (README, "Bad input").
+    """
+
+    def __init__(self, path, problem: str, expected: str) -> None:
+        super().__init__(f"{path}: {problem}; expected {expected}")
+        self.path, self.problem, self.expected = str(path), problem, expected
+
+
 class SceneDataset(Dataset):
     """Base class. Subclasses set ``class_names``, ``thing_classes``, ``stuff_classes`` and
     implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``;
