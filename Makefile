@@ -16,12 +16,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: setup  ## the three methods on the built-in data set, with Table 2 (about 10-15 min on 2 CPU cores)
-	$(PY) -m picie_lib compare --preset demo --out $(DEMO_OUT)
+demo: setup  ## the notebooks, executed: the three methods on the built-in data set, report.md (about 15 min, 2 CPU cores)
+	$(PY) -m picie_lib run --preset demo --out $(DEMO_OUT)
 
-test: setup  ## lint, then the test suite (CPU)
-	$(VENV)/bin/ruff check picie_lib tests
+test: setup  ## lint, the test suite, then every notebook under nbval on the smoke preset (CPU)
+	$(VENV)/bin/ruff check picie_lib tests notebooks
 	$(PY) -m pytest
+	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
 
 lab: setup  ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/

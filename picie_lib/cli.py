@@ -1,5 +1,6 @@
-"""Command line: ``python -m picie_lib {train,evaluate,compare} ...``.
+"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare} ...``.
 
+    python -m picie_lib run --preset demo            # the notebooks, executed, with report.md
     python -m picie_lib train --preset demo --loss ib_focal --out outputs/ib
     python -m picie_lib evaluate outputs/ib
     python -m picie_lib compare --preset demo --out outputs/compare
@@ -53,6 +54,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"\nwrote {args.out}/results.{{csv,json,md,png}} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from picie_lib.pipeline import run
+
+    overrides = dict(parse_override(p) for p in args.param)
+    start = time.perf_counter()
+    out = run(args.preset, Path(args.out) if args.out else None, overrides, overwrite=args.overwrite)
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/report.md and the executed notebooks in {(time.perf_counter() - start) / 60:.1f} min")
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from picie_lib.data.prepare import PREPARE
 
@@ -68,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def preset_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--preset", default="demo", help="smoke, demo, or the path of a .yaml parameter file")
+    def preset_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+        p.add_argument("--preset", default="demo", help="smoke, demo, paper, or the path of a .yaml parameter file")
         p.add_argument(
             "-p",
             "--param",
@@ -78,8 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override one parameter (repeatable)",
         )
-        p.add_argument("--out", required=True, help="output folder of the run")
+        p.add_argument(
+            "--out",
+            required=out_required,
+            help="output folder of the run" + ("" if out_required else " (default outputs/<preset>-<time>)"),
+        )
         p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
+
+    p = sub.add_parser("run", help="execute the notebooks (papermill): every method, the comparison, report.md")
+    preset_args(p, out_required=False)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one method")
     preset_args(p)
@@ -112,4 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a failed notebook, a non-finite loss: the run stopped
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0

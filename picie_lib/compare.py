@@ -10,15 +10,25 @@ protocol, as the paper's table; the ``global_*`` columns give the global protoco
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from picie_lib.config import LOSSES, Config, save_config
 from picie_lib.data import build_dataset
-from picie_lib.evaluate import evaluate_model, evaluate_rgb, linear_probe, load_trained_model, write_evaluation
+from picie_lib.evaluate import (
+    evaluate_model,
+    evaluate_rgb,
+    evaluate_run,
+    linear_probe,
+    load_trained_model,
+    write_evaluation,
+)
+from picie_lib.plots import save_figure
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_text, csv_text, environment, new_run_dir, write_json
 from picie_lib.train import build_model, resolve_device, train
@@ -44,15 +54,48 @@ METHOD_NAMES = {
 REFERENCES = ("rgb_kmeans", "untrained", "linear_probe")
 
 
-def _row(name: str, seed: int, result: dict, **extra) -> dict:
-    scores = result["scores"]
-    return {
-        "loss": name,
-        "seed": seed,
-        **{k: scores[k] for k in COLUMNS + GLOBAL_COLUMNS},
-        "seconds": result.get("seconds"),
-        **extra,
-    }
+def method_steps(cfg: Config) -> list[tuple[int, str]]:
+    """(seed, method) in the order a comparison computes them."""
+    methods = ("rgb_kmeans", "untrained", *LOSSES) + (("linear_probe",) if cfg.probe_epochs > 0 else ())
+    return [(seed, m) for seed in cfg.seeds for m in methods]
+
+
+def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=None, val_set=None) -> dict:
+    """The results row of one method and seed, from ``out_dir/{method}-seed{seed}/metrics.json``.
+
+    A missing evaluation is computed and written there first: a trained method's run must exist
+    (``train`` or the training notebook wrote it); a reference point is computed here.
+    """
+    run_dir = Path(out_dir) / f"{method}-seed{seed}"
+    run_cfg = cfg.replace(seed=seed, loss=method if method in LOSSES else cfg.loss)
+    if not (run_dir / "metrics.json").is_file():
+        t0 = time.perf_counter()
+        if method in LOSSES:
+            if not (run_dir / "checkpoint.pt").is_file():
+                raise FileNotFoundError(f"{run_dir}: no trained run of {method!r} for seed {seed}; train it first")
+            evaluate_run(run_dir, train_set, val_set)
+        else:
+            if method == "rgb_kmeans":
+                result = evaluate_rgb(run_cfg, train_set, val_set)
+            elif method == "untrained":
+                model = build_model(run_cfg, resolve_device(run_cfg.device))
+                result = evaluate_model(model, run_cfg, train_set, val_set)
+            elif method == "linear_probe":
+                ce_cfg = run_cfg.replace(loss="ce")
+                model = load_trained_model(Path(out_dir) / f"ce-seed{seed}", ce_cfg)
+                result = linear_probe(model, ce_cfg, train_set, val_set)
+            else:
+                raise ValueError(f"method={method!r}: expected one of {LOSSES + REFERENCES}")
+            result["seconds"] = time.perf_counter() - t0
+            write_evaluation(run_dir, result, method, run_cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    row = {"loss": method, "seed": seed, **{k: metrics["scores"][k] for k in COLUMNS + GLOBAL_COLUMNS}}
+    row["seconds"] = metrics.get("seconds")
+    if (run_dir / "summary.json").is_file():  # a trained method: its epochs and the training time
+        summary = json.loads((run_dir / "summary.json").read_text())
+        row["seconds"] = (row["seconds"] or 0.0) + sum(summary["seconds_per_pass"].values())
+        row.update(epochs=summary["epochs"], switch_epoch=summary["switch_epoch"])
+    return row
 
 
 def compare(cfg: Config, out_dir: Path, overwrite: bool = False) -> list[dict]:
@@ -68,32 +111,92 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False) -> list[dict]:
     train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
     rows: list[dict] = []
     start = time.perf_counter()
-    steps = [(seed, m) for seed in cfg.seeds for m in ("rgb_kmeans", "untrained", *LOSSES, "linear_probe")]
-    if cfg.probe_epochs == 0:
-        steps = [s for s in steps if s[1] != "linear_probe"]
-    for seed, method in progress(steps, "compare", leave=True):
-        run_cfg = cfg.replace(seed=seed, loss=method if method in LOSSES else cfg.loss)
-        run_dir = out_dir / f"{method}-seed{seed}"
-        t0 = time.perf_counter()
-        extra = {}
-        if method == "rgb_kmeans":
-            result = evaluate_rgb(run_cfg, train_set, val_set)
-        elif method == "untrained":
-            result = evaluate_model(build_model(run_cfg, resolve_device(run_cfg.device)), run_cfg, train_set, val_set)
-        elif method == "linear_probe":
-            ce_cfg = run_cfg.replace(loss="ce")
-            model = load_trained_model(out_dir / f"ce-seed{seed}", ce_cfg)
-            result = linear_probe(model, ce_cfg, train_set, val_set)
-        else:
-            summary = train(run_cfg, run_dir, overwrite=overwrite)
-            result = evaluate_model(load_trained_model(run_dir, run_cfg), run_cfg, train_set, val_set)
-            extra = {"epochs": summary["epochs"], "switch_epoch": summary["switch_epoch"]}
-        result["seconds"] = time.perf_counter() - t0
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_evaluation(run_dir, result, method, run_cfg)
-        rows.append(_row(method, seed, result, **extra))
+    for seed, method in progress(method_steps(cfg), "compare", leave=True):
+        if method in LOSSES:
+            train(cfg.replace(seed=seed, loss=method), out_dir / f"{method}-seed{seed}", overwrite=overwrite)
+        rows.append(result_row(method, seed, cfg, out_dir, train_set, val_set))
         write_results(out_dir, rows, cfg, time.perf_counter() - start)
     return rows
+
+
+def collect(cfg: Config, out_dir: Path, seconds: float | None = None) -> list[dict]:
+    """The comparison's rows from the runs under ``out_dir`` (the notebooks' path): evaluations
+    missing there are computed (references, trained runs not yet evaluated); writes the results files."""
+    train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
+    rows = [
+        result_row(method, seed, cfg, out_dir, train_set, val_set)
+        for seed, method in progress(method_steps(cfg), "results", leave=True)
+    ]
+    write_results(Path(out_dir), rows, cfg, seconds if seconds is not None else sum(r["seconds"] or 0 for r in rows))
+    return rows
+
+
+# ---- the paper's claims, checked on our numbers ------------------------------------------------
+def _mean(rows: list[dict], method: str, column: str) -> float:
+    values = [r[column] for r in rows if r["loss"] == method and r[column] is not None]
+    return float(np.nanmean(values)) if values else math.nan
+
+
+def _oversegmentation(out_dir: Path, rows: list[dict], method: str, kind: str, key: str) -> float:
+    values = []
+    for r in rows:
+        path = Path(out_dir) / f"{method}-seed{r['seed']}" / "metrics.json"
+        if r["loss"] == method and path.is_file():
+            values.append(json.loads(path.read_text())["oversegmentation"][kind][key])
+    return float(np.nanmean(values)) if values else math.nan
+
+
+def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
+    """Each claim of the paper, its numbers, ours, and whether ours agree ("yes"/"no")."""
+    paper = {k: dict(zip(COLUMNS, PAPER_TABLE[k], strict=True)) for k in LOSSES}
+    ours = {k: {c: _mean(rows, k, c) for c in COLUMNS} for k in LOSSES}
+    header = dict(zip(COLUMNS, HEADERS, strict=True))
+
+    def row(claim: str, checks: list[tuple[str, str, bool]]) -> dict:
+        """``checks``: (method, column, whether the method should score above CE)."""
+
+        def text(table: dict) -> str:
+            return "; ".join(f"{header[c]} {table[k][c]:.2f} vs {table['ce'][c]:.2f}" for k, c, _ in checks)
+
+        holds = all((ours[k][c] > ours["ce"][c]) == above for k, c, above in checks)
+        return {"claim": claim, "paper": text(paper), "ours": text(ours), "holds": "yes" if holds else "no"}
+
+    claims = [
+        row(
+            "Focal helps things (Thing Acc and mIoU above PiCIE's)",
+            [("focal", "acc_thing", True), ("focal", "miou_thing", True)],
+        ),
+        row("Focal hurts stuff (Stuff Acc below PiCIE's)", [("focal", "acc_stuff", False)]),
+        row(
+            "IB-Focal beats PiCIE on All Acc and mIoU", [("ib_focal", "acc_all", True), ("ib_focal", "miou_all", True)]
+        ),
+    ]
+    thing = {
+        k: _oversegmentation(out_dir, rows, "ce", "thing", k) for k in ("effective_clusters", "fragments_per_object")
+    }
+    stuff = {
+        k: _oversegmentation(out_dir, rows, "ce", "stuff", k) for k in ("effective_clusters", "fragments_per_object")
+    }
+    claims.append(
+        {
+            "claim": "Things are over-segmented (PiCIE spreads a thing over more clusters and pieces than stuff)",
+            "paper": "shown qualitatively (Figure 2)",
+            "ours": f"effective clusters per class: things {thing['effective_clusters']:.2f}, stuff "
+            f"{stuff['effective_clusters']:.2f}; pieces per object: things {thing['fragments_per_object']:.2f}, "
+            f"stuff {stuff['fragments_per_object']:.2f}",
+            "holds": "yes"
+            if thing["effective_clusters"] > stuff["effective_clusters"]
+            and thing["fragments_per_object"] > stuff["fragments_per_object"]
+            else "no",
+        }
+    )
+    return claims
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    lines = ["| Claim | Paper | Ours | Holds here |", "|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['holds']} |" for c in claims]
+    return "\n".join(lines)
 
 
 # ---- tables and figure -------------------------------------------------------------------------
@@ -144,13 +247,8 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
     )
 
 
-def plot_results(rows: list[dict], path: Path) -> None:
+def plot_results(rows: list[dict]):
     """Grouped bars of the six numbers per method (ours), the paper's values as black ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     methods = [m for m in (*LOSSES, *REFERENCES) if any(r["loss"] == m for r in rows)]
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(methods))
@@ -173,19 +271,24 @@ def plot_results(rows: list[dict], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Ours (bars) and the paper's Table 2 (black ticks)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    return fig
 
 
 def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) -> None:
+    """results.{json,csv,md,png}, timings.json and, once all three methods have rows, claims.{json,csv}."""
+    text = results_markdown(rows, cfg, seconds)
+    if all(any(r["loss"] == m for r in rows) for m in LOSSES):
+        claims = paper_claims(rows, out_dir)
+        write_json(out_dir / "claims.json", claims)
+        atomic_write_text(out_dir / "claims.csv", csv_text(claims))
+        text += "\n## The paper's claims, on our numbers\n\n" + claims_markdown(claims) + "\n"
     write_json(out_dir / "results.json", rows)
     atomic_write_text(out_dir / "results.csv", csv_text(rows))
-    atomic_write_text(out_dir / "results.md", results_markdown(rows, cfg, seconds))
+    atomic_write_text(out_dir / "results.md", text)
     write_json(
         out_dir / "timings.json",
         {"wall_seconds": seconds, "per_method": {f"{r['loss']}-seed{r['seed']}": r["seconds"] for r in rows}},
     )
-    plot_results(rows, out_dir / "results.png")
+    fig = plot_results(rows)
+    save_figure(fig, out_dir / "results.png", dpi=120)
+    plt.close(fig)

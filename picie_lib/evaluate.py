@@ -11,6 +11,7 @@ RGB pixels, and a supervised linear probe on the network's features (the ceiling
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib.clustering import MiniBatchKMeans
-from picie_lib.config import Config, load_config
+from picie_lib.config import Config, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import batch_statistics
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_write_text, csv_text, environment, write_json
+from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, write_json
 from picie_lib.train import (
     build_model,
     derive_seed,
@@ -38,6 +39,7 @@ from picie_lib.train import (
 from picie_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS, STREAM_PROBE = 11, 12, 13
+CENTROIDS_FORMAT = "picie_lib.centroids/1"
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> features (B, D, h, w)
 
 
@@ -180,6 +182,7 @@ def evaluate_clusters(extract: FeatureFn, cfg: Config, rule: str, train_set=None
     centroids = fit_centroids(extract, train_set, cfg, cfg.seed)
     result = score_predictions(lambda x, size: predict(extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters)
     result["seconds"] = time.perf_counter() - start
+    result["centroids"] = centroids.cpu()
     return result
 
 
@@ -239,9 +242,17 @@ def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
 
 
 def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
-    """metrics.json (everything), per_class.csv and confusion.csv, atomically."""
+    """metrics.json (everything but the centroids), per_class.csv, confusion.csv and, for a
+    clustering, centroids.pt (the fitted classifier, to draw predictions later), atomically."""
     out_dir = Path(out_dir)
-    write_json(out_dir / "metrics.json", {"method": method, "seed": cfg.seed, **result, "environment": environment()})
+    result = dict(result)
+    centroids = result.pop("centroids", None)
+    if centroids is not None:
+        atomic_torch_save({"format": CENTROIDS_FORMAT, "centroids": centroids}, out_dir / "centroids.pt")
+    write_json(
+        out_dir / "metrics.json",
+        {"method": method, "seed": cfg.seed, "config": cfg.to_dict(), **result, "environment": environment()},
+    )
     atomic_write_text(out_dir / "per_class.csv", csv_text(result["per_class"]))
     conf = np.asarray(result["confusion"])
     lines = ["class," + ",".join(f"cluster_{k}" for k in range(conf.shape[1]))]
@@ -249,12 +260,45 @@ def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> N
     atomic_write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
 
 
-def evaluate_run(run_dir: Path) -> dict:
+def evaluate_run(run_dir: Path, train_set=None, val_set=None) -> dict:
     """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json; expected the folder of a run made by `train`")
     cfg = load_config(run_dir / "config.json")
-    result = evaluate_model(load_trained_model(run_dir, cfg), cfg)
+    result = evaluate_model(load_trained_model(run_dir, cfg), cfg, train_set, val_set)
     write_evaluation(run_dir, result, cfg.loss, cfg)
     return result
+
+
+def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
+    """``(images, size) -> (B, H, W)`` class ids predicted by an evaluated run (or reference point):
+    its fitted centroids, each cluster named by the run's Hungarian matching (All); -1 = unmatched."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if not (run_dir / "centroids.pt").is_file():
+        raise FileNotFoundError(f"{run_dir}: no centroids.pt; only clusterings have them (evaluate the run first)")
+    centroids = torch.load(run_dir / "centroids.pt", map_location="cpu", weights_only=True)["centroids"]
+    cfg = from_dict(metrics["config"], source=str(run_dir / "metrics.json"))
+    if metrics["method"] == "rgb_kmeans":
+        extract, rule = rgb_feature_fn(), "nearest"
+    else:
+        extract, rule = (
+            network_feature_fn(
+                load_trained_model(run_dir, cfg)
+                if metrics["method"] != "untrained"
+                else build_model(cfg, resolve_device(cfg.device)),
+                cfg,
+            ),
+            "dot",
+        )
+    cluster_to_class = torch.full((len(centroids),), -1, dtype=torch.int64)
+    for c, row in enumerate(metrics["per_class"]):
+        if row["cluster"] >= 0:
+            cluster_to_class[row["cluster"]] = c
+
+    @torch.no_grad()
+    def classes(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return cluster_to_class[predict(extract, images, size, centroids, rule).cpu()]
+
+    return classes

@@ -122,3 +122,14 @@ def class_weights(counts: torch.Tensor, mode: str) -> torch.Tensor | None:
         inv = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
         return (inv / inv.sum().clamp_min(1e-300) * len(counts)).float()
     raise ValueError(f"balance={mode!r}: expected 'picie', 'inverse' or 'none'")
+
+
+def cosine_logit_max_probability(n_classes: int, temperature: float, others: str = "opposite") -> float:
+    """The largest ``p_t`` that PiCIE's logits ``z_k = f . c_k / T`` allow (``|f| = |c_k| = 1``, so
+    ``z`` lies in ``[-1/T, 1/T]``): the pixel on its centroid and every other centroid opposite it
+    (``others="opposite"``, the bound) or orthogonal to it (``"orthogonal"``, the typical case in
+    128 dimensions). With T = 1 and K = 27 these are 0.22 and 0.09: the Focal factor (1 - p_t)^2
+    never falls below 0.6, so Focal cannot switch off easy pixels as it does with free logits."""
+    other = {"opposite": -1.0 / temperature, "orthogonal": 0.0}[others]
+    top = 1.0 / temperature
+    return float(1.0 / (1.0 + (n_classes - 1) * torch.exp(torch.tensor(other - top, dtype=torch.float64))))

@@ -205,3 +205,19 @@ class ObjectFragments:
     def per_class(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.objects > 0, self.fragments / np.maximum(self.objects, 1), np.nan)
+
+
+def class_pixel_counts(dataset, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled pixels per class over the first ``max_images`` items of an eval-mode data set
+    (at the evaluation crop), and each image's share of stuff among its labelled pixels."""
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    counts = np.zeros(dataset.n_classes, dtype=np.int64)
+    stuff = np.asarray(dataset.stuff_classes, dtype=np.int64)
+    shares = np.full(n, np.nan)
+    for i in range(n):
+        label = np.asarray(dataset[i][2]).ravel()
+        per_class = np.bincount(label[label >= 0], minlength=dataset.n_classes)
+        counts += per_class
+        if per_class.sum():
+            shares[i] = per_class[stuff].sum() / per_class.sum()
+    return counts, shares

@@ -302,9 +302,16 @@ def _check_same_config(saved: dict, cfg: Config, path: Path) -> None:
 
 
 # ---- the training loop ---------------------------------------------------------------------------
-def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
+def train(
+    cfg: Config,
+    out_dir: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
     """Train one run into ``out_dir``: config.json, environment.json, log.jsonl (one line per
-    epoch), checkpoint.pt (rewritten atomically at the end of every epoch) and summary.json."""
+    epoch), checkpoint.pt (rewritten atomically at the end of every epoch) and summary.json.
+    ``on_epoch(record)`` is called after every epoch's checkpoint (e.g. to draw live curves)."""
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
     epochs = cfg.epochs_for()
@@ -419,6 +426,8 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, overwrite: bool = Fa
             },
             out_dir / "checkpoint.pt",
         )
+        if on_epoch is not None:
+            on_epoch(record)
 
     history = read_jsonl(out_dir / "log.jsonl")
     summary = {

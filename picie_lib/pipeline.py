@@ -1,0 +1,199 @@
+"""``python -m picie_lib run``: the numbered notebooks, executed headless with papermill.
+
+The notebooks (``notebooks/NN_*.ipynb``) are the story; this module only decides which to run
+with which parameters, and collects what they wrote into one folder:
+
+    DIR/config.json, environment.json     the run's parameters and versions
+    DIR/notebooks/NN_name[-method-seedS].{ipynb,html}   every executed notebook, and its HTML
+    DIR/{method}-seed{S}/                 one training run and its evaluation per method and seed
+    DIR/figures/*.png                     the figures the notebooks saved
+    DIR/results.{csv,json,md,png}, claims.{csv,json}   the comparison (07_compare)
+    DIR/report.md                         the table, the claims and the figures, for reading
+    DIR/timings.json                      seconds per method and per notebook
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from picie_lib.config import LOSSES, Config, load_preset, save_config
+from picie_lib.progress import progress
+from picie_lib.runs import atomic_write_text, environment, new_run_dir, write_json
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+SHARED = ("00_setup", "01_data", "02_views", "03_clustering", "04_losses")
+PER_RUN = ("05_train", "06_evaluate")
+COMPARE = "07_compare"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised: names the notebook, the cell and where the executed copy is."""
+
+
+def plan(cfg: Config, out_dir: Path) -> list[tuple[str, str, dict]]:
+    """(notebook, executed name, extra parameters) in the order they run."""
+    steps = [(name, name, {}) for name in SHARED]
+    for seed in cfg.seeds:
+        for loss in LOSSES:
+            run = {"loss": loss, "seed": seed, "run_dir": str(out_dir / f"{loss}-seed{seed}")}
+            steps += [(name, f"{name}-{loss}-seed{seed}", run) for name in PER_RUN]
+    steps.append((COMPARE, COMPARE, {}))
+    return steps
+
+
+def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = None) -> None:
+    """Run ``cwd/notebook.ipynb`` (default: the repository's notebooks) with papermill into
+    ``output``, and render the executed copy to HTML beside it, failed or not."""
+    import papermill
+    from nbconvert import HTMLExporter
+
+    cwd = Path(cwd or NOTEBOOK_DIR)
+    source = cwd / f"{notebook}.ipynb"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: notebook not found (the notebooks live in the repository's notebooks/)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(source), str(output), parameters=parameters, kernel_name="python3", cwd=str(cwd), progress_bar=False
+        )
+    except papermill.PapermillExecutionError as err:
+        import nbformat
+
+        cells = nbformat.read(source, as_version=4).cells
+        number = next((i + 1 for i, c in enumerate(cells) if c.source == err.source), "?")
+        first_line = next((line for line in err.source.splitlines() if line.strip()), "")
+        raise NotebookFailed(
+            f"notebook {source.name} failed in cell {number} of {len(cells)} (In [{err.exec_count}]: {first_line!r}): "
+            f"{err.ename}: {err.evalue}; the executed copy with the traceback is {output}"
+        ) from None
+    finally:
+        if output.is_file():
+            body, _ = HTMLExporter().from_filename(str(output))
+            atomic_write_text(output.with_suffix(".html"), body)
+
+
+def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None, overwrite: bool = False) -> Path:
+    """Execute the notebooks for ``preset`` into ``out_dir`` and write ``report.md``; returns the folder."""
+    overrides = overrides or {}
+    cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
+    if Path(preset).suffix in (".yaml", ".yml"):
+        preset = str(Path(preset).resolve())
+    out_dir = Path(out_dir or f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    new_run_dir(out_dir, overwrite=overwrite)
+    save_config(cfg, out_dir / "config.json")
+    write_json(out_dir / "environment.json", environment())
+    common = {"preset": preset, "params": overrides, "out_dir": str(out_dir), "interactive": False}
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for notebook, name, extra in progress(plan(cfg, out_dir), "notebooks", leave=True):
+        t0 = time.perf_counter()
+        execute(notebook, out_dir / "notebooks" / f"{name}.ipynb", {**common, **extra})
+        timings[name] = time.perf_counter() - t0
+        print(f"{name}: {timings[name]:.0f} s", flush=True)
+    wall = time.perf_counter() - start
+    method_timings = out_dir / "timings.json"  # 07_compare wrote the seconds per method there
+    previous = json.loads(method_timings.read_text()) if method_timings.is_file() else {}
+    write_json(method_timings, {**previous, "wall_seconds": wall, "per_notebook": timings})
+    atomic_write_text(out_dir / "report.md", report_markdown(out_dir, cfg, wall, timings))
+    return out_dir
+
+
+CAPTIONS = {  # the figures the notebooks save under DIR/figures, in the report's order
+    "07_figure2": "Examples as the paper's Figure 2: image, ground truth, CE, Focal, IB-Focal (07_compare)",
+    "07_gains_over_ce": "Per-class IoU gain over PiCIE (CE), things and stuff (07_compare)",
+    "01_class_frequency": "Pixel frequency per class (01_data)",
+    "01_samples": "Samples and their labels (01_data)",
+    "02_views": "PiCIE's two views (02_views)",
+    "02_equivariant_features": "Equivariance: both views' feature maps, aligned (02_views)",
+    "03_clusters": "Clusters of the reference points, named by the Hungarian matching (03_clustering)",
+    "04_losses": "CE, Focal and IB-Focal (04_losses)",
+    "04_temperature": "Why cosine logits blunt Focal (04_losses)",
+}
+
+
+def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, float]) -> str:
+    """The report: the comparison table and claims (07_compare's results.md), the figures, the notebooks."""
+    results = (out_dir / "results.md").read_text()
+    lines = [
+        results.replace("# PiCIE with CE, Focal and IB-Focal: results", "# PiCIE with CE, Focal and IB-Focal: report"),
+        "![Table 2, ours beside the paper's](results.png)",
+        "",
+        "## Figures",
+        "",
+    ]
+    saved = {p.stem: p for p in sorted((out_dir / "figures").glob("*.png"))}
+    names = [n for n in CAPTIONS if n in saved] + [n for n in saved if n not in CAPTIONS]
+    for name in names:
+        lines += [f"**{CAPTIONS.get(name, name)}**", "", f"![{name}](figures/{saved[name].name})", ""]
+    for loss in LOSSES:
+        curve = Path(f"{loss}-seed{cfg.seeds[0]}") / "figures" / "loss_curves.png"
+        if (out_dir / curve).is_file():
+            lines += [f"**Training curves, {loss}, seed {cfg.seeds[0]} (05_train)**", "", f"![{loss}]({curve})", ""]
+    lines += ["## Notebooks (executed)", "", "| Notebook | Seconds | HTML |", "|---|---|---|"]
+    lines += [f"| {n} | {s:.0f} | [html](notebooks/{n}.html) |" for n, s in timings.items()]
+    lines += [
+        "",
+        f"Wall time: {wall / 60:.1f} min. Parameters: `config.json` (dataset {cfg.dataset}, res {cfg.res}, "
+        f"seeds {cfg.seeds}); versions: `environment.json`; seconds per notebook: `timings.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- what the notebooks call -------------------------------------------------------------------
+def notebook_config(preset: str, params: dict | None = None, **fixed) -> Config:
+    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own)."""
+    return load_preset(preset, **{**(params or {}), **{k: v for k, v in fixed.items() if v is not None}})
+
+
+def setup_report(cfg: Config) -> list[dict]:
+    """What 00_setup shows: each need, what was found, and what to do when it is missing."""
+    import platform
+
+    import torch
+
+    from picie_lib.clustering import faiss, faiss_gpu_count, resolve_backend
+    from picie_lib.train import resolve_device
+
+    cuda = torch.cuda.is_available()
+    rows = [
+        {"item": "python", "found": platform.python_version(), "todo": ""},
+        {"item": "torch", "found": torch.__version__, "todo": ""},
+        {
+            "item": "GPU (CUDA)",
+            "found": torch.cuda.get_device_name(0) if cuda else "none",
+            "todo": "" if cuda else "fine for smoke/demo; the paper preset needs a GPU",
+        },
+        {
+            "item": "faiss",
+            "found": f"{faiss.__version__}, {faiss_gpu_count()} GPU(s)" if faiss else "not installed",
+            "todo": "" if faiss else "optional: the torch k-means is used instead (pip install faiss-gpu)",
+        },
+    ]
+    try:
+        device = resolve_device(cfg.device)
+        rows.append(
+            {
+                "item": "device / k-means",
+                "found": f"{device} / {resolve_backend(cfg.kmeans_backend, device)}",
+                "todo": "",
+            }
+        )
+    except (RuntimeError, ImportError) as err:
+        rows.append({"item": "device / k-means", "found": "unusable", "todo": str(err)})
+    if cfg.dataset == "synthetic":
+        rows.append({"item": "data set", "found": "synthetic (built in, generated from the seed)", "todo": ""})
+    else:
+        root = Path(cfg.data_root or "")
+        kind = {"cocostuff27": "cocostuff", "cityscapes27": "cityscapes"}.get(cfg.dataset, cfg.dataset)
+        found = root.is_dir() and any(root.iterdir())
+        rows.append(
+            {
+                "item": f"data set {cfg.dataset}",
+                "found": f"{root}" if found else f"missing: {root}",
+                "todo": "" if found else f"see the README, 'Real data'; then python -m picie_lib prepare {kind} {root}",
+            }
+        )
+    return rows

@@ -1,0 +1,146 @@
+"""The notebooks and ``python -m picie_lib run``: clean sources, papermill end to end, failures named."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from picie_lib import pipeline
+from picie_lib.cli import main
+from picie_lib.compare import COLUMNS
+
+NOTEBOOKS = sorted(pipeline.NOTEBOOK_DIR.glob("*.ipynb"))
+PARAMETERS = ("preset", "params", "out_dir", "seed", "interactive")
+
+
+def test_the_numbered_notebooks_are_all_there():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names == [*pipeline.SHARED, *pipeline.PER_RUN, pipeline.COMPARE]
+    assert all(re.fullmatch(r"\d\d_[a-z_]+", n) for n in names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_are_clean_and_parameterised(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), f"{path.name} has outputs"
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+    assigned = set(re.findall(r"^(\w+) = ", tagged[0].source, flags=re.M))
+    assert set(PARAMETERS) <= assigned
+    assert "interactive = False" in tagged[0].source  # headless by default
+
+
+def test_plan_runs_training_and_evaluation_per_method_and_seed(tmp_path):
+    from picie_lib.config import load_preset
+
+    steps = pipeline.plan(load_preset("smoke", seeds=[0, 3]), tmp_path)
+    names = [name for _, name, _ in steps]
+    assert names[:5] == list(pipeline.SHARED) and names[-1] == "07_compare"
+    assert "05_train-ib_focal-seed3" in names and "06_evaluate-focal-seed0" in names
+    assert len(names) == 5 + 2 * 3 * 2 + 1
+    train = dict((name, extra) for _, name, extra in steps)["05_train-focal-seed3"]
+    assert train == {"loss": "focal", "seed": 3, "run_dir": str(tmp_path / "focal-seed3")}
+
+
+def _notebook(path: Path, *sources: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb.cells = cells
+    nbformat.write(nb, path)
+
+
+def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
+    _notebook(tmp_path / "09_broken.ipynb", "x = 1", "y = x + 1", "# the bug\nz = y / 0")
+    out = tmp_path / "out" / "09_broken.ipynb"
+    with pytest.raises(pipeline.NotebookFailed) as err:
+        pipeline.execute("09_broken", out, {"x": 2}, cwd=tmp_path)
+    message = str(err.value)
+    assert "09_broken.ipynb" in message and "ZeroDivisionError" in message and str(out) in message
+    assert "'# the bug'" in message
+    index = int(re.search(r"in cell (\d+)", message).group(1))
+    source = nbformat.read(tmp_path / "09_broken.ipynb", as_version=4)
+    assert index == 3 and "z = y / 0" in source.cells[index - 1].source  # counted from 1, as a reader does
+    assert out.with_suffix(".html").stat().st_size > 1000  # rendered even though it failed
+
+
+def test_run_stops_with_a_nonzero_exit_naming_the_notebook(tmp_path, monkeypatch, capsys):
+    for name in pipeline.SHARED:
+        _notebook(
+            tmp_path / f"{name}.ipynb",
+            "preset = 'x'",
+            "raise ValueError('no data here')" if name == "01_data" else "pass",
+        )
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "notebook 01_data.ipynb failed in cell" in err and "no data here" in err
+    assert (out / "notebooks" / "00_setup.ipynb").is_file()  # what ran before is kept
+    assert not (out / "notebooks" / "02_views.ipynb").exists()  # nothing after the failure
+
+
+def test_run_rejects_bad_parameters_before_writing(tmp_path, capsys):
+    assert main(["run", "--preset", "smoke", "-p", "bogus=1", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown key(s) bogus" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("keep me")
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path / "taken")]) == 2
+    assert (tmp_path / "taken" / "x").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    proc = subprocess.run(
+        [sys.executable, "-m", "picie_lib", "run", "--preset", "smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PICIE_PROGRESS": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
+    out, proc = smoke_run
+    steps = pipeline.plan(pipeline.load_preset("smoke"), out)
+    for _, name, _ in steps:
+        executed = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert executed.metadata["papermill"]["parameters"]["out_dir"] == str(out)
+        assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
+        assert (out / "notebooks" / f"{name}.html").stat().st_size > 10_000
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal", "linear_probe"}
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "seed", *COLUMNS} <= set(header)
+    claims = json.loads((out / "claims.json").read_text())
+    assert len(claims) == 4 and all(c["holds"] in ("yes", "no") for c in claims)
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["per_notebook"]) == {name for _, name, _ in steps} and "per_method" in timings
+    assert "PiCIE (CE), paper" in proc.stdout
+
+
+def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
+    out, _ = smoke_run
+    report = (out / "report.md").read_text()
+    assert "| PiCIE (CE), paper | 49.99 | 14.36 |" in report and "The paper's claims" in report
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert (
+        "results.png" in images and "figures/07_figure2.png" in images and "ce-seed0/figures/loss_curves.png" in images
+    )
+    assert all((out / image).stat().st_size > 5_000 for image in images)
+    links = re.findall(r"\[html\]\(([^)]+)\)", report)
+    assert len(links) == 12 and all((out / link).is_file() for link in links)
