@@ -232,7 +232,8 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
             "# PiCIE with CE, Focal and IB-Focal: results",
             "",
             f"Data set: `{cfg.dataset}` ({cfg.res} px), K = {cfg.n_clusters}, seeds {seeds} "
-            f"(mean ± sample std where there are several), epochs: {epochs}. Wall time {seconds / 60:.1f} min.",
+            f"(mean ± sample std where there are several), epochs: {epochs}.",
+            f"Training and evaluation: {seconds / 60:.1f} min.",
             "Paper rows: COCO-Stuff-27 with an ImageNet-pretrained backbone; ours: the data set above.",
             "",
             "## Table 2 (Thing / Stuff by the subset protocol: the other group ignored, as the paper)",

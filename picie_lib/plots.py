@@ -98,6 +98,22 @@ def feature_pca_rgb(*feature_maps: torch.Tensor) -> list[np.ndarray]:
     return [((p - lo) / (hi - lo).clamp_min(1e-12)).numpy() for p in projected]
 
 
+def prediction_grid(dataset, predictors: dict, count: int = 4):
+    """The first ``count`` images of an eval-mode data set: image, ground truth, and each predictor's
+    classes (``predictor(images, size) -> (B, H, W)``, see ``evaluate.class_predictor``). The images
+    go through each predictor as one batch, as in the evaluation (BatchNorm uses batch statistics)."""
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    images = torch.stack([image for _, image, _ in items])
+    size = tuple(items[0][2].shape)
+    predicted = {name: predict(images, size) for name, predict in predictors.items()}
+    n = dataset.n_classes
+    rows = [
+        [to_rgb(image), colourise(label, n), *(colourise(p[k], n) for p in predicted.values())]
+        for k, (_, image, label) in enumerate(items)
+    ]
+    return image_grid(rows, ["image", "ground truth", *predictors])
+
+
 def class_legend(class_names: Sequence[str], things: Sequence[int]):
     """The colour of every class, things first, as a one-figure legend."""
     colours = class_colours(len(class_names))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from picie_lib import pipeline
@@ -36,6 +37,16 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
     assigned = set(re.findall(r"^(\w+) = ", tagged[0].source, flags=re.M))
     assert set(PARAMETERS) <= assigned
     assert "interactive = False" in tagged[0].source  # headless by default
+
+
+def test_every_parameter_the_run_passes_is_one_the_notebook_declares(tmp_path):
+    from picie_lib.config import load_preset
+
+    for notebook, name, extra in pipeline.plan(load_preset("smoke"), tmp_path):
+        nb = nbformat.read(pipeline.NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
+        tagged = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        declared = set(re.findall(r"^(\w+) = ", tagged.source, flags=re.M))
+        assert set(PARAMETERS) | set(extra) <= declared, f"{name}: {set(extra) - declared} not in its parameters cell"
 
 
 def test_plan_runs_training_and_evaluation_per_method_and_seed(tmp_path):
@@ -144,3 +155,36 @@ def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
     assert all((out / image).stat().st_size > 5_000 for image in images)
     links = re.findall(r"\[html\]\(([^)]+)\)", report)
     assert len(links) == 12 and all((out / link).is_file() for link in links)
+
+
+def test_run_paper_preset_on_a_tiny_coco_layout_root(tmp_path):
+    from layouts import write_cocostuff
+
+    layout = write_cocostuff(tmp_path / "coco")
+    out = tmp_path / "paper"
+    small = {  # the paper preset, with the sizes and epochs of a test
+        "data_root": str(layout.root), "pretrained": None, "curated": False, "res": 32, "base_res": 48,
+        "batch_size_train": 3, "batch_size_cluster": 3, "eval_batch_size": 2, "kmeans_init_batches": 1,
+        "kmeans_iters": 5, "epochs_ce": 1, "epochs_focal": 1, "epochs_ib_focal": 2, "num_workers": 0,
+    }  # fmt: skip
+    args = [a for k, v in small.items() for a in ("-p", f"{k}={'null' if v is None else v}")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "picie_lib", "run", "--preset", "paper", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PICIE_PROGRESS": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dataset"], config["n_clusters"], config["lr"], config["balance"]) == (
+        "cocostuff27",
+        27,
+        1e-4,
+        "picie",
+    )
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal"}  # no probe on COCO
+    val = json.loads((out / "ce-seed0" / "metrics.json").read_text())
+    assert sum(r["pixels"] for r in val["per_class"]) == np.asarray(val["confusion"]).sum() > 0
+    assert "| PiCIE (CE), paper | 49.99 |" in (out / "report.md").read_text()
