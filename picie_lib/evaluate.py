@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import Config, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
+from picie_lib.data.base import BadFileWarning
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import batch_statistics
 from picie_lib.progress import progress
@@ -76,8 +78,19 @@ def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -
     raise ValueError(f"rule={rule!r}: expected 'dot' or 'nearest'")
 
 
+def warn_skipped(names: list[str], what: str) -> None:
+    if names:
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        warnings.warn(
+            f"{len(names)} bad file(s) left out of {what} (metrics.json lists them): {shown}",
+            BadFileWarning,
+            stacklevel=3,
+        )
+
+
 def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int) -> torch.Tensor:
-    """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation)."""
+    """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation); also the items left
+    out as bad files."""
     km = MiniBatchKMeans(
         cfg.n_clusters,
         cfg.kmeans_init_batches,
@@ -87,10 +100,11 @@ def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: 
         cfg.kmeans_max_init_points,
     )
     order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
-    for _, images, _ in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "eval k-means"):
+    batches = make_loader(dataset, order, cfg.batch_size_cluster, cfg)
+    for _, images, _ in progress(batches, "eval k-means"):
         feats = extract(images)
         km.update(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-    return km.finish()
+    return km.finish(), [dataset.item_name(i) for i in batches.skipped]
 
 
 def predict(
@@ -115,16 +129,19 @@ def score_predictions(
     num_clusters: int,
     match: bool = True,
 ) -> dict:
-    """Run ``predict_batch`` over the val set; returns scores, per-class tables and the confusion matrix."""
+    """Run ``predict_batch`` over the val set; returns scores, per-class tables, the confusion matrix
+    and the val items left out as bad files."""
     confusion = ConfusionMatrix(dataset.n_classes, num_clusters)
     predictions, targets = [], []
-    order = list(range(len(dataset)))
-    for _, images, labels in progress(make_loader(dataset, order, cfg.eval_batch_size, cfg), "evaluate"):
+    batches = make_loader(dataset, list(range(len(dataset))), cfg.eval_batch_size, cfg)
+    for _, images, labels in progress(batches, "evaluate"):
         pred = predict_batch(images, tuple(labels.shape[-2:])).cpu()
         confusion.update(pred, labels)
         predictions.append(pred)
         targets.append(labels)
-    return summarise(confusion.matrix, torch.cat(predictions), torch.cat(targets), dataset, match)
+    result = summarise(confusion.matrix, torch.cat(predictions), torch.cat(targets), dataset, match)
+    result["skipped_files"] = [dataset.item_name(i) for i in batches.skipped]
+    return result
 
 
 def summarise(
@@ -179,8 +196,10 @@ def evaluate_clusters(extract: FeatureFn, cfg: Config, rule: str, train_set=None
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
     start = time.perf_counter()
-    centroids = fit_centroids(extract, train_set, cfg, cfg.seed)
+    centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed)
     result = score_predictions(lambda x, size: predict(extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters)
+    result["skipped_files"] = skipped_train + result["skipped_files"]
+    warn_skipped(result["skipped_files"], "the evaluation")
     result["seconds"] = time.perf_counter() - start
     result["centroids"] = centroids.cpu()
     return result
@@ -210,8 +229,8 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
     device = next(model.parameters()).device
     start = time.perf_counter()
     feats, labels = [], []
-    order = list(range(len(train_set)))
-    for _, images, target in progress(make_loader(train_set, order, cfg.eval_batch_size, cfg), "probe features"):
+    batches = make_loader(train_set, list(range(len(train_set))), cfg.eval_batch_size, cfg)
+    for _, images, target in progress(batches, "probe features"):
         f = extract(images)
         stride = target.shape[-1] // f.shape[-1]
         feats.append(f.cpu())
@@ -231,6 +250,8 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
         result = score_predictions(
             lambda x, size: predict(extract, x, size, head=head), val_set, cfg, val_set.n_classes, match=False
         )
+    result["skipped_files"] = [train_set.item_name(i) for i in batches.skipped] + result["skipped_files"]
+    warn_skipped(result["skipped_files"], "the linear probe")
     result["seconds"] = time.perf_counter() - start
     return result
 

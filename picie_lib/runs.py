@@ -99,7 +99,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    *complete, _unfinished = path.read_text().split("\n")  # a line a kill cut short has no newline yet
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def git_commit() -> str | None:

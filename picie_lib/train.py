@@ -16,18 +16,21 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import Config, load_config, save_config
 from picie_lib.data import SceneDataset, build_dataset
+from picie_lib.data.base import BadFileWarning
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
 from picie_lib.model import PanopticFPN, batch_statistics
 from picie_lib.progress import progress
@@ -38,12 +41,11 @@ from picie_lib.runs import (
     atomic_write_text,
     environment,
     new_run_dir,
-    read_jsonl,
     write_json,
 )
 from picie_lib.transforms import crop_flip, draw_view_params
 
-CHECKPOINT_FORMAT = "picie_lib.checkpoint/1"
+CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
 # Parameters that do not change what training computes; a resumed run may differ in them.
 RUNTIME_KEYS = {"device", "num_workers", "seeds", "eval_batch_size", "probe_epochs"}
 RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json", "metrics.json")
@@ -100,15 +102,51 @@ def view_features(model, view1, view2, crop, flip, cfg) -> tuple[torch.Tensor, t
     return F.normalize(f1, dim=1), F.normalize(f2, dim=1)
 
 
-def make_loader(dataset, order: list[int], batch_size: int, cfg: Config) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=order,
-        num_workers=cfg.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-    )
+def collate_usable(items: list):
+    """Batch the items a worker could read; None (a bad file, see ``SceneDataset``) is left out."""
+    items = [item for item in items if item is not None]
+    return default_collate(items) if items else None
+
+
+class Batches:
+    """The batches of ``dataset`` in ``order``, without the items whose file is bad; after a full
+    pass, ``skipped`` lists those items. A pass in which no item is usable is an error."""
+
+    def __init__(self, dataset, order: list[int], batch_size: int, cfg: Config) -> None:
+        self.dataset, self.order = dataset, order
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=order,
+            num_workers=cfg.num_workers,
+            collate_fn=collate_usable,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+        self.seen: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if batch is not None:
+                self.seen.update(batch[0].tolist())
+                yield batch
+        if self.order and not self.seen:
+            names = ", ".join(self.dataset.item_name(i) for i in self.order[:3])
+            raise ValueError(
+                f"no usable item among the {len(self.order)} of {type(self.dataset).__name__}: every "
+                f"file was bad (e.g. {names}); see the warnings above"
+            )
+
+    @property
+    def skipped(self) -> list[int]:
+        return sorted(set(self.order) - self.seen)
+
+
+def make_loader(dataset, order: list[int], batch_size: int, cfg: Config) -> Batches:
+    return Batches(dataset, order, batch_size, cfg)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +157,8 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 # ---- the three passes --------------------------------------------------------------------------
 @torch.no_grad()
 def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, seed: int):
-    """One k-means per view over the epoch's views: centroids (2, K, 128) and their k-means losses."""
+    """One k-means per view over the epoch's views: centroids (2, K, 128), their k-means losses, and
+    the items left out as bad files (the label and training passes leave out the same ones)."""
     kms = [
         MiniBatchKMeans(
             cfg.n_clusters,
@@ -132,13 +171,14 @@ def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, se
         for view in (1, 2)
     ]
     params = dataset.view_params
+    batches = make_loader(dataset, order, cfg.batch_size_cluster, cfg)
     with batch_statistics(model):
-        for idx, view1, view2 in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "cluster"):
+        for idx, view1, view2 in progress(batches, "cluster"):
             f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
             kms[0].update(_flat(f1))
             kms[1].update(_flat(f2))
     centroids = torch.stack([km.finish() for km in kms])
-    return centroids, [km.mean_distance for km in kms]
+    return centroids, [km.mean_distance for km in kms], batches.skipped
 
 
 @torch.no_grad()
@@ -146,15 +186,17 @@ def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.
     """Nearest-centroid labels of every pixel of both views, (2, N, h, w), and counts (2, K)."""
     params = dataset.view_params
     labels = None
+    counts = torch.zeros((2, cfg.n_clusters), dtype=torch.int64)
     with batch_statistics(model):
         for idx, view1, view2 in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "label"):
             f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
             if labels is None:
                 dtype = torch.uint8 if cfg.n_clusters <= 256 else torch.int32
                 labels = torch.zeros((2, len(dataset), *f1.shape[-2:]), dtype=dtype)
-            labels[0, idx] = assign_labels(f1, centroids[0]).cpu().to(labels.dtype)
-            labels[1, idx] = assign_labels(f2, centroids[1]).cpu().to(labels.dtype)
-    counts = torch.stack([torch.bincount(labels[v].flatten().long(), minlength=cfg.n_clusters) for v in (0, 1)])
+            for view, (f, c) in enumerate(((f1, centroids[0]), (f2, centroids[1]))):
+                assigned = assign_labels(f, c).cpu()
+                labels[view, idx] = assigned.to(labels.dtype)
+                counts[view] += torch.bincount(assigned.flatten().long(), minlength=cfg.n_clusters)
     return labels, counts
 
 
@@ -287,7 +329,12 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (a run writes one at the end of every epoch)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
+        raise ValueError(f"{path}: refused, it holds objects other than tensors and plain data ({err})") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable, truncated or not a torch file ({err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a picie_lib checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return ckpt
@@ -321,6 +368,7 @@ def train(
     schedule = Schedule(cfg, epochs)
     ce_min_state = None  # (model, optimizer) state at the CE minimum, for the min_loss switch
     start = 1
+    history: list[dict] = []  # log.jsonl's lines, also kept in every checkpoint
 
     if resume and (out_dir / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out_dir / "checkpoint.pt")
@@ -331,9 +379,9 @@ def train(
         start = ckpt["epoch"] + 1
         if (out_dir / "ce_min.pt").exists():
             ce_min_state = load_checkpoint(out_dir / "ce_min.pt")
-        # keep the log consistent with the checkpoint: drop lines of an epoch that did not finish
-        log = [r for r in read_jsonl(out_dir / "log.jsonl") if r["epoch"] < start or r.get("discarded")]
-        atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+        # the log as the checkpoint saw it: lines of an epoch that did not finish are dropped
+        history = list(ckpt["history"])
+        atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     else:
         # --resume before the first checkpoint: start again, if the folder is this run's
         started = resume and (out_dir / "config.json").is_file()
@@ -363,7 +411,7 @@ def train(
         )
         order = permutation(len(dataset), derive_seed(cfg.seed, epoch, STREAM_CLUSTER_ORDER))
         with timer("cluster"):
-            centroids, kmeans_loss = cluster_pass(
+            centroids, kmeans_loss, skipped = cluster_pass(
                 model, dataset, order, cfg, derive_seed(cfg.seed, epoch, STREAM_KMEANS)
             )
         with timer("label"):
@@ -405,6 +453,8 @@ def train(
             "largest_cluster_share": [float(c.max() / c.sum()) for c in counts],
             "seconds": timer.totals,
         }
+        if skipped:
+            record["skipped_files"] = [dataset.item_name(i) for i in skipped]
         if action == "restore":
             record["discarded"] = True  # its weights were dropped for the minimum's
         if phase == "ce" and schedule.switch_epoch is not None:
@@ -414,6 +464,7 @@ def train(
             }
         # the log line first: a run killed in between redoes this epoch and drops the line on resume
         append_jsonl(out_dir / "log.jsonl", record)
+        history.append(record)
         atomic_torch_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -423,13 +474,22 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "centroids": centroids.cpu(),
                 "schedule": schedule.state_dict(),
+                "history": history,
             },
             out_dir / "checkpoint.pt",
         )
         if on_epoch is not None:
             on_epoch(record)
 
-    history = read_jsonl(out_dir / "log.jsonl")
+    skipped = sorted({name for r in history for name in r.get("skipped_files", [])})
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} bad file(s) were left out of training (each epoch's are in log.jsonl): "
+            + ", ".join(skipped[:5])
+            + (" ..." if len(skipped) > 5 else ""),
+            BadFileWarning,
+            stacklevel=2,
+        )
     summary = {
         "loss": cfg.loss,
         "seed": cfg.seed,
@@ -437,6 +497,7 @@ def train(
         **schedule.state_dict(),
         "train_seconds_this_session": time.perf_counter() - run_start,
         "seconds_per_pass": {k: sum(r["seconds"].get(k, 0.0) for r in history) for k in ("cluster", "label", "train")},
+        "skipped_files": skipped,
     }
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -7,6 +7,8 @@ evaluation pair (``mode="eval"``: shorter side to ``res``, centre crop).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.utils.data import Dataset
 
@@ -24,6 +26,13 @@ class BadFile(ValueError):
     def __init__(self, path, problem: str, expected: str) -> None:
         super().__init__(f"{path}: {problem}; expected {expected}")
         self.path, self.problem, self.expected = str(path), problem, expected
+
+    def __reduce__(self):  # crosses from a data-loader worker intact
+        return type(self), (self.path, self.problem, self.expected)
+
+
+class BadFileWarning(UserWarning):
+    """An item left out of a pass because its file is bad; the pass counts it."""
 
 
 class SceneDataset(Dataset):
@@ -52,13 +61,23 @@ class SceneDataset(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
+    def item_name(self, index: int) -> str:
+        """What names item ``index`` in messages: its image file where there is one."""
+        path = getattr(self, "image_path", None)
+        return str(path(index)) if path is not None else f"{type(self).__name__}[{index}]"
+
     def set_view_params(self, params: ViewParams) -> None:
         if len(params) != len(self):
             raise ValueError(f"view parameters for {len(params)} images, dataset has {len(self)}")
         self.view_params = params
 
     def __getitem__(self, index: int):
-        image, label = self.load(index)
+        """The item, or None when its file is bad (``BadFile``): the loaders leave it out and count it."""
+        try:
+            image, label = self.load(index)
+        except BadFile as err:
+            warnings.warn(f"skipped: {err}", BadFileWarning, stacklevel=2)
+            return None
         image = image.float() / 255
         if self.mode == "train":
             if image.shape[-1] != image.shape[-2]:

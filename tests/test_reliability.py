@@ -1,0 +1,205 @@
+"""Runs survive interruption and bad input, and lose nothing (README, "Interruptions and bad input")."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from layouts import write_cocostuff
+from PIL import Image
+
+from picie_lib.cli import main
+from picie_lib.config import Config
+from picie_lib.data.base import BadFile, BadFileWarning
+from picie_lib.evaluate import evaluate_run
+from picie_lib.runs import read_jsonl
+from picie_lib.train import CHECKPOINT_FORMAT, load_checkpoint, train
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+SMOKE = ["--preset", "smoke", "--loss", "ce", "-p", "n_train=48"]  # epochs of a few seconds, to kill one midway
+ENV = {**os.environ, "PICIE_PROGRESS": "0"}
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "picie_lib", *args], env=ENV, capture_output=True, text=True, **kwargs)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _cli("train", *SMOKE, "--out", str(whole), timeout=600).returncode == 0
+    assert _cli("evaluate", str(whole), timeout=600).returncode == 0
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "picie_lib", "train", *SMOKE, "--out", str(killed)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while len(read_jsonl(killed / "log.jsonl")) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # into epoch 2's passes
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert [r["epoch"] for r in read_jsonl(killed / "log.jsonl")] == [1], "the kill must land inside epoch 2"
+    assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
+    assert not list(killed.glob(".*.tmp"))  # no half-written file left behind by the atomic writes
+
+    resumed = _cli("train", *SMOKE, "--out", str(killed), "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _cli("evaluate", str(killed), timeout=600).returncode == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    assert a["scores"] == b["scores"] and a["confusion"] == b["confusion"]
+    wa, wb = load_checkpoint(whole / "checkpoint.pt")["model"], load_checkpoint(killed / "checkpoint.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["epoch"] for r in read_jsonl(killed / "log.jsonl")] == [1, 2]
+
+
+def _smoke(**overrides) -> Config:
+    from picie_lib.config import load_preset
+
+    return load_preset("smoke", **overrides)
+
+
+def test_the_checkpoint_holds_the_log_and_resume_restores_it(tmp_path):
+    cfg = _smoke(loss="ce", epochs_ce=2)
+    train(cfg, tmp_path)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["history"] == read_jsonl(tmp_path / "log.jsonl")
+    assert set(ckpt) >= {"model", "optimizer", "centroids", "schedule", "config", "epoch"}
+    # a log damaged after the checkpoint (a line of an epoch that never finished, a line cut short)
+    with open(tmp_path / "log.jsonl", "a") as fh:
+        fh.write('{"epoch": 3, "phase": "ce", "loss": 1.0}\n{"epoch": 4, "lo')
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "log.jsonl")] == [1, 2, 3]  # the cut-short line is not read
+    train(cfg, tmp_path, resume=True)  # nothing left to train: the log is rebuilt from the checkpoint
+    assert read_jsonl(tmp_path / "log.jsonl") == ckpt["history"]
+    (tmp_path / "log.jsonl").unlink()
+    train(cfg, tmp_path, resume=True)
+    assert read_jsonl(tmp_path / "log.jsonl") == ckpt["history"]
+
+
+class Payload:
+    """An arbitrary object: what a malicious checkpoint would carry."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_never_unpickle_objects_and_bad_ones_are_named(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": Payload()}, evil)
+    with pytest.raises(ValueError, match="evil.pt: refused, it holds objects other than tensors"):
+        load_checkpoint(evil)
+    assert "this must never run" not in capsys.readouterr().out
+    good = tmp_path / "good.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {"w": torch.ones(1000)}}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cut.pt: unreadable, truncated"):
+        load_checkpoint(cut)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a picie_lib checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_bad_file_survives_a_worker_process():
+    err = pickle.loads(pickle.dumps(BadFile("a/b.jpg", "unreadable", "a JPEG")))
+    assert (err.path, err.problem, err.expected, str(err)) == ("a/b.jpg", "unreadable", "a JPEG", str(err))
+
+
+@pytest.fixture
+def coco_with_bad_files(tmp_path):
+    layout = write_cocostuff(tmp_path / "coco")
+    root = layout.root
+    train_ids, val_ids = layout.ids["train2017"], layout.ids["val2017"]
+    corrupt = root / "images" / "train2017" / f"{train_ids[1]}.jpg"
+    corrupt.write_bytes(corrupt.read_bytes()[:1500])  # truncated
+    bad_values = root / "annotations" / "val2017" / f"{val_ids[1]}.png"
+    Image.fromarray(np.full((500, 375), 200, np.uint8)).save(bad_values)  # 200 is no COCO-Stuff id
+    wrong_size = root / "annotations" / "val2017" / f"{val_ids[3]}.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(wrong_size)
+    cfg = Config(
+        dataset="cocostuff27", data_root=str(root), curated=False, res=64, base_res=96, n_clusters=6,
+        batch_size_train=2, batch_size_cluster=3, eval_batch_size=2, kmeans_init_batches=1, kmeans_iters=5,
+        epochs_ce=2, lr=1e-3, balance="none", device="cpu",
+    )  # fmt: skip
+    val_images = [root / "images" / "val2017" / f"{val_ids[i]}.jpg" for i in (1, 3)]
+    return cfg, corrupt, *val_images
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_files_are_skipped_with_a_warning_and_counted(tmp_path, coco_with_bad_files, workers):
+    cfg, corrupt, bad_values, wrong_size = coco_with_bad_files  # the last two: images whose label maps are bad
+    cfg = cfg.replace(num_workers=workers)
+    with pytest.warns(BadFileWarning, match=rf"1 bad file\(s\) were left out of training.*{corrupt.name}"):
+        summary = train(cfg, tmp_path / "run")
+    assert summary["skipped_files"] == [str(corrupt)]
+    assert all(r["skipped_files"] == [str(corrupt)] for r in read_jsonl(tmp_path / "run" / "log.jsonl"))
+    with pytest.warns(BadFileWarning, match=r"3 bad file\(s\) left out of the evaluation"):
+        result = evaluate_run(tmp_path / "run")
+    assert result["skipped_files"] == [str(corrupt), str(bad_values), str(wrong_size)]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["skipped_files"] == result["skipped_files"]
+    # the scores cover the two good val images exactly: their labelled pixels are the confusion's total
+    from picie_lib.data import build_dataset
+
+    val = build_dataset(cfg, "val", "eval")
+    good = [i for i in range(len(val)) if val.item_name(i) not in result["skipped_files"]]
+    assert np.asarray(result["confusion"]).sum() == sum(int((val[i][2] >= 0).sum()) for i in good)
+
+
+def test_a_data_set_with_no_usable_file_stops_with_a_clear_error(tmp_path, coco_with_bad_files):
+    cfg = coco_with_bad_files[0]
+    images = Path(cfg.data_root) / "images" / "train2017"
+    for image in images.glob("*.jpg"):
+        image.write_bytes(b"not a jpeg")
+    with pytest.warns(BadFileWarning), pytest.raises(ValueError, match=r"no usable item among the 6 of CocoStuff27"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-p", "bogus=1"], "unknown key(s) bogus"),
+        (["-p", "gamma=two"], "gamma"),
+        (["-p", "dataset=cocostuff27", "-p", "data_root=/nowhere"], "/nowhere"),
+        (["--preset", "no_such_preset"], "no_such_preset"),
+    ],
+)
+def test_what_stops_a_run_stops_it_before_anything_is_written(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "smoke", "--loss", "ce", "--out", str(out), *args]
+    if "--preset" in args:
+        argv = ["train", "--loss", "ce", "--out", str(out), *args]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_wrong_loss_name_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "smoke", "--loss", "dice", "--out", str(tmp_path / "r")])
+    assert "invalid choice: 'dice'" in capsys.readouterr().err
+    assert main(["compare", "--preset", "smoke", "-p", "loss=dice", "--out", str(tmp_path / "r")]) == 2
+    assert "loss='dice'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    argv = ["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1", "--out", str(out), "--resume"]
+    assert main([*argv, "-p", "lr=0.5"]) == 2
+    assert "different configuration (lr: checkpoint 0.001, now 0.5)" in capsys.readouterr().err
+    assert main(argv[:-1]) == 2  # without --resume: no silent overwrite either
+    assert "--overwrite" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
