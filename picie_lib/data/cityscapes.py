@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from picie_lib.data.base import SceneDataset
-from picie_lib.data.images import check_same_size, label_table, map_label, read_image, read_label
+from picie_lib.data.images import ImageFiles, label_table
 
 # The 27 classes, in labelId order 7..33 (cityscapesScripts' labels.py).
 CITYSCAPES_NAMES = (
@@ -97,7 +94,7 @@ def label_path_for(root: Path, folder: str, image: Path) -> Path:
     return label_root(root) / folder / image.parent.name / f"{stem}{LABEL_SUFFIX}"
 
 
-class Cityscapes27(SceneDataset):
+class Cityscapes27(ImageFiles):
     """Cityscapes with the 27 classes of labelIds 7..33, PiCIE's splits (see the module docstring).
 
     Train mode: square base image (shorter side to ``base_res``, centre crop). Eval mode: the full
@@ -108,6 +105,8 @@ class Cityscapes27(SceneDataset):
     class_names = CITYSCAPES_NAMES
     thing_classes = CITYSCAPES_THINGS
     stuff_classes = CITYSCAPES_STUFF
+    label_table = LABEL_TABLE
+    label_values, label_meaning = "0..255", "Cityscapes labelIds"
 
     def __init__(
         self,
@@ -149,14 +148,3 @@ class Cityscapes27(SceneDataset):
     def label_path(self, index: int) -> Path:
         folder, image = self.items[index]
         return label_path_for(self.root, folder, image)
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.mode == "train":
-            return read_image(self.image_path(index), base=self.base_res), None
-        image = read_image(self.image_path(index))
-        if not self.labelled:
-            return image, None
-        path = self.label_path(index)
-        raw = read_label(path)
-        check_same_size(image, raw, path, self.image_path(index))
-        return image, map_label(raw, LABEL_TABLE, path, "0..255", "Cityscapes labelIds")

@@ -20,11 +20,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from picie_lib.data.base import BadFile, SceneDataset
-from picie_lib.data.images import check_same_size, label_table, map_label, read_image, read_label
+from picie_lib.data.base import BadFile
+from picie_lib.data.images import ImageFiles, label_table, read_label
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_bytes, atomic_write_text
 
@@ -458,7 +457,7 @@ def curated_ids(root: Path, folder: str, images: set[str]) -> list[str]:
 
 
 # ---- the data set ----------------------------------------------------------------------------------
-class CocoStuff27(SceneDataset):
+class CocoStuff27(ImageFiles):
     """COCO-Stuff-27 as PiCIE reads it (``TrainCOCO`` / ``EvalCOCO``).
 
     ``mode="train"``: two views cut from the square base image (shorter side to ``base_res``, centre crop:
@@ -471,6 +470,8 @@ class CocoStuff27(SceneDataset):
     class_names = COARSE_NAMES
     thing_classes = THING_CLASSES
     stuff_classes = STUFF_CLASSES
+    label_table = LABEL_TABLE
+    label_values, label_meaning = "0..181 and 255", "COCO-Stuff fine ids"
 
     def __init__(
         self,
@@ -512,12 +513,3 @@ class CocoStuff27(SceneDataset):
 
     def label_path(self, index: int) -> Path:
         return self.label_dir / f"{self.ids[index]}.png"
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.mode == "train":
-            return read_image(self.image_path(index), base=self.base_res), None
-        image = read_image(self.image_path(index))
-        path = self.label_path(index)
-        raw = read_label(path)
-        check_same_size(image, raw, path, self.image_path(index))
-        return image, map_label(raw, LABEL_TABLE, path, "0..181 and 255", "COCO-Stuff fine ids")

@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import yaml
 
-from picie_lib.data.base import SceneDataset
-from picie_lib.data.images import check_same_size, find_images, label_table, map_label, read_image, read_label
+from picie_lib.data.images import ImageFiles, find_images, label_table
 
 IGNORE_VALUE = 255
 TABLE_FILE = "classes.yaml"
@@ -57,7 +55,7 @@ def load_class_table(path: str | Path) -> tuple[tuple[str, ...], tuple[int, ...]
     return tuple(names), tuple(sorted(set(things)))
 
 
-class FolderDataset(SceneDataset):
+class FolderDataset(ImageFiles):
     """Your own images (see the module docstring for the layout, splits and class table).
 
     Train mode: square base image (shorter side to ``base_res``, centre crop, as PiCIE). Eval mode: the
@@ -102,6 +100,8 @@ class FolderDataset(SceneDataset):
         self.class_names, self.thing_classes = names, things
         self.stuff_classes = tuple(c for c in range(len(names)) if c not in things)
         self.label_table = label_table({c: c for c in range(len(names))}, ignore=(IGNORE_VALUE,))
+        self.label_values = f"0..{len(names) - 1} and {IGNORE_VALUE}"
+        self.label_meaning = "class ids of the class table"
 
         if mode == "eval" and self.labelled:
             missing = [p for p in (self.label_path(i) for i in range(len(self))) if not p.is_file()]
@@ -119,15 +119,3 @@ class FolderDataset(SceneDataset):
 
     def label_path(self, index: int) -> Path:
         return (self.label_dir / self.images[index].relative_to(self.image_dir)).with_suffix(".png")
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.mode == "train":
-            return read_image(self.image_path(index), base=self.base_res), None
-        image = read_image(self.image_path(index))
-        if not self.labelled:
-            return image, None
-        path = self.label_path(index)
-        raw = read_label(path)
-        check_same_size(image, raw, path, self.image_path(index))
-        allowed = f"0..{len(self.class_names) - 1} and {IGNORE_VALUE}"
-        return image, map_label(raw, self.label_table, path, allowed, "class ids of the class table")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from picie_lib.data.base import IGNORE_INDEX, BadFile
+from picie_lib.data.base import IGNORE_INDEX, BadFile, SceneDataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NOT_ALLOWED = -2  # in a label table: a raw value that the data set never uses
@@ -135,3 +135,35 @@ def check_same_size(image: torch.Tensor, label: np.ndarray, label_path: Path | s
 def find_images(folder: Path) -> list[Path]:
     """Every .jpg/.jpeg/.png under ``folder`` (any depth, any case of the suffix), sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class ImageFiles(SceneDataset):
+    """An on-disk data set: image files, and label PNGs mapped through ``label_table``.
+
+    Subclasses set ``base_res``, ``labelled``, ``label_table``, ``label_values`` (the raw values
+    allowed, for messages) and ``label_meaning``, and implement ``image_path`` and ``label_path``.
+    Train mode reads the square base image only (PiCIE's training never reads labels).
+    """
+
+    base_res: int
+    labelled: bool = True
+    label_table: np.ndarray
+    label_values: str = ""
+    label_meaning: str = ""
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def label_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.mode == "train":
+            return read_image(self.image_path(index), base=self.base_res), None
+        image = read_image(self.image_path(index))
+        if not self.labelled:
+            return image, None
+        path = self.label_path(index)
+        raw = read_label(path)
+        check_same_size(image, raw, path, self.image_path(index))
+        return image, map_label(raw, self.label_table, path, self.label_values, self.label_meaning)
