@@ -24,6 +24,20 @@ VARIANTS = {
 }
 
 
+def best_seconds(step, device: torch.device, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``step`` (waiting for the GPU to finish each)."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def images_per_second(cfg: Config, device: torch.device, res: int, batch: int, repeats: int, train: bool) -> float:
     model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -40,16 +54,7 @@ def images_per_second(cfg: Config, device: torch.device, res: int, batch: int, r
                 network_features(model, x, cfg)
 
     step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return batch / min(times)
+    return batch / best_seconds(step, device, repeats)
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ that does not fit prints "out of memory". These numbers size the paper preset's 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from model_throughput import best_seconds  # this folder is on sys.path when a script here runs
 
 from picie_lib.config import load_preset
 from picie_lib.train import build_model, make_criterion, picie_loss, resolve_device, view_features
@@ -42,17 +42,9 @@ def training_step_cost(cfg, device: torch.device, batch: int, repeats: int) -> t
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     step()  # warm-up, and the peak: Adam's state exists from the first step on
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    seconds = best_seconds(step, device, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return peak, batch / min(times)
+    return peak, batch / seconds
 
 
 def main() -> None:
