@@ -31,7 +31,7 @@ from picie_lib.evaluate import (
 from picie_lib.plots import save_figure
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_text, csv_text, environment, new_run_dir, write_json
-from picie_lib.train import build_model, resolve_device, train
+from picie_lib.train import RUNTIME_KEYS, build_model, resolve_device, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -60,6 +60,16 @@ def method_steps(cfg: Config) -> list[tuple[int, str]]:
     return [(seed, m) for seed in cfg.seeds for m in methods]
 
 
+def _evaluated_with(metrics: Path, cfg: Config) -> bool:
+    """Whether ``metrics`` exists and was computed with ``cfg`` (up to the parameters that do not
+    change results): an evaluation of another configuration is recomputed, never reused."""
+    if not metrics.is_file():
+        return False
+    saved = json.loads(metrics.read_text()).get("config", {})
+    current = cfg.to_dict()
+    return all(saved.get(k) == v for k, v in current.items() if k not in RUNTIME_KEYS | {"loss"})
+
+
 def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=None, val_set=None) -> dict:
     """The results row of one method and seed, from ``out_dir/{method}-seed{seed}/metrics.json``.
 
@@ -68,7 +78,7 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     """
     run_dir = Path(out_dir) / f"{method}-seed{seed}"
     run_cfg = cfg.replace(seed=seed, loss=method if method in LOSSES else cfg.loss)
-    if not (run_dir / "metrics.json").is_file():
+    if not _evaluated_with(run_dir / "metrics.json", run_cfg):
         t0 = time.perf_counter()
         if method in LOSSES:
             if not (run_dir / "checkpoint.pt").is_file():

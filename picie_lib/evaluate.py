@@ -104,7 +104,7 @@ def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: 
     for _, images, _ in progress(batches, "eval k-means"):
         feats = extract(images)
         km.update(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-    return km.finish(), [dataset.item_name(i) for i in batches.skipped]
+    return km.finish(), batches.skipped_files
 
 
 def predict(
@@ -140,7 +140,7 @@ def score_predictions(
         predictions.append(pred)
         targets.append(labels)
     result = summarise(confusion.matrix, torch.cat(predictions), torch.cat(targets), dataset, match)
-    result["skipped_files"] = [dataset.item_name(i) for i in batches.skipped]
+    result["skipped_files"] = batches.skipped_files
     return result
 
 
@@ -250,7 +250,7 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
         result = score_predictions(
             lambda x, size: predict(extract, x, size, head=head), val_set, cfg, val_set.n_classes, match=False
         )
-    result["skipped_files"] = [train_set.item_name(i) for i in batches.skipped] + result["skipped_files"]
+    result["skipped_files"] = batches.skipped_files + result["skipped_files"]
     warn_skipped(result["skipped_files"], "the linear probe")
     result["seconds"] = time.perf_counter() - start
     return result

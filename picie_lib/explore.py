@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from picie_lib.data.base import SkippedItem
 from picie_lib.plots import image_grid, overlay, to_rgb
 
 Predictor = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -26,10 +27,16 @@ def failure_map(prediction: np.ndarray, label: np.ndarray, cls: int) -> np.ndarr
     return out
 
 
-def browse(dataset, predictors: dict[str, Predictor], per_class: dict[str, Sequence[dict]] | None = None):
+def browse(
+    dataset,
+    predictors: dict[str, Predictor],
+    per_class: dict[str, Sequence[dict]] | None = None,
+    batch_size: int = 1,
+):
     """A slider over the images of an eval-mode ``dataset`` and a class picker: the image, its label
     and every predictor's classes as overlays; with a class picked, where each method finds (green),
-    misses (red) or invents (blue) it, and its IoU per method."""
+    misses (red) or invents (blue) it, and its IoU per method. Each image is predicted within its
+    evaluation batch (``batch_size`` = ``eval_batch_size``: BatchNorm uses batch statistics)."""
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -37,23 +44,38 @@ def browse(dataset, predictors: dict[str, Predictor], per_class: dict[str, Seque
     index = widgets.IntSlider(0, 0, len(dataset) - 1, description="image")
     cls = widgets.Dropdown(options=[("(all classes)", -1)] + [(n, c) for c, n in enumerate(names)], description="class")
     out = widgets.Output()
+    cache: dict[int, dict] = {}
+
+    def predictions(i: int) -> dict | None:
+        start = i - i % batch_size
+        if start not in cache:
+            items = [dataset[j] for j in range(start, min(start + batch_size, len(dataset)))]
+            usable = {item[0]: item for item in items if not isinstance(item, SkippedItem)}
+            if usable:
+                images = torch.stack([item[1] for item in usable.values()])
+                size = tuple(next(iter(usable.values()))[2].shape)
+                preds = {m: p(images, size) for m, p in predictors.items()}
+                cache[start] = {j: {m: preds[m][k].numpy() for m in preds} for k, j in enumerate(usable)}
+            else:
+                cache[start] = {}
+        return cache[start].get(i)
 
     def draw(*_):
-        _, image, label = dataset[index.value]
-        size = tuple(label.shape)
-        preds = {m: p(image[None], size)[0].numpy() for m, p in predictors.items()}
-        label = label.numpy()
-        rgb = to_rgb(image)
-        row = [rgb, overlay(rgb, label, len(names))]
-        titles = ["image", "ground truth"]
-        for m, pred in preds.items():
-            row.append(overlay(rgb, pred, len(names)) if cls.value < 0 else failure_map(pred, label, cls.value))
-            iou = ""
-            if cls.value >= 0 and per_class and m in per_class:
-                iou = f" IoU {per_class[m][cls.value]['iou_all']:.1f}"
-            titles.append(m + iou)
+        item = dataset[index.value]
         with out:
             out.clear_output(wait=True)
+            if isinstance(item, SkippedItem):
+                print(f"left out of every pass: {item.reason}")
+                return
+            _, image, label = item
+            preds, label, rgb = predictions(index.value), label.numpy(), to_rgb(image)
+            row, titles = [rgb, overlay(rgb, label, len(names))], ["image", "ground truth"]
+            for m, pred in preds.items():
+                row.append(overlay(rgb, pred, len(names)) if cls.value < 0 else failure_map(pred, label, cls.value))
+                iou = ""
+                if cls.value >= 0 and per_class and m in per_class:
+                    iou = f" IoU {per_class[m][cls.value]['iou_all']:.1f}"
+                titles.append(m + iou)
             fig = image_grid([row], titles)
             display(fig)
             plt.close(fig)

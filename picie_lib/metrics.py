@@ -22,6 +22,8 @@ import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from picie_lib.data.base import SkippedItem
+
 
 def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
@@ -209,13 +211,17 @@ class ObjectFragments:
 
 def class_pixel_counts(dataset, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labelled pixels per class over the first ``max_images`` items of an eval-mode data set
-    (at the evaluation crop), and each image's share of stuff among its labelled pixels."""
+    (at the evaluation crop), and each image's share of stuff among its labelled pixels (NaN for an
+    image without labels or with a bad file)."""
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     counts = np.zeros(dataset.n_classes, dtype=np.int64)
     stuff = np.asarray(dataset.stuff_classes, dtype=np.int64)
     shares = np.full(n, np.nan)
     for i in range(n):
-        label = np.asarray(dataset[i][2]).ravel()
+        item = dataset[i]
+        if isinstance(item, SkippedItem):  # a bad file: left out, as in every pass
+            continue
+        label = np.asarray(item[2]).ravel()
         per_class = np.bincount(label[label >= 0], minlength=dataset.n_classes)
         counts += per_class
         if per_class.sum():

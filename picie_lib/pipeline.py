@@ -15,6 +15,8 @@ with which parameters, and collects what they wrote into one folder:
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -33,8 +35,9 @@ class NotebookFailed(RuntimeError):
 
 
 def plan(cfg: Config, out_dir: Path) -> list[tuple[str, str, dict]]:
-    """(notebook, executed name, extra parameters) in the order they run."""
-    steps = [(name, name, {}) for name in SHARED]
+    """(notebook, executed name, extra parameters) in the order they run; the shared notebooks use
+    the first seed (03_clustering's reference points are that seed's rows of the table)."""
+    steps = [(name, name, {"seed": cfg.seeds[0]}) for name in SHARED]
     for seed in cfg.seeds:
         for loss in LOSSES:
             run = {"loss": loss, "seed": seed, "run_dir": str(out_dir / f"{loss}-seed{seed}")}
@@ -58,6 +61,8 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
         papermill.execute_notebook(
             str(source), str(output), parameters=parameters, kernel_name="python3", cwd=str(cwd), progress_bar=False
         )
+    except KeyboardInterrupt:
+        raise
     except papermill.PapermillExecutionError as err:
         import nbformat
 
@@ -68,20 +73,40 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
             f"notebook {source.name} failed in cell {number} of {len(cells)} (In [{err.exec_count}]: {first_line!r}): "
             f"{err.ename}: {err.evalue}; the executed copy with the traceback is {output}"
         ) from None
+    except Exception as err:  # the kernel died (out of memory, killed), a timeout, ...
+        raise NotebookFailed(
+            f"notebook {source.name} stopped: {type(err).__name__}: {err}; what it ran is in {output}"
+        ) from err
     finally:
         if output.is_file():
-            body, _ = HTMLExporter().from_filename(str(output))
-            atomic_write_text(output.with_suffix(".html"), body)
+            try:
+                body, _ = HTMLExporter().from_filename(str(output))
+                atomic_write_text(output.with_suffix(".html"), body)
+            except Exception as err:  # a rendering problem must not hide the notebook's own error
+                print(f"warning: no HTML for {output}: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None, overwrite: bool = False) -> Path:
     """Execute the notebooks for ``preset`` into ``out_dir`` and write ``report.md``; returns the folder."""
-    overrides = overrides or {}
+    overrides = dict(overrides or {})
     cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
     if Path(preset).suffix in (".yaml", ".yml"):
         preset = str(Path(preset).resolve())
+    # the notebooks run in notebooks/: relative paths of the preset or -p are made absolute here
+    for key in ("data_root", "class_table", "pretrained"):
+        value = getattr(cfg, key)
+        if value is not None and (key != "pretrained" or value != "imagenet") and not Path(value).is_absolute():
+            overrides[key] = str(Path(value).resolve())
+    cfg = cfg.replace(**overrides)
     out_dir = Path(out_dir or f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     new_run_dir(out_dir, overwrite=overwrite)
+    if overwrite:  # replace what an earlier run wrote there, so that nothing of it is reused
+        for path in [*out_dir.glob("*-seed*"), out_dir / "notebooks", out_dir / "figures"]:
+            if path.is_dir():
+                shutil.rmtree(path)
+        for name in ("results", "claims", "report", "timings"):
+            for path in out_dir.glob(f"{name}.*"):
+                path.unlink()
     save_config(cfg, out_dir / "config.json")
     write_json(out_dir / "environment.json", environment())
     common = {"preset": preset, "params": overrides, "out_dir": str(out_dir), "interactive": False}
@@ -127,10 +152,18 @@ def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, 
     names = [n for n in CAPTIONS if n in saved] + [n for n in saved if n not in CAPTIONS]
     for name in names:
         lines += [f"**{CAPTIONS.get(name, name)}**", "", f"![{name}](figures/{saved[name].name})", ""]
-    for loss in LOSSES:
-        curve = Path(f"{loss}-seed{cfg.seeds[0]}") / "figures" / "loss_curves.png"
-        if (out_dir / curve).is_file():
-            lines += [f"**Training curves, {loss}, seed {cfg.seeds[0]} (05_train)**", "", f"![{loss}]({curve})", ""]
+    run_figures = {  # what 05_train and 06_evaluate save in each run's figures/
+        "loss_curves": "training curves (05_train)",
+        "per_class_iou": "IoU per class (06_evaluate)",
+        "oversegmentation": "effective clusters per class (06_evaluate)",
+        "confusion": "confusion heat map (06_evaluate)",
+        "examples": "examples (06_evaluate)",
+    }
+    for stem, caption in run_figures.items():
+        for loss in LOSSES:
+            figure = Path(f"{loss}-seed{cfg.seeds[0]}") / "figures" / f"{stem}.png"
+            if (out_dir / figure).is_file():
+                lines += [f"**{loss}, seed {cfg.seeds[0]}: {caption}**", "", f"![{loss} {stem}]({figure})", ""]
     lines += ["## Notebooks (executed)", "", "| Notebook | Seconds | HTML |", "|---|---|---|"]
     lines += [f"| {n} | {s:.0f} | [html](notebooks/{n}.html) |" for n, s in timings.items()]
     lines += [

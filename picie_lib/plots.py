@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # headless, matplotlib falls back to Agg by its
 import numpy as np
 import torch
 
+from picie_lib.data.base import first_usable
 from picie_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 THING_COLOUR, STUFF_COLOUR = "#d95f02", "#1b9e77"
@@ -98,18 +99,21 @@ def feature_pca_rgb(*feature_maps: torch.Tensor) -> list[np.ndarray]:
     return [((p - lo) / (hi - lo).clamp_min(1e-12)).numpy() for p in projected]
 
 
-def prediction_grid(dataset, predictors: dict, count: int = 4):
-    """The first ``count`` images of an eval-mode data set: image, ground truth, and each predictor's
-    classes (``predictor(images, size) -> (B, H, W)``, see ``evaluate.class_predictor``). The images
-    go through each predictor as one batch, as in the evaluation (BatchNorm uses batch statistics)."""
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+def prediction_grid(dataset, predictors: dict, count: int = 4, batch_size: int | None = None):
+    """The first ``count`` usable images of an eval-mode data set: image, ground truth, and each
+    predictor's classes (``predictor(images, size) -> (B, H, W)``, see ``evaluate.class_predictor``).
+
+    BatchNorm runs on batch statistics, so a pixel's prediction depends on its batch: the images go
+    through each predictor as the evaluation's first batch (``batch_size`` = ``eval_batch_size``), so
+    that the figure shows the predictions that were scored."""
+    items = first_usable(dataset, max(count, batch_size or count))
     images = torch.stack([image for _, image, _ in items])
     size = tuple(items[0][2].shape)
     predicted = {name: predict(images, size) for name, predict in predictors.items()}
     n = dataset.n_classes
     rows = [
         [to_rgb(image), colourise(label, n), *(colourise(p[k], n) for p in predicted.values())]
-        for k, (_, image, label) in enumerate(items)
+        for k, (_, image, label) in enumerate(items[:count])
     ]
     return image_grid(rows, ["image", "ground truth", *predictors])
 
@@ -223,7 +227,8 @@ def gains_over_baseline(per_class: dict[str, Sequence[dict]], baseline: str = "c
             for r in rows
         ]
     )
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True, gridspec_kw={"width_ratios": [12, 15]})
+    widths = [max(1, int((frame.kind == kind).sum())) for kind in ("thing", "stuff")]  # one bar slot per class
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True, gridspec_kw={"width_ratios": widths})
     for ax, kind in zip(axes, ("thing", "stuff"), strict=True):
         sns.barplot(frame[frame.kind == kind], x="class", y="gain (IoU points)", hue="method", ax=ax)
         ax.axhline(0, color="black", lw=0.8)

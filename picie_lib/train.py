@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, default_collate
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import Config, load_config, save_config
 from picie_lib.data import SceneDataset, build_dataset
-from picie_lib.data.base import BadFileWarning
+from picie_lib.data.base import BadFileWarning, SkippedItem
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
 from picie_lib.model import PanopticFPN, batch_statistics
 from picie_lib.progress import progress
@@ -103,14 +103,15 @@ def view_features(model, view1, view2, crop, flip, cfg) -> tuple[torch.Tensor, t
 
 
 def collate_usable(items: list):
-    """Batch the items a worker could read; None (a bad file, see ``SceneDataset``) is left out."""
-    items = [item for item in items if item is not None]
-    return default_collate(items) if items else None
+    """``(batch or None, skipped)``: the items a worker could read, batched, and the ``SkippedItem``s."""
+    skipped = [item for item in items if isinstance(item, SkippedItem)]
+    usable = [item for item in items if not isinstance(item, SkippedItem)]
+    return (default_collate(usable) if usable else None), skipped
 
 
 class Batches:
     """The batches of ``dataset`` in ``order``, without the items whose file is bad; after a full
-    pass, ``skipped`` lists those items. A pass in which no item is usable is an error."""
+    pass, ``skipped_files`` names those files. A pass in which no item is usable is an error."""
 
     def __init__(self, dataset, order: list[int], batch_size: int, cfg: Config) -> None:
         self.dataset, self.order = dataset, order
@@ -123,26 +124,27 @@ class Batches:
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
         )
-        self.seen: set[int] = set()
+        self.skipped: list[SkippedItem] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        self.skipped = []
+        for batch, skipped in self.loader:
+            self.skipped += skipped
             if batch is not None:
-                self.seen.update(batch[0].tolist())
                 yield batch
-        if self.order and not self.seen:
-            names = ", ".join(self.dataset.item_name(i) for i in self.order[:3])
+        if self.order and len(self.skipped) == len(self.order):
+            names = ", ".join(item.path for item in self.skipped[:3])
             raise ValueError(
                 f"no usable item among the {len(self.order)} of {type(self.dataset).__name__}: every "
                 f"file was bad (e.g. {names}); see the warnings above"
             )
 
     @property
-    def skipped(self) -> list[int]:
-        return sorted(set(self.order) - self.seen)
+    def skipped_files(self) -> list[str]:
+        return sorted({item.path for item in self.skipped})
 
 
 def make_loader(dataset, order: list[int], batch_size: int, cfg: Config) -> Batches:
@@ -178,7 +180,7 @@ def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, se
             kms[0].update(_flat(f1))
             kms[1].update(_flat(f2))
     centroids = torch.stack([km.finish() for km in kms])
-    return centroids, [km.mean_distance for km in kms], batches.skipped
+    return centroids, [km.mean_distance for km in kms], batches.skipped_files
 
 
 @torch.no_grad()
@@ -454,7 +456,7 @@ def train(
             "seconds": timer.totals,
         }
         if skipped:
-            record["skipped_files"] = [dataset.item_name(i) for i in skipped]
+            record["skipped_files"] = skipped
         if action == "restore":
             record["discarded"] = True  # its weights were dropped for the minimum's
         if phase == "ce" and schedule.switch_epoch is not None:

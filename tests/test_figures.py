@@ -55,15 +55,19 @@ def test_the_widget_builds_and_redraws_without_a_frontend():
     calls = []
 
     def predictor(images, size):
-        calls.append(size)
+        calls.append((len(images), *size))
         return torch.zeros((len(images), *size), dtype=torch.int64)
 
     per_class = [{"iou_all": 12.5}] * scenes.n_classes
     box = browse(scenes, {"ce": predictor}, {"ce": per_class})
     slider, picker = box.children[0].children
     slider.value = 2
-    picker.value = 5
-    assert calls == [(32, 32)] * 3
+    picker.value = 5  # same image: its predictions are reused
+    assert calls == [(1, 32, 32)] * 2
+    calls.clear()
+    box = browse(scenes, {"ce": predictor}, batch_size=3)  # the evaluation's batches: one call for all three
+    box.children[0].children[0].value = 2
+    assert calls == [(3, 32, 32)]
 
 
 def _rows(values: dict[str, tuple[float, ...]]) -> list[dict]:

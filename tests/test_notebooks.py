@@ -157,25 +157,31 @@ def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
     assert len(links) == 12 and all((out / link).is_file() for link in links)
 
 
-def test_run_paper_preset_on_a_tiny_coco_layout_root(tmp_path):
+def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):
     from layouts import write_cocostuff
+    from PIL import Image
 
     layout = write_cocostuff(tmp_path / "coco")
-    out = tmp_path / "paper"
-    small = {  # the paper preset, with the sizes and epochs of a test
-        "data_root": str(layout.root), "pretrained": None, "curated": False, "res": 32, "base_res": 48,
+    corrupt = layout.root / "images" / "train2017" / f"{layout.ids['train2017'][2]}.jpg"
+    corrupt.write_bytes(corrupt.read_bytes()[:1500])  # truncated
+    bad_label = layout.root / "annotations" / "val2017" / f"{layout.ids['val2017'][0]}.png"
+    Image.fromarray(np.full((427, 640), 200, np.uint8)).save(bad_label)  # 200 is no COCO-Stuff id
+    small = {  # the paper preset with the sizes and epochs of a test; data_root relative to the working folder
+        "data_root": "coco", "pretrained": None, "curated": False, "res": 64, "base_res": 96,
         "batch_size_train": 3, "batch_size_cluster": 3, "eval_batch_size": 2, "kmeans_init_batches": 1,
         "kmeans_iters": 5, "epochs_ce": 1, "epochs_focal": 1, "epochs_ib_focal": 2, "num_workers": 0,
     }  # fmt: skip
     args = [a for k, v in small.items() for a in ("-p", f"{k}={'null' if v is None else v}")]
     proc = subprocess.run(
-        [sys.executable, "-m", "picie_lib", "run", "--preset", "paper", "--out", str(out), *args],
+        [sys.executable, "-m", "picie_lib", "run", "--preset", "paper", "--out", "paper", *args],
         capture_output=True,
         text=True,
         timeout=1200,
+        cwd=tmp_path,
         env={**os.environ, "PICIE_PROGRESS": "0"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "paper"
     config = json.loads((out / "config.json").read_text())
     assert (config["dataset"], config["n_clusters"], config["lr"], config["balance"]) == (
         "cocostuff27",
@@ -183,8 +189,37 @@ def test_run_paper_preset_on_a_tiny_coco_layout_root(tmp_path):
         1e-4,
         "picie",
     )
+    assert config["data_root"] == str(layout.root)  # made absolute: the notebooks run in notebooks/
     rows = json.loads((out / "results.json").read_text())
     assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal"}  # no probe on COCO
     val = json.loads((out / "ce-seed0" / "metrics.json").read_text())
     assert sum(r["pixels"] for r in val["per_class"]) == np.asarray(val["confusion"]).sum() > 0
+    assert val["skipped_files"] == [str(corrupt), str(bad_label)]  # each bad file left out and named
+    assert json.loads((out / "ce-seed0" / "summary.json").read_text())["skipped_files"] == [str(corrupt)]
     assert "| PiCIE (CE), paper | 49.99 |" in (out / "report.md").read_text()
+
+
+def _stub_notebooks(folder: Path) -> None:
+    folder.mkdir()
+    for name in (*pipeline.SHARED, *pipeline.PER_RUN):
+        _notebook(folder / f"{name}.ipynb", "preset = out_dir = loss = seed = run_dir = None", "pass")
+    _notebook(
+        folder / f"{pipeline.COMPARE}.ipynb",
+        "out_dir = None",
+        "open(out_dir + '/results.md', 'w').write('# PiCIE with CE, Focal and IB-Focal: results')",
+    )
+
+
+def test_run_overwrite_removes_what_an_earlier_run_wrote(tmp_path, monkeypatch):
+    _stub_notebooks(tmp_path / "nb")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", tmp_path / "nb")
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 0
+    stale = out / "ce-seed0" / "metrics.json"
+    stale.parent.mkdir()
+    stale.write_text("{}")
+    (out / "mine.txt").write_text("not the run's")
+    assert main(["run", "--preset", "smoke", "--out", str(out)]) == 2  # no silent overwrite
+    assert stale.is_file()
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--overwrite"]) == 0
+    assert not stale.exists() and (out / "mine.txt").is_file() and (out / "report.md").is_file()

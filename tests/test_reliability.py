@@ -43,9 +43,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path)
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
-    while len(read_jsonl(killed / "log.jsonl")) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # into epoch 2's passes
+    while not (killed / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the checkpoint is renamed into place whole: once it is there, epoch 1 is done
+    time.sleep(0.3)  # into epoch 2's passes
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -131,13 +131,12 @@ def coco_with_bad_files(tmp_path):
         batch_size_train=2, batch_size_cluster=3, eval_batch_size=2, kmeans_init_batches=1, kmeans_iters=5,
         epochs_ce=2, lr=1e-3, balance="none", device="cpu",
     )  # fmt: skip
-    val_images = [root / "images" / "val2017" / f"{val_ids[i]}.jpg" for i in (1, 3)]
-    return cfg, corrupt, *val_images
+    return cfg, corrupt, bad_values, wrong_size
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bad_files_are_skipped_with_a_warning_and_counted(tmp_path, coco_with_bad_files, workers):
-    cfg, corrupt, bad_values, wrong_size = coco_with_bad_files  # the last two: images whose label maps are bad
+    cfg, corrupt, bad_values, wrong_size = coco_with_bad_files
     cfg = cfg.replace(num_workers=workers)
     with pytest.warns(BadFileWarning, match=rf"1 bad file\(s\) were left out of training.*{corrupt.name}"):
         summary = train(cfg, tmp_path / "run")
@@ -152,7 +151,7 @@ def test_bad_files_are_skipped_with_a_warning_and_counted(tmp_path, coco_with_ba
     from picie_lib.data import build_dataset
 
     val = build_dataset(cfg, "val", "eval")
-    good = [i for i in range(len(val)) if val.item_name(i) not in result["skipped_files"]]
+    good = [0, 2]  # val images 1 and 3 have the bad label maps
     assert np.asarray(result["confusion"]).sum() == sum(int((val[i][2] >= 0).sum()) for i in good)
 
 
@@ -185,6 +184,14 @@ def test_what_stops_a_run_stops_it_before_anything_is_written(tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_an_unknown_key_in_a_preset_file_is_named_with_the_file(tmp_path, capsys):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("epochs_ce: 2\nepoch_focal: 3  # a typo\n")
+    assert main(["compare", "--preset", str(preset), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "mine.yaml" in err and "unknown key(s) epoch_focal" in err and not (tmp_path / "r").exists()
+
+
 def test_a_wrong_loss_name_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--preset", "smoke", "--loss", "dice", "--out", str(tmp_path / "r")])
@@ -203,3 +210,18 @@ def test_a_checkpoint_of_another_configuration_is_refused_and_kept(tmp_path, cap
     assert main(argv[:-1]) == 2  # without --resume: no silent overwrite either
     assert "--overwrite" in capsys.readouterr().err
     assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_an_evaluation_of_another_configuration_is_recomputed_not_reused(tmp_path):
+    from picie_lib.compare import result_row
+
+    cfg = _smoke()
+    first = result_row("rgb_kmeans", 0, cfg, tmp_path)
+    metrics = tmp_path / "rgb_kmeans-seed0" / "metrics.json"
+    saved = json.loads(metrics.read_text())
+    saved["scores"]["acc_all"] = -1.0  # a marker: is this file read again?
+    metrics.write_text(json.dumps(saved))
+    assert result_row("rgb_kmeans", 0, cfg.replace(device="cpu"), tmp_path)["acc_all"] == -1.0  # same results: reused
+    again = result_row("rgb_kmeans", 0, cfg.replace(n_clusters=5), tmp_path)
+    assert again["acc_all"] != -1.0 and json.loads(metrics.read_text())["config"]["n_clusters"] == 5
+    assert first["acc_all"] > 0

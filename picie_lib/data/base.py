@@ -8,6 +8,7 @@ evaluation pair (``mode="eval"``: shorter side to ``res``, centre crop).
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -33,6 +34,26 @@ class BadFile(ValueError):
 
 class BadFileWarning(UserWarning):
     """An item left out of a pass because its file is bad; the pass counts it."""
+
+
+class SkippedItem(NamedTuple):
+    """What ``SceneDataset[i]`` gives for an item whose file is bad: the loaders leave it out."""
+
+    index: int
+    path: str  # the bad file: the image, or its label map
+    reason: str
+
+
+def first_usable(dataset, count: int) -> list[tuple]:
+    """The first ``count`` items of ``dataset`` that are not ``SkippedItem`` (for figures)."""
+    items = []
+    for i in range(len(dataset)):
+        if len(items) == count:
+            break
+        item = dataset[i]
+        if not isinstance(item, SkippedItem):
+            items.append(item)
+    return items
 
 
 class SceneDataset(Dataset):
@@ -61,23 +82,19 @@ class SceneDataset(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
-    def item_name(self, index: int) -> str:
-        """What names item ``index`` in messages: its image file where there is one."""
-        path = getattr(self, "image_path", None)
-        return str(path(index)) if path is not None else f"{type(self).__name__}[{index}]"
-
     def set_view_params(self, params: ViewParams) -> None:
         if len(params) != len(self):
             raise ValueError(f"view parameters for {len(params)} images, dataset has {len(self)}")
         self.view_params = params
 
     def __getitem__(self, index: int):
-        """The item, or None when its file is bad (``BadFile``): the loaders leave it out and count it."""
+        """The item, or a ``SkippedItem`` when its file is bad (``BadFile``): the loaders leave it out and
+        count it."""
         try:
             image, label = self.load(index)
         except BadFile as err:
             warnings.warn(f"skipped: {err}", BadFileWarning, stacklevel=2)
-            return None
+            return SkippedItem(index, err.path, str(err))
         image = image.float() / 255
         if self.mode == "train":
             if image.shape[-1] != image.shape[-2]:
