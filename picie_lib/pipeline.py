@@ -34,6 +34,16 @@ class NotebookFailed(RuntimeError):
     """A notebook raised: names the notebook, the cell and where the executed copy is."""
 
 
+def absolute_paths(cfg: Config, base: Path) -> dict:
+    """The file parameters of ``cfg`` that are relative paths, made absolute against ``base``."""
+    paths = {}
+    for key in ("data_root", "class_table", "pretrained"):
+        value = getattr(cfg, key)
+        if value is not None and not (key == "pretrained" and value == "imagenet") and not Path(value).is_absolute():
+            paths[key] = str((base / value).resolve())
+    return paths
+
+
 def plan(cfg: Config, out_dir: Path) -> list[tuple[str, str, dict]]:
     """(notebook, executed name, extra parameters) in the order they run; the shared notebooks use
     the first seed (03_clustering's reference points are that seed's rows of the table)."""
@@ -92,11 +102,7 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
     cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
     if Path(preset).suffix in (".yaml", ".yml"):
         preset = str(Path(preset).resolve())
-    # the notebooks run in notebooks/: relative paths of the preset or -p are made absolute here
-    for key in ("data_root", "class_table", "pretrained"):
-        value = getattr(cfg, key)
-        if value is not None and (key != "pretrained" or value != "imagenet") and not Path(value).is_absolute():
-            overrides[key] = str(Path(value).resolve())
+    overrides.update(absolute_paths(cfg, Path.cwd()))  # the notebooks run in notebooks/, not here
     cfg = cfg.replace(**overrides)
     out_dir = Path(out_dir or f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     new_run_dir(out_dir, overwrite=overwrite)
@@ -177,8 +183,11 @@ def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, 
 
 # ---- what the notebooks call -------------------------------------------------------------------
 def notebook_config(preset: str, params: dict | None = None, **fixed) -> Config:
-    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own)."""
-    return load_preset(preset, **{**(params or {}), **{k: v for k, v in fixed.items() if v is not None}})
+    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own).
+    Relative paths (a preset's ``data_root: data/cocostuff``) are read from the repository's root,
+    where the commands run, not from notebooks/ where the kernel runs."""
+    cfg = load_preset(preset, **{**(params or {}), **{k: v for k, v in fixed.items() if v is not None}})
+    return cfg.replace(**absolute_paths(cfg, NOTEBOOK_DIR.parent))
 
 
 def setup_report(cfg: Config) -> list[dict]:

@@ -223,3 +223,15 @@ def test_run_overwrite_removes_what_an_earlier_run_wrote(tmp_path, monkeypatch):
     assert stale.is_file()
     assert main(["run", "--preset", "smoke", "--out", str(out), "--overwrite"]) == 0
     assert not stale.exists() and (out / "mine.txt").is_file() and (out / "report.md").is_file()
+
+
+def test_relative_paths_are_read_from_the_repository_root_in_the_notebooks(tmp_path):
+    cfg = pipeline.notebook_config("paper", {"class_table": "t.yaml", "pretrained": "w/r18.pth"})
+    root = pipeline.NOTEBOOK_DIR.parent
+    assert (cfg.data_root, cfg.class_table, cfg.pretrained) == (
+        str(root / "data" / "cocostuff"),
+        str(root / "t.yaml"),
+        str(root / "w" / "r18.pth"),
+    )
+    assert pipeline.notebook_config("paper").pretrained == "imagenet"  # a name, not a path
+    assert pipeline.absolute_paths(cfg, tmp_path) == {}  # already absolute
