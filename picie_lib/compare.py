@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from picie_lib.config import LOSSES, Config, save_config
+from picie_lib.config import LOSSES, RUNTIME_KEYS, Config, differences, save_config
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import (
     evaluate_model,
@@ -31,7 +31,7 @@ from picie_lib.evaluate import (
 from picie_lib.plots import save_figure
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_text, csv_text, environment, new_run_dir, write_json
-from picie_lib.train import RUNTIME_KEYS, build_model, resolve_device, train
+from picie_lib.train import build_model, resolve_device, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -66,8 +66,7 @@ def _evaluated_with(metrics: Path, cfg: Config) -> bool:
     if not metrics.is_file():
         return False
     saved = json.loads(metrics.read_text()).get("config", {})
-    current = cfg.to_dict()
-    return all(saved.get(k) == v for k, v in current.items() if k not in RUNTIME_KEYS | {"loss"})
+    return not differences(saved, cfg, RUNTIME_KEYS | {"loss"})  # the folder's name says the method
 
 
 def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=None, val_set=None) -> dict:

@@ -250,6 +250,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+# Parameters that change how a run executes, not what it computes.
+RUNTIME_KEYS = frozenset({"device", "num_workers", "seeds"})
+
+
+def differences(
+    saved: dict[str, Any], cfg: Config, ignore: frozenset[str] = RUNTIME_KEYS, saved_as: str = "saved"
+) -> list[str]:
+    """``"key: saved X, now Y"`` for each parameter (outside ``ignore``) where ``cfg`` differs from a
+    configuration saved with a result (a checkpoint's, an evaluation's)."""
+    return [
+        f"{k}: {saved_as} {saved.get(k)!r}, now {v!r}"
+        for k, v in sorted(cfg.to_dict().items())
+        if k not in ignore and saved.get(k) != v
+    ]
+
+
 def save_config(cfg: Config, path: Path) -> None:
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
 

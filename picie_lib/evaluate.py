@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,16 +23,16 @@ import torch.nn.functional as F
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import Config, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
-from picie_lib.data.base import BadFileWarning
+from picie_lib.data.base import warn_skipped
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import batch_statistics
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, write_json
 from picie_lib.train import (
+    Batches,
     build_model,
     derive_seed,
     load_checkpoint,
-    make_loader,
     network_features,
     permutation,
     resolve_device,
@@ -78,16 +77,6 @@ def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -
     raise ValueError(f"rule={rule!r}: expected 'dot' or 'nearest'")
 
 
-def warn_skipped(names: list[str], what: str) -> None:
-    if names:
-        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-        warnings.warn(
-            f"{len(names)} bad file(s) left out of {what} (metrics.json lists them): {shown}",
-            BadFileWarning,
-            stacklevel=3,
-        )
-
-
 def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int) -> torch.Tensor:
     """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation); also the items left
     out as bad files."""
@@ -100,7 +89,7 @@ def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: 
         cfg.kmeans_max_init_points,
     )
     order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
-    batches = make_loader(dataset, order, cfg.batch_size_cluster, cfg)
+    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg)
     for _, images, _ in progress(batches, "eval k-means"):
         feats = extract(images)
         km.update(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
@@ -133,7 +122,7 @@ def score_predictions(
     and the val items left out as bad files."""
     confusion = ConfusionMatrix(dataset.n_classes, num_clusters)
     predictions, targets = [], []
-    batches = make_loader(dataset, list(range(len(dataset))), cfg.eval_batch_size, cfg)
+    batches = Batches(dataset, list(range(len(dataset))), cfg.eval_batch_size, cfg)
     for _, images, labels in progress(batches, "evaluate"):
         pred = predict_batch(images, tuple(labels.shape[-2:])).cpu()
         confusion.update(pred, labels)
@@ -199,7 +188,7 @@ def evaluate_clusters(extract: FeatureFn, cfg: Config, rule: str, train_set=None
     centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed)
     result = score_predictions(lambda x, size: predict(extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters)
     result["skipped_files"] = skipped_train + result["skipped_files"]
-    warn_skipped(result["skipped_files"], "the evaluation")
+    warn_skipped(result["skipped_files"], "left out of the evaluation (metrics.json lists them)")
     result["seconds"] = time.perf_counter() - start
     result["centroids"] = centroids.cpu()
     return result
@@ -229,7 +218,7 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
     device = next(model.parameters()).device
     start = time.perf_counter()
     feats, labels = [], []
-    batches = make_loader(train_set, list(range(len(train_set))), cfg.eval_batch_size, cfg)
+    batches = Batches(train_set, list(range(len(train_set))), cfg.eval_batch_size, cfg)
     for _, images, target in progress(batches, "probe features"):
         f = extract(images)
         stride = target.shape[-1] // f.shape[-1]
@@ -251,7 +240,7 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
             lambda x, size: predict(extract, x, size, head=head), val_set, cfg, val_set.n_classes, match=False
         )
     result["skipped_files"] = batches.skipped_files + result["skipped_files"]
-    warn_skipped(result["skipped_files"], "the linear probe")
+    warn_skipped(result["skipped_files"], "left out of the linear probe (metrics.json lists them)")
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -303,16 +292,10 @@ def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], 
     cfg = from_dict(metrics["config"], source=str(run_dir / "metrics.json"))
     if metrics["method"] == "rgb_kmeans":
         extract, rule = rgb_feature_fn(), "nearest"
+    elif metrics["method"] == "untrained":
+        extract, rule = network_feature_fn(build_model(cfg, resolve_device(cfg.device)), cfg), "dot"
     else:
-        extract, rule = (
-            network_feature_fn(
-                load_trained_model(run_dir, cfg)
-                if metrics["method"] != "untrained"
-                else build_model(cfg, resolve_device(cfg.device)),
-                cfg,
-            ),
-            "dot",
-        )
+        extract, rule = network_feature_fn(load_trained_model(run_dir, cfg), cfg), "dot"
     cluster_to_class = torch.full((len(centroids),), -1, dtype=torch.int64)
     for c, row in enumerate(metrics["per_class"]):
         if row["cluster"] >= 0:

@@ -102,8 +102,9 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
     cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
     if Path(preset).suffix in (".yaml", ".yml"):
         preset = str(Path(preset).resolve())
-    overrides.update(absolute_paths(cfg, Path.cwd()))  # the notebooks run in notebooks/, not here
-    cfg = cfg.replace(**overrides)
+    paths = absolute_paths(cfg, Path.cwd())  # the notebooks run in notebooks/, not here
+    overrides.update(paths)
+    cfg = cfg.replace(**paths)
     out_dir = Path(out_dir or f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     new_run_dir(out_dir, overwrite=overwrite)
     if overwrite:  # replace what an earlier run wrote there, so that nothing of it is reused

@@ -4,8 +4,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from picie_lib.data.base import first_usable
+from picie_lib.runs import atomic_write_bytes
 from picie_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 THING_COLOUR, STUFF_COLOUR = "#d95f02", "#1b9e77"
@@ -239,16 +239,9 @@ def gains_over_baseline(per_class: dict[str, Sequence[dict]], baseline: str = "c
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (the format from its suffix) through a temporary file, atomically."""
+    """Write ``fig`` to ``path`` (the format from its suffix), atomically (``runs.atomic_write_bytes``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, image.getvalue())
     return path

@@ -18,7 +18,6 @@ import json
 import math
 import pickle
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,9 +27,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
-from picie_lib.config import Config, load_config, save_config
+from picie_lib.config import RUNTIME_KEYS, Config, differences, load_config, save_config
 from picie_lib.data import SceneDataset, build_dataset
-from picie_lib.data.base import BadFileWarning, SkippedItem
+from picie_lib.data.base import SkippedItem, warn_skipped
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
 from picie_lib.model import PanopticFPN, batch_statistics
 from picie_lib.progress import progress
@@ -47,7 +46,7 @@ from picie_lib.transforms import crop_flip, draw_view_params
 
 CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
 # Parameters that do not change what training computes; a resumed run may differ in them.
-RUNTIME_KEYS = {"device", "num_workers", "seeds", "eval_batch_size", "probe_epochs"}
+TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"eval_batch_size", "probe_epochs"}
 RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json", "metrics.json")
 
 
@@ -147,10 +146,6 @@ class Batches:
         return sorted({item.path for item in self.skipped})
 
 
-def make_loader(dataset, order: list[int], batch_size: int, cfg: Config) -> Batches:
-    return Batches(dataset, order, batch_size, cfg)
-
-
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B*h*w, C), pixel-major as PiCIE's ``feature_flatten``."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -173,7 +168,7 @@ def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, se
         for view in (1, 2)
     ]
     params = dataset.view_params
-    batches = make_loader(dataset, order, cfg.batch_size_cluster, cfg)
+    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg)
     with batch_statistics(model):
         for idx, view1, view2 in progress(batches, "cluster"):
             f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
@@ -190,7 +185,7 @@ def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.
     labels = None
     counts = torch.zeros((2, cfg.n_clusters), dtype=torch.int64)
     with batch_statistics(model):
-        for idx, view1, view2 in progress(make_loader(dataset, order, cfg.batch_size_cluster, cfg), "label"):
+        for idx, view1, view2 in progress(Batches(dataset, order, cfg.batch_size_cluster, cfg), "label"):
             f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
             if labels is None:
                 dtype = torch.uint8 if cfg.n_clusters <= 256 else torch.int32
@@ -252,7 +247,7 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
     sums: dict[str, float] = {}
     seen = 0
     for batch, (idx, view1, view2) in enumerate(
-        progress(make_loader(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
+        progress(Batches(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
     ):
         f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
         y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
@@ -343,11 +338,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def _check_same_config(saved: dict, cfg: Config, path: Path) -> None:
-    current = cfg.to_dict()
-    diff = sorted(k for k in current if k not in RUNTIME_KEYS and saved.get(k) != current[k])
+    diff = differences(saved, cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
     if diff:
-        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in diff)
-        raise ValueError(f"{path} was written by a different configuration ({details})")
+        raise ValueError(f"{path} was written by a different configuration ({'; '.join(diff)})")
 
 
 # ---- the training loop ---------------------------------------------------------------------------
@@ -484,14 +477,7 @@ def train(
             on_epoch(record)
 
     skipped = sorted({name for r in history for name in r.get("skipped_files", [])})
-    if skipped:
-        warnings.warn(
-            f"{len(skipped)} bad file(s) were left out of training (each epoch's are in log.jsonl): "
-            + ", ".join(skipped[:5])
-            + (" ..." if len(skipped) > 5 else ""),
-            BadFileWarning,
-            stacklevel=2,
-        )
+    warn_skipped(skipped, "were left out of training (each epoch's are in log.jsonl)")
     summary = {
         "loss": cfg.loss,
         "seed": cfg.seed,

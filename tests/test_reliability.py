@@ -115,8 +115,10 @@ def test_checkpoints_never_unpickle_objects_and_bad_ones_are_named(tmp_path, cap
 
 
 def test_bad_file_survives_a_worker_process():
-    err = pickle.loads(pickle.dumps(BadFile("a/b.jpg", "unreadable", "a JPEG")))
-    assert (err.path, err.problem, err.expected, str(err)) == ("a/b.jpg", "unreadable", "a JPEG", str(err))
+    original = BadFile("a/b.jpg", "unreadable", "a JPEG")
+    err = pickle.loads(pickle.dumps(original))
+    assert (err.path, err.problem, err.expected) == ("a/b.jpg", "unreadable", "a JPEG")
+    assert str(err) == str(original) == "a/b.jpg: unreadable; expected a JPEG"
 
 
 @pytest.fixture

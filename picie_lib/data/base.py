@@ -36,6 +36,13 @@ class BadFileWarning(UserWarning):
     """An item left out of a pass because its file is bad; the pass counts it."""
 
 
+def warn_skipped(files: list[str], what: str) -> None:
+    """One warning at the end of a pass or run: ``"N bad file(s) {what}: the first five"``."""
+    if files:
+        shown = ", ".join(files[:5]) + (" ..." if len(files) > 5 else "")
+        warnings.warn(f"{len(files)} bad file(s) {what}: {shown}", BadFileWarning, stacklevel=3)
+
+
 class SkippedItem(NamedTuple):
     """What ``SceneDataset[i]`` gives for an item whose file is bad: the loaders leave it out."""
 

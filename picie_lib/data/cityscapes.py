@@ -131,13 +131,10 @@ class Cityscapes27(ImageFiles):
         self.items = found[:max_images] if max_images else found
         self.labelled = split == "val"
         if mode == "eval" and self.labelled:
-            missing = [p for p in (self.label_path(i) for i in range(len(self))) if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no fine label map); "
-                    f"expected gtFine/<split>/<city>/*{LABEL_SUFFIX} under {self.root} or {self.root / 'annotations'}"
-                    f", from {SOURCES['gtFine']}, {SITE}"
-                )
+            self.check_labels_exist(
+                f"gtFine/<split>/<city>/*{LABEL_SUFFIX} under {self.root} or {self.root / 'annotations'}"
+                f", from {SOURCES['gtFine']}, {SITE}"
+            )
 
     def __len__(self) -> int:
         return len(self.items)

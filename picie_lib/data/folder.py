@@ -104,12 +104,9 @@ class FolderDataset(ImageFiles):
         self.label_meaning = "class ids of the class table"
 
         if mode == "eval" and self.labelled:
-            missing = [p for p in (self.label_path(i) for i in range(len(self))) if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(
-                    f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected "
-                    f"one PNG per image in {self.label_dir}, same relative path and stem, class ids, 255 = ignore"
-                )
+            self.check_labels_exist(
+                f"one PNG per image in {self.label_dir}, same relative path and stem, class ids, 255 = ignore"
+            )
 
     def __len__(self) -> int:
         return len(self.images)

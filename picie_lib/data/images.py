@@ -157,6 +157,15 @@ class ImageFiles(SceneDataset):
     def label_path(self, index: int) -> Path:
         raise NotImplementedError
 
+    def check_labels_exist(self, expected: str) -> None:
+        """Eval mode: every image needs its label map, checked when the data set is built (a missing
+        one is an error naming it and ``expected``: where it goes and where it comes from)."""
+        missing = [p for p in map(self.label_path, range(len(self))) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected {expected}"
+            )
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.mode == "train":
             return read_image(self.image_path(index), base=self.base_res), None
