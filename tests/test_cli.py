@@ -1,10 +1,9 @@
 """The command line, end to end on the smoke preset, as a user runs it."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from commands import picie
 
 from picie_lib.cli import main
 
@@ -14,12 +13,7 @@ KEYS = {"loss", "seed", "acc_all", "miou_all", "acc_thing", "miou_thing", "acc_s
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "smoke"
-    proc = subprocess.run(
-        [sys.executable, "-m", "picie_lib", "compare", "--preset", "smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = picie("compare", "--preset", "smoke", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 

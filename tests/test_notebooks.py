@@ -1,15 +1,13 @@
 """The notebooks and ``python -m picie_lib run``: clean sources, papermill end to end, failures named."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from commands import picie
 
 from picie_lib import pipeline
 from picie_lib.cli import main
@@ -114,13 +112,7 @@ def test_run_rejects_bad_parameters_before_writing(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "smoke"
-    proc = subprocess.run(
-        [sys.executable, "-m", "picie_lib", "run", "--preset", "smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "PICIE_PROGRESS": "0"},
-    )
+    proc = picie("run", "--preset", "smoke", "--out", str(out), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
 
@@ -172,14 +164,7 @@ def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):
         "kmeans_iters": 5, "epochs_ce": 1, "epochs_focal": 1, "epochs_ib_focal": 2, "num_workers": 0,
     }  # fmt: skip
     args = [a for k, v in small.items() for a in ("-p", f"{k}={'null' if v is None else v}")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "picie_lib", "run", "--preset", "paper", "--out", "paper", *args],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=tmp_path,
-        env={**os.environ, "PICIE_PROGRESS": "0"},
-    )
+    proc = picie("run", "--preset", "paper", "--out", "paper", *args, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "paper"
     config = json.loads((out / "config.json").read_text())

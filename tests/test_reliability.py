@@ -1,17 +1,16 @@
 """Runs survive interruption and bad input, and lose nothing (README, "Interruptions and bad input")."""
 
 import json
-import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from commands import ENV, command, picie
 from layouts import write_cocostuff
 from PIL import Image
 
@@ -24,22 +23,17 @@ from picie_lib.train import CHECKPOINT_FORMAT, load_checkpoint, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 SMOKE = ["--preset", "smoke", "-p", "n_train=48"]  # epochs of a few seconds, to kill one midway
-ENV = {**os.environ, "PICIE_PROGRESS": "0"}
-
-
-def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "picie_lib", *args], env=ENV, capture_output=True, text=True, **kwargs)
 
 
 @pytest.mark.parametrize("loss", ["ce", "ib_focal"])  # ib_focal: the min_loss switch state and ce_min.pt resume too
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path, loss):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     smoke = [*SMOKE, "--loss", loss]
-    assert _cli("train", *smoke, "--out", str(whole), timeout=600).returncode == 0
-    assert _cli("evaluate", str(whole), timeout=600).returncode == 0
+    assert picie("train", *smoke, "--out", str(whole), timeout=600).returncode == 0
+    assert picie("evaluate", str(whole), timeout=600).returncode == 0
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "picie_lib", "train", *smoke, "--out", str(killed)],
+        command("train", *smoke, "--out", str(killed)),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -55,9 +49,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path,
     assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
     assert not list(killed.glob(".*.tmp"))  # no half-written file left behind by the atomic writes
 
-    resumed = _cli("train", *smoke, "--out", str(killed), "--resume", timeout=600)
+    resumed = picie("train", *smoke, "--out", str(killed), "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _cli("evaluate", str(killed), timeout=600).returncode == 0
+    assert picie("evaluate", str(killed), timeout=600).returncode == 0
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
     assert a["scores"] == b["scores"] and a["confusion"] == b["confusion"]
     wa, wb = load_checkpoint(whole / "checkpoint.pt")["model"], load_checkpoint(killed / "checkpoint.pt")["model"]
