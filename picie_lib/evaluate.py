@@ -37,29 +37,28 @@ from picie_lib.train import (
     permutation,
     resolve_device,
 )
-from picie_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
+from picie_lib.transforms import to_network_input
 
 STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS, STREAM_PROBE = 11, 12, 13
 CENTROIDS_FORMAT = "picie_lib.centroids/1"
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> features (B, D, h, w)
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (B, 3, H, W) -> features (B, D, h, w)
 
 
 def network_feature_fn(model: torch.nn.Module, cfg: Config) -> FeatureFn:
     """L2-normalised network features (batch statistics, no gradient)."""
+    device = next(model.parameters()).device
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
         with batch_statistics(model):
-            return F.normalize(network_features(model, images, cfg), dim=1)
+            return F.normalize(network_features(model, to_network_input(images, device), cfg), dim=1)
 
     return extract
 
 
 def rgb_feature_fn(stride: int = 4) -> FeatureFn:
     """Raw RGB in [0, 1], averaged over stride x stride cells (the network's output grid)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return lambda images: F.avg_pool2d(images * std + mean, stride)
+    return lambda images: F.avg_pool2d(images.float() / 255, stride)
 
 
 def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -> torch.Tensor:
@@ -80,14 +79,7 @@ def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -
 def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int) -> torch.Tensor:
     """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation); also the items left
     out as bad files."""
-    km = MiniBatchKMeans(
-        cfg.n_clusters,
-        cfg.kmeans_init_batches,
-        cfg.kmeans_iters,
-        derive_seed(seed, STREAM_EVAL_KMEANS),
-        cfg.kmeans_backend,
-        cfg.kmeans_max_init_points,
-    )
+    km = MiniBatchKMeans.from_config(cfg, derive_seed(seed, STREAM_EVAL_KMEANS))
     order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
     batches = Batches(dataset, order, cfg.batch_size_cluster, cfg)
     for _, images, _ in progress(batches, "eval k-means"):

@@ -11,10 +11,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless, matplotlib falls back to Agg by itself
 import numpy as np
 import torch
+from PIL import Image
 
 from picie_lib.data.base import first_usable
 from picie_lib.runs import atomic_write_bytes
-from picie_lib.transforms import IMAGENET_MEAN, IMAGENET_STD
+from picie_lib.transforms import denormalize
 
 THING_COLOUR, STUFF_COLOUR = "#d95f02", "#1b9e77"
 
@@ -32,10 +33,10 @@ def colourise(label: np.ndarray | torch.Tensor, n_classes: int) -> np.ndarray:
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:
-    """A normalised (3, H, W) tensor back to (H, W, 3) in [0, 1] for display."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (image.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    """A (3, H, W) image, uint8 or a normalised network input, as (H, W, 3) in [0, 1] for display."""
+    image = image.detach().cpu()
+    image = image.float() / 255 if image.dtype == torch.uint8 else denormalize(image.float())
+    return image.permute(1, 2, 0).numpy()
 
 
 def overlay(image: np.ndarray, label: np.ndarray, n_classes: int, alpha: float = 0.5) -> np.ndarray:
@@ -66,13 +67,15 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] = (),
 
 
 def views_figure(bases, view1s, view2s, crops, flips):
-    """Per image: the base image with view 1's crop drawn (dashed when flipped), view 1, view 2."""
+    """Per image: the base image (uint8 tensor or PIL) with view 1's crop drawn (dashed when flipped),
+    view 1, view 2."""
+    bases = [np.asarray(b) / 255 if isinstance(b, Image.Image) else to_rgb(b) for b in bases]
     fig = image_grid(
-        [[b.permute(1, 2, 0).numpy(), to_rgb(v1), to_rgb(v2)] for b, v1, v2 in zip(bases, view1s, view2s, strict=True)],
+        [[b, to_rgb(v1), to_rgb(v2)] for b, v1, v2 in zip(bases, view1s, view2s, strict=True)],
         ["base image, view 1's crop", "view 1 (cropped, flipped)", "view 2 (whole image)"],
     )
     for ax, base, (x0, y0, side), flip in zip(fig.axes[::3], bases, crops.tolist(), flips.tolist(), strict=True):
-        size = base.shape[-1]
+        size = base.shape[1]
         ax.add_patch(
             plt.Rectangle(
                 (x0 * size - 0.5, y0 * size - 0.5),

@@ -8,6 +8,7 @@ from picie_lib.config import Config
 from picie_lib.data import SyntheticScenes, build_dataset
 from picie_lib.data.cocostuff import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
 from picie_lib.data.synthetic import SHAPES, TEXTURES, generate_scene
+from picie_lib.transforms import draw_view_params
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,14 @@ def test_modes_and_shapes():
     cfg = Config(image_size=64, res=64, n_train=4, n_val=2)
     ev = build_dataset(cfg, "val", "eval")
     idx, image, label = ev[1]
-    assert idx == 1 and image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert idx == 1 and image.shape == (3, 64, 64) and image.dtype == torch.uint8
     assert label.shape == (64, 64) and label.dtype == torch.int64 and label.min() >= -1 and label.max() < 27
-    tr = build_dataset(cfg, "train", "train")
+    tr = build_dataset(cfg.replace(res=32), "train", "train")
     with pytest.raises(RuntimeError, match="set_view_params"):
         tr[0]
+    tr.set_view_params(draw_view_params(len(tr), cfg, torch.Generator().manual_seed(0)))
+    idx, views = tr[2]
+    assert idx == 2 and views.shape == (2, 3, 32, 32) and views.dtype == torch.uint8 and tr.base_size == 64
     with pytest.raises(ValueError, match="split='test'"):
         SyntheticScenes(2, 64, split="test")
     with pytest.raises(ValueError, match="mode='both'"):

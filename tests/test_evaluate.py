@@ -14,7 +14,6 @@ from picie_lib.evaluate import (
     score_predictions,
 )
 from picie_lib.train import build_model
-from picie_lib.transforms import normalize
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +52,20 @@ def test_cluster_logits_rules():
     assert torch.allclose(cluster_logits(f, c, "dot"), torch.einsum("bdhw,kd->bkhw", f, c))
 
 
-def test_rgb_features_undo_the_normalisation():
-    img = torch.rand(3, 8, 8)
-    feats = rgb_feature_fn(stride=4)(normalize(img)[None])
-    assert torch.allclose(feats, torch.nn.functional.avg_pool2d(img[None], 4), atol=1e-6)
+def test_rgb_features_are_pixel_values_averaged_over_the_feature_grid():
+    img = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    feats = rgb_feature_fn(stride=4)(img)
+    expected = torch.tensor(
+        [
+            [
+                img[0, c, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].double().mean() / 255
+                for c in range(3)
+                for i in range(2)
+                for j in range(2)
+            ]
+        ]
+    )
+    assert torch.allclose(feats.double().flatten(), expected.flatten(), atol=1e-6)
 
 
 def test_evaluate_model_reports_both_protocols_and_per_class_tables(smoke):

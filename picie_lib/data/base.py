@@ -1,8 +1,10 @@
 """The dataset interface every data source implements, and its two modes.
 
 A source only says how to load image ``i`` at its base resolution (and its label map, if any).
-``SceneDataset`` turns that into PiCIE's two training views (``mode="train"``) or into an
-evaluation pair (``mode="eval"``: shorter side to ``res``, centre crop).
+``SceneDataset`` turns that into the geometry of PiCIE's two training views (``mode="train"``; their
+photometric ops run later, batched on the network's device: ``transforms.augment``) or into an
+evaluation pair (``mode="eval"``: shorter side to ``res``, centre crop). Items hold uint8 images: a
+quarter of float32's bytes to move between processes and to the GPU.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import warnings
 from typing import NamedTuple
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from picie_lib.transforms import ViewParams, center_crop_resize, make_views, normalize
+from picie_lib.transforms import ViewParams, center_crop_resize, geometric_views
 
 IGNORE_INDEX = -1
 
@@ -66,10 +69,13 @@ def first_usable(dataset, count: int) -> list[tuple]:
 class SceneDataset(Dataset):
     """Base class. Subclasses set ``class_names``, ``thing_classes``, ``stuff_classes`` and
     implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``;
-    in train mode the base image must be square (the crops are fractions of its side).
+    in train mode the base image must be square (the crops are fractions of its side), and may be an RGB
+    PIL image instead (saving a conversion: the views are cut by PIL).
 
-    ``mode="train"`` items are ``(index, view1, view2)`` (float (3, res, res), normalised) and
-    need ``set_view_params`` once per epoch; ``mode="eval"`` items are ``(index, image, label)``.
+    ``mode="train"`` items are ``(index, views)``, ``views`` uint8 (2, 3, res, res) from
+    ``geometric_views`` (view 1's crop and flip, view 2 whole), and need ``set_view_params`` once per
+    epoch; ``base_size`` is then the side of the square base images (the blur's unit).
+    ``mode="eval"`` items are ``(index, image, label)``: uint8 (3, res, res) and int64 (res, res).
     """
 
     class_names: tuple[str, ...] = ()
@@ -81,6 +87,7 @@ class SceneDataset(Dataset):
             raise ValueError(f"mode={mode!r}: expected 'train' or 'eval'")
         self.mode, self.res = mode, res
         self.view_params: ViewParams | None = None
+        self.base_size: int | None = None  # train mode: the side of the square base images
 
     @property
     def n_classes(self) -> int:
@@ -102,18 +109,23 @@ class SceneDataset(Dataset):
         except BadFile as err:
             warnings.warn(f"skipped: {err}", BadFileWarning, stacklevel=2)
             return SkippedItem(index, err.path, str(err))
-        image = image.float() / 255
         if self.mode == "train":
-            if image.shape[-1] != image.shape[-2]:
+            size = (image.height, image.width) if isinstance(image, Image.Image) else tuple(image.shape[-2:])
+            if size[0] != size[1]:
                 raise ValueError(
-                    f"{type(self).__name__}[{index}]: a base image of {tuple(image.shape[-2:])}; train mode needs "
+                    f"{type(self).__name__}[{index}]: a base image of {size}; train mode needs "
                     "square base images (sources centre-crop them, as PiCIE's BaseTransform)"
                 )
             if self.view_params is None:
                 raise RuntimeError("train mode needs set_view_params() for the epoch before loading")
-            view1, view2 = make_views(image, self.view_params, index, self.res)
-            return index, view1, view2
+            if size[0] != self.base_size:
+                raise ValueError(
+                    f"{type(self).__name__}[{index}]: a base image of side {size[0]}; expected "
+                    f"base_size={self.base_size}"
+                )
+            params = self.view_params
+            return index, geometric_views(image, params.crop[index], bool(params.flip[index]), self.res)
         if label is None:
             label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
         image, label = center_crop_resize(image, label, self.res)
-        return index, normalize(image), label
+        return index, image, label

@@ -118,7 +118,7 @@ class Cityscapes27(ImageFiles):
         max_images: int | None = None,
     ) -> None:
         super().__init__(mode, res)
-        self.root, self.split, self.base_res = Path(root), split, base_res
+        self.root, self.split, self.base_size = Path(root), split, base_res
         found, absent = split_images(self.root, split)
         expected = " + ".join(f"leftImg8bit/{f}" for f in SPLIT_FOLDERS[split])
         if not found:

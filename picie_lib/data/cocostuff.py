@@ -484,7 +484,7 @@ class CocoStuff27(ImageFiles):
         max_images: int | None = None,
     ) -> None:
         super().__init__(mode, res)
-        self.root, self.folder, self.base_res = Path(root), split_folder(split), base_res
+        self.root, self.folder, self.base_size = Path(root), split_folder(split), base_res
         self.image_dir, self.label_dir = image_dir(self.root, self.folder), label_dir(self.root, self.folder)
         images = stems(self.image_dir, ".jpg")
         if not images:

@@ -77,7 +77,7 @@ class FolderDataset(ImageFiles):
         super().__init__(mode, res)
         if split not in ("train", "val"):
             raise ValueError(f"split={split!r}: expected 'train' or 'val'")
-        self.root, self.base_res = Path(root), base_res
+        self.root, self.base_size = Path(root), base_res
         images_root = self.root / "images"
         split_dirs = any((images_root / s).is_dir() for s in ("train", "val"))
         self.image_dir = images_root / split if split_dirs else images_root

@@ -75,13 +75,14 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: Path | str, base: int | None = None) -> torch.Tensor:
-    """uint8 (3, H, W) RGB; with ``base``, the square base image of that side (``square_base``)."""
+def read_image(path: Path | str, base: int | None = None, pil: bool = False) -> torch.Tensor | Image.Image:
+    """uint8 (3, H, W) RGB, or the RGB PIL image if ``pil``; with ``base``, the square base image of that
+    side (``square_base``)."""
     path = Path(path)
     img = to_rgb(_open(path, "an image file PIL can decode (JPEG or PNG)"), path)
     if base is not None:
         img = square_base(img, base)
-    return to_tensor(img)
+    return img if pil else to_tensor(img)
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
@@ -140,12 +141,12 @@ def find_images(folder: Path) -> list[Path]:
 class ImageFiles(SceneDataset):
     """An on-disk data set: image files, and label PNGs mapped through ``label_table``.
 
-    Subclasses set ``base_res``, ``labelled``, ``label_table``, ``label_values`` (the raw values
-    allowed, for messages) and ``label_meaning``, and implement ``image_path`` and ``label_path``.
-    Train mode reads the square base image only (PiCIE's training never reads labels).
+    Subclasses set ``base_size`` (the side of the square training base), ``labelled``, ``label_table``,
+    ``label_values`` (the raw values allowed, for messages) and ``label_meaning``, and implement
+    ``image_path`` and ``label_path``.
+    Train mode reads the square base image only (PiCIE's training never reads labels), as a PIL image.
     """
 
-    base_res: int
     labelled: bool = True
     label_table: np.ndarray
     label_values: str = ""
@@ -166,9 +167,9 @@ class ImageFiles(SceneDataset):
                 f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected {expected}"
             )
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.mode == "train":
-            return read_image(self.image_path(index), base=self.base_res), None
+    def load(self, index: int) -> tuple[torch.Tensor | Image.Image, torch.Tensor | None]:
+        if self.mode == "train":  # PIL in, PIL out: the views are cut by PIL (``geometric_views``)
+            return read_image(self.image_path(index), base=self.base_size, pil=True), None
         image = read_image(self.image_path(index))
         if not self.labelled:
             return image, None

@@ -269,6 +269,7 @@ class SyntheticScenes(SceneDataset):
         if split not in ("train", "val"):
             raise ValueError(f"split={split!r}: expected 'train' or 'val'")
         self.images, self.labels = generate_scenes(n, size, seed, split)
+        self.base_size = size
 
     def __len__(self) -> int:
         return len(self.images)
