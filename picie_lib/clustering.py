@@ -52,34 +52,97 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Te
     return torch.cat(index), torch.cat(dist)
 
 
-def lloyd_kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None) -> torch.Tensor:
+class PointSet:
+    """The rows of an (N, D) matrix kept as the pieces (batches) they came in.
+
+    The initial k-means fit holds PiCIE's first 20 batches of pixels: 20 x 256 x 6,400 128-d float32
+    features per view at the paper's settings, 16.8 GB. The pieces are never concatenated (that would
+    double the peak); arithmetic goes through blocks of at most ``ASSIGN_CHUNK`` rows.
+    """
+
+    def __init__(self, pieces: list[torch.Tensor] | torch.Tensor | None = None):
+        pieces = [pieces] if isinstance(pieces, torch.Tensor) else list(pieces or [])
+        self.pieces: list[torch.Tensor] = [piece.detach().float() for piece in pieces]
+
+    def append(self, piece: torch.Tensor) -> None:
+        self.pieces.append(piece.detach().float())
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pieces)
+
+    @property
+    def dim(self) -> int:
+        return self.pieces[0].shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.pieces[0].device
+
+    def blocks(self):
+        """Blocks of at most ``ASSIGN_CHUNK`` rows, in order."""
+        for piece in self.pieces:
+            yield from piece.split(ASSIGN_CHUNK)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows at the given global indices."""
+        starts = torch.tensor([0] + [len(p) for p in self.pieces]).cumsum(0)
+        out = torch.empty(len(index), self.dim, device=self.device)
+        for i, j in enumerate(index.tolist()):
+            piece = int(torch.searchsorted(starts, j, right=True)) - 1
+            out[i] = self.pieces[piece][j - int(starts[piece])]
+        return out
+
+    def to_cpu_matrix(self) -> torch.Tensor:
+        """Become one contiguous CPU matrix (what faiss needs) and return it. It is built piece by piece
+        while the pieces are released, so that the peak is the matrix plus one piece."""
+        out = torch.empty(len(self), self.dim)
+        start = 0
+        while self.pieces:
+            piece = self.pieces.pop(0)
+            out[start : start + len(piece)] = piece.cpu()
+            start += len(piece)
+        self.pieces = [out]
+        return out
+
+
+def _points(x: torch.Tensor | PointSet) -> PointSet:
+    return x if isinstance(x, PointSet) else PointSet(x)
+
+
+def lloyd_kmeans(
+    x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None
+) -> torch.Tensor:
     """Lloyd's k-means in torch, on ``x``'s device, following faiss's ``Clustering``.
 
     Initial centroids are ``k`` distinct points drawn at random (faiss's default). After each
-    assignment a centroid is the mean of its points; an empty cluster takes over half of the
-    largest one: a copy of that centroid nudged by a small relative perturbation, the two moving
+    assignment a centroid is the mean of its points (float32 sums); an empty cluster takes over half
+    of the largest one: a copy of that centroid nudged by a small relative perturbation, the two moving
     apart symmetrically (faiss's ``split_clusters`` rule, with the largest cluster chosen instead
     of a random one so that the result does not depend on a second random stream).
     ``init`` (k, D) replaces the random start.
     """
-    n, d = x.shape
+    points = _points(x)
+    n, d = len(points), points.dim
     if n < k:
         raise ValueError(f"k-means needs at least k={k} points, got {n}")
     if init is not None:
-        centroids = init.to(x.device, x.dtype).clone()
+        centroids = init.to(points.device, torch.float32).clone()
     else:
         gen = torch.Generator().manual_seed(int(seed))
-        centroids = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
+        centroids = points.rows(torch.randperm(n, generator=gen)[:k])
     for _ in range(n_iter):
-        assign, _ = nearest_centroid(x, centroids)
-        counts = torch.bincount(assign, minlength=k)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.zeros(k, dtype=torch.int64, device=points.device)
+        sums = torch.zeros_like(centroids)
+        for block in points.blocks():
+            assign, _ = nearest_centroid(block, centroids)
+            counts += torch.bincount(assign, minlength=k)
+            sums.index_add_(0, assign, block)
         nonempty = counts > 0
-        centroids[nonempty] = sums[nonempty] / counts[nonempty, None].to(x.dtype)
+        centroids[nonempty] = sums[nonempty] / counts[nonempty, None].float()
         for empty in torch.nonzero(~nonempty).flatten().tolist():
             big = int(counts.argmax())
             eps = 1.0 / 1024
-            sign = torch.ones(d, device=x.device, dtype=x.dtype)
+            sign = torch.ones(d, device=points.device)
             sign[1::2] = -1
             centroids[empty] = centroids[big] * (1 + sign * eps)
             centroids[big] = centroids[big] * (1 - sign * eps)
@@ -88,10 +151,14 @@ def lloyd_kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, init: torch.Te
     return centroids
 
 
-def faiss_kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None) -> torch.Tensor:
+def faiss_kmeans(
+    x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None
+) -> torch.Tensor:
     """faiss's ``Clustering`` with PiCIE's settings (no subsampling), on a GPU index when it has one.
-    ``init`` (k, D) replaces faiss's random start."""
-    data = np.ascontiguousarray(x.detach().float().cpu().numpy())
+    ``init`` (k, D) replaces faiss's random start. A ``PointSet`` becomes the float32 matrix faiss reads."""
+    device = x.device
+    data = x.to_cpu_matrix().numpy() if isinstance(x, PointSet) else x.detach().float().cpu().numpy()
+    data = np.ascontiguousarray(data)
     d = data.shape[1]
     clus = faiss.Clustering(d, k)
     clus.niter = n_iter
@@ -110,23 +177,23 @@ def faiss_kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, init: torch.Te
         index = faiss.IndexFlatL2(d)
     clus.train(data, index)
     centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, d)
-    return torch.from_numpy(centroids.copy()).to(x.device)
+    return torch.from_numpy(centroids.copy()).to(device)
 
 
-def kmeans(x: torch.Tensor, k: int, n_iter: int, seed: int, backend: str = "auto") -> torch.Tensor:
+def kmeans(x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, backend: str = "auto") -> torch.Tensor:
     """Centroids (k, D) of ``x`` (N, D) by Lloyd's algorithm, with faiss or torch."""
     if resolve_backend(backend, x.device) == "faiss":
         return faiss_kmeans(x, k, n_iter, seed)
-    return lloyd_kmeans(x.float(), k, n_iter, seed)
+    return lloyd_kmeans(x if isinstance(x, PointSet) else x.float(), k, n_iter, seed)
 
 
 class MiniBatchKMeans:
     """PiCIE's k-means over a stream of batches: ``update(x)`` per batch, then ``finish()``.
 
     ``x`` is (N, D) pixel features (already L2-normalised). The first ``init_batches`` batches are
-    kept and clustered together; later batches refine the centroids by running means. With
-    ``max_init_points`` set, each kept batch is subsampled uniformly so that the initial fit
-    holds at most that many points (bounded memory; PiCIE keeps them all).
+    kept (float32, as PiCIE) and clustered together; later batches refine the centroids by running
+    means. With ``max_init_points`` set, each kept batch is subsampled uniformly so that the initial
+    fit holds at most that many points (PiCIE keeps them all).
     """
 
     def __init__(
@@ -142,9 +209,22 @@ class MiniBatchKMeans:
         self.backend, self.max_init_points = backend, max_init_points
         self.centroids: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
-        self._kept: list[torch.Tensor] = []
+        self._kept = PointSet()
+        self._batches_kept = 0
         self._gen = torch.Generator().manual_seed(int(seed))
         self.inertia_sum, self.n_points = 0.0, 0
+
+    @classmethod
+    def from_config(cls, cfg, seed: int) -> MiniBatchKMeans:
+        """The k-means a ``Config`` describes (``n_clusters``, ``kmeans_*``), seeded with ``seed``."""
+        return cls(
+            cfg.n_clusters,
+            cfg.kmeans_init_batches,
+            cfg.kmeans_iters,
+            seed,
+            cfg.kmeans_backend,
+            cfg.kmeans_max_init_points,
+        )
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float()
@@ -154,7 +234,8 @@ class MiniBatchKMeans:
                 if len(x) > per_batch:
                     x = x[torch.randperm(len(x), generator=self._gen)[:per_batch].to(x.device)]
             self._kept.append(x)
-            if len(self._kept) == self.init_batches:
+            self._batches_kept += 1
+            if self._batches_kept == self.init_batches:
                 self._fit_initial()
             return
         assign, dist = nearest_centroid(x, self.centroids)
@@ -167,12 +248,15 @@ class MiniBatchKMeans:
         self.centroids[hit] = (1 - rate) * self.centroids[hit] + rate * sums[hit] / batch_counts[hit, None].float()
 
     def _fit_initial(self) -> None:
-        data = torch.cat(self._kept)
-        self._kept = []
-        self.centroids = kmeans(data, self.k, self.n_iter, self.seed, self.backend).float().to(data.device)
-        assign, dist = nearest_centroid(data, self.centroids)
-        self._record(assign, dist)
-        self.counts = torch.bincount(assign, minlength=self.k).double()
+        data, self._kept = self._kept, PointSet()
+        device = data.device
+        self.centroids = kmeans(data, self.k, self.n_iter, self.seed, self.backend).float().to(device)
+        counts = torch.zeros(self.k, dtype=torch.float64, device=device)
+        for block in data.blocks():
+            assign, dist = nearest_centroid(block.to(device), self.centroids)
+            self._record(assign, dist)
+            counts += torch.bincount(assign, minlength=self.k)
+        self.counts = counts
 
     def _record(self, assign: torch.Tensor, dist: torch.Tensor) -> None:
         self.inertia_sum += float(dist.double().sum())
@@ -181,7 +265,7 @@ class MiniBatchKMeans:
     def finish(self) -> torch.Tensor:
         """The centroids (K, D); fits on what was kept when there were fewer batches than ``init_batches``."""
         if self.centroids is None:
-            if not self._kept:
+            if not self._batches_kept:
                 raise ValueError("MiniBatchKMeans.finish() before any update()")
             self._fit_initial()
         return self.centroids

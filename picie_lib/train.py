@@ -42,7 +42,7 @@ from picie_lib.runs import (
     new_run_dir,
     write_json,
 )
-from picie_lib.transforms import crop_flip, draw_view_params
+from picie_lib.transforms import augment, crop_flip, draw_view_params
 
 CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
 # Parameters that do not change what training computes; a resumed run may differ in them.
@@ -81,7 +81,8 @@ def build_model(cfg: Config, device: torch.device) -> PanopticFPN:
 
 
 def network_features(model: torch.nn.Module, images: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """Raw (unnormalised) float32 features (B, 128, H/4, W/4), under bf16 autocast if ``cfg.amp``."""
+    """Raw (unnormalised) float32 features (B, 128, H/4, W/4) of normalised float images on the
+    model's device, under bf16 autocast if ``cfg.amp``."""
     device = next(model.parameters()).device
     images = images.to(device, non_blocking=True)
     if cfg.channels_last:
@@ -90,15 +91,29 @@ def network_features(model: torch.nn.Module, images: torch.Tensor, cfg: Config) 
         return model(images).float()
 
 
-def view_features(model, view1, view2, crop, flip, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-aligned, L2-normalised features of both views (B, 128, h, w).
+def view_features(model, view1, view2, crop, flip, cfg, which=(0, 1)) -> tuple[torch.Tensor, ...]:
+    """Pixel-aligned, L2-normalised features (B, 128, h, w) of the views in ``which`` (0: view 1,
+    1: view 2; both by default).
 
     View 2's map gets the crop and flip that view 1 got on the image (PiCIE's ``transform_eqv``),
     then both are normalised per pixel (``F.normalize(dim=1)``).
     """
-    f1 = network_features(model, view1, cfg)
-    f2 = crop_flip(network_features(model, view2, cfg), crop, flip, f1.shape[-2:])
-    return F.normalize(f1, dim=1), F.normalize(f2, dim=1)
+    maps = []
+    for view in which:
+        f = network_features(model, (view1, view2)[view], cfg)
+        if view == 1:
+            f = crop_flip(f, crop, flip, f.shape[-2:])
+        maps.append(F.normalize(f, dim=1))
+    return tuple(maps)
+
+
+def batch_features(model, dataset: SceneDataset, index: torch.Tensor, views: torch.Tensor, cfg: Config, which=(0, 1)):
+    """``view_features`` of a train-mode batch (``index`` into the data set, ``views`` uint8): the views'
+    photometric ops first, on the model's device (``augment``)."""
+    params = dataset.view_params
+    device = next(model.parameters()).device
+    view1, view2 = augment(views, index, params, dataset.base_size, device)
+    return view_features(model, view1, view2, params.crop[index], params.flip[index], cfg, which)
 
 
 def collate_usable(items: list):
@@ -108,38 +123,73 @@ def collate_usable(items: list):
     return (default_collate(usable) if usable else None), skipped
 
 
+def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
+    """A pass over ``n_items`` items of which every one was skipped as a bad file is an error."""
+    if n_items and len({item.index for item in skipped}) == n_items:
+        names = ", ".join(item.path for item in skipped[:3])
+        raise ValueError(
+            f"no usable item among the {n_items} of {type(dataset).__name__}: every "
+            f"file was bad (e.g. {names}); see the warnings above"
+        )
+
+
+def _concatenate(parts: list, pin: bool):
+    """Chunks of a batch (tuples of tensors) joined along the batch dimension; into page-locked
+    memory when a GPU will take them (the copy to it can then overlap the next batch)."""
+    if len(parts) == 1 and not pin:
+        return parts[0]
+    joined = []
+    for fields in zip(*parts, strict=True):
+        shape = (sum(len(f) for f in fields), *fields[0].shape[1:])
+        out = torch.empty(shape, dtype=fields[0].dtype, pin_memory=pin)
+        joined.append(torch.cat(fields, out=out))
+    return tuple(joined)
+
+
 class Batches:
     """The batches of ``dataset`` in ``order``, without the items whose file is bad; after a full
-    pass, ``skipped_files`` names those files. A pass in which no item is usable is an error."""
+    pass, ``skipped_files`` names those files. A pass in which no item is usable is an error.
 
-    def __init__(self, dataset, order: list[int], batch_size: int, cfg: Config) -> None:
-        self.dataset, self.order = dataset, order
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=order,
-            num_workers=cfg.num_workers,
-            collate_fn=collate_usable,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
-        )
+    With workers, a batch is not one worker's job: it is cut into chunks of a few items that all
+    workers make at once, from the first batch on, and joined here in order. So the batches, their
+    order and their content are the same for any ``num_workers``.
+    """
+
+    def __init__(self, dataset, order: list[int], batch_size: int, cfg: Config, require_usable: bool = True) -> None:
+        self.dataset, self.order, self.require_usable = dataset, order, require_usable
+        workers = cfg.num_workers
+        # two chunks per worker per batch: every worker busy, and a batch ready as soon as possible
+        chunk = batch_size if workers == 0 else max(1, math.ceil(batch_size / (2 * workers)))
+        self.chunks_per_batch, chunks = [], []
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            pieces = [batch[i : i + chunk] for i in range(0, len(batch), chunk)]
+            self.chunks_per_batch.append(len(pieces))
+            chunks += pieces
+        extra = {}
+        if workers:  # enough chunks in flight for about two batches
+            extra["prefetch_factor"] = max(2, math.ceil(2 * batch_size / (chunk * workers)))
+        self.loader = DataLoader(dataset, batch_sampler=chunks, num_workers=workers, collate_fn=collate_usable, **extra)
+        self.pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
         self.skipped: list[SkippedItem] = []
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.chunks_per_batch)
 
     def __iter__(self):
         self.skipped = []
-        for batch, skipped in self.loader:
-            self.skipped += skipped
-            if batch is not None:
-                yield batch
-        if self.order and len(self.skipped) == len(self.order):
-            names = ", ".join(item.path for item in self.skipped[:3])
-            raise ValueError(
-                f"no usable item among the {len(self.order)} of {type(self.dataset).__name__}: every "
-                f"file was bad (e.g. {names}); see the warnings above"
-            )
+        chunks = iter(self.loader)
+        for count in self.chunks_per_batch:
+            parts = []
+            for _ in range(count):
+                part, skipped = next(chunks)
+                self.skipped += skipped
+                if part is not None:
+                    parts.append(part)
+            if parts:
+                yield _concatenate(parts, self.pin)
+        if self.require_usable:
+            require_usable(self.dataset, len(self.order), self.skipped)
 
     @property
     def skipped_files(self) -> list[str]:
@@ -155,38 +205,41 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, seed: int):
     """One k-means per view over the epoch's views: centroids (2, K, 128), their k-means losses, and
-    the items left out as bad files (the label and training passes leave out the same ones)."""
-    kms = [
-        MiniBatchKMeans(
-            cfg.n_clusters,
-            cfg.kmeans_init_batches,
-            cfg.kmeans_iters,
-            derive_seed(seed, view),
-            cfg.kmeans_backend,
-            cfg.kmeans_max_init_points,
-        )
-        for view in (1, 2)
-    ]
-    params = dataset.view_params
-    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg)
+    the items left out as bad files (the label and training passes leave out the same ones).
+
+    A k-means keeps the pixels of its first ``kmeans_init_batches`` batches for its initial fit (16.8 GB
+    of float32 per view at the paper's settings). So that one view's set is in memory at a time, those
+    batches are read twice, once per view; then the remaining batches update both views' running
+    means. Each k-means sees the same pixels in the same order as in a single joint pass.
+    """
+    kms = [MiniBatchKMeans.from_config(cfg, derive_seed(seed, view)) for view in (1, 2)]
+    size = cfg.batch_size_cluster
+    head, rest = order[: cfg.kmeans_init_batches * size], order[cfg.kmeans_init_batches * size :]
     with batch_statistics(model):
-        for idx, view1, view2 in progress(batches, "cluster"):
-            f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
+        for view in (0, 1):
+            head_batches = Batches(dataset, head, size, cfg, require_usable=False)
+            for idx, views in progress(head_batches, f"cluster: view {view + 1}'s initial fit"):
+                (f,) = batch_features(model, dataset, idx, views, cfg, which=(view,))
+                kms[view].update(_flat(f))
+        batches = Batches(dataset, rest, size, cfg, require_usable=False)
+        for idx, views in progress(batches, "cluster"):
+            f1, f2 = batch_features(model, dataset, idx, views, cfg)
             kms[0].update(_flat(f1))
             kms[1].update(_flat(f2))
+    skipped = head_batches.skipped + batches.skipped
+    require_usable(dataset, len(order), skipped)
     centroids = torch.stack([km.finish() for km in kms])
-    return centroids, [km.mean_distance for km in kms], batches.skipped_files
+    return centroids, [km.mean_distance for km in kms], sorted({item.path for item in skipped})
 
 
 @torch.no_grad()
 def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.Tensor, cfg: Config):
     """Nearest-centroid labels of every pixel of both views, (2, N, h, w), and counts (2, K)."""
-    params = dataset.view_params
     labels = None
     counts = torch.zeros((2, cfg.n_clusters), dtype=torch.int64)
     with batch_statistics(model):
-        for idx, view1, view2 in progress(Batches(dataset, order, cfg.batch_size_cluster, cfg), "label"):
-            f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
+        for idx, views in progress(Batches(dataset, order, cfg.batch_size_cluster, cfg), "label"):
+            f1, f2 = batch_features(model, dataset, idx, views, cfg)
             if labels is None:
                 dtype = torch.uint8 if cfg.n_clusters <= 256 else torch.int32
                 labels = torch.zeros((2, len(dataset), *f1.shape[-2:]), dtype=dtype)
@@ -240,16 +293,14 @@ def picie_loss(f1, f2, labels1, labels2, centroids, weights, criterion, temperat
 def train_pass(model, optimizer, dataset, order, labels, centroids, weights, criterion, cfg, epoch) -> dict:
     """One optimisation pass; returns the epoch's mean loss and mean of each term."""
     device = next(model.parameters()).device
-    params = dataset.view_params
     centroids = centroids.to(device)
     weights = [None if w is None else w.to(device) for w in weights]
     model.train()
-    sums: dict[str, float] = {}
-    seen = 0
-    for batch, (idx, view1, view2) in enumerate(
+    sums, names, seen = None, None, 0  # sums stay on the device: one wait for the GPU per batch, not six
+    for batch, (idx, views) in enumerate(
         progress(Batches(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
     ):
-        f1, f2 = view_features(model, view1, view2, params.crop[idx], params.flip[idx], cfg)
+        f1, f2 = batch_features(model, dataset, idx, views, cfg)
         y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
         loss, terms = picie_loss(f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature)
         if not torch.isfinite(loss):
@@ -263,9 +314,10 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
         optimizer.step()
         n = len(idx)
         seen += n
-        for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-    return {k: v / seen for k, v in sums.items()}
+        names = ["loss", *terms]
+        values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).double() * n
+        sums = values if sums is None else sums + values
+    return dict(zip(names, (sums / seen).tolist(), strict=True))
 
 
 # ---- the IB-Focal schedule -----------------------------------------------------------------------

@@ -168,13 +168,32 @@ def test_max_init_points_bounds_the_initial_fit(monkeypatch):
 
     def spy(data, k, n_iter, seed, backend):
         seen["n"] = len(data)
-        return data[:k].clone()
+        return data.rows(torch.arange(k))
 
     monkeypatch.setattr(clustering, "kmeans", spy)
     km = MiniBatchKMeans(4, init_batches=3, n_iter=5, seed=0, max_init_points=90)
     for _ in range(3):
         km.update(torch.randn(1000, 4))
     assert seen["n"] == 90
+
+
+def test_a_point_set_reads_back_its_pieces_as_one_matrix():
+    g = torch.Generator().manual_seed(3)
+    pieces = [torch.randn(n, 5, generator=g) for n in (7, 1, 12)]
+    whole = torch.cat(pieces)
+    points = clustering.PointSet(pieces)
+    assert len(points) == 20
+    assert torch.equal(torch.cat(list(points.blocks())), whole)
+    index = torch.tensor([19, 0, 7, 8, 6])  # across piece boundaries, in any order
+    assert torch.equal(points.rows(index), whole[index])
+    matrix = points.to_cpu_matrix()
+    assert torch.equal(matrix, whole) and len(points.pieces) == 1  # the pieces were released for the matrix
+
+
+def test_lloyd_on_pieces_equals_lloyd_on_the_whole_matrix():
+    x, _, _ = _blobs(n_per=80, spread=0.9, seed=4)
+    pieces = clustering.PointSet(list(x.split(70)))
+    assert torch.allclose(lloyd_kmeans(pieces, 6, 15, seed=3), lloyd_kmeans(x, 6, 15, seed=3), atol=1e-5)
 
 
 def test_backend_resolution(monkeypatch):

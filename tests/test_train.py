@@ -7,10 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib import train as train_module
+from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import load_preset
+from picie_lib.data import build_dataset
 from picie_lib.losses import cross_entropy
+from picie_lib.model import batch_statistics
 from picie_lib.runs import read_jsonl
 from picie_lib.train import NonFiniteLoss, Schedule, load_checkpoint, picie_loss, train
+from picie_lib.transforms import draw_view_params
 
 
 def _cfg(**kw):
@@ -98,6 +102,46 @@ def test_same_seed_same_weights_on_cpu(ce_run, tmp_path):
     a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_jsonl(out / "log.jsonl")[-1]["loss"] == read_jsonl(tmp_path / "log.jsonl")[-1]["loss"]
+
+
+def test_two_data_workers_give_the_same_run_as_none(ce_run, tmp_path):
+    """Batches are cut into chunks that the workers make at once and joined in order: same numbers."""
+    out, _ = ce_run
+    train(_cfg(loss="ce", num_workers=2), tmp_path)
+    a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in read_jsonl(out / "log.jsonl")] == [r["loss"] for r in read_jsonl(tmp_path / "log.jsonl")]
+
+
+def test_batches_are_the_same_with_and_without_workers_and_every_worker_has_a_share():
+    cfg = _cfg(n_train=22)
+    dataset = build_dataset(cfg, "train", "train")
+    dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0)))
+    order = train_module.permutation(len(dataset), 3)
+    alone = list(train_module.Batches(dataset, order, 8, cfg))
+    workers = train_module.Batches(dataset, order, 8, cfg.replace(num_workers=2))
+    assert workers.chunks_per_batch == [4, 4, 3]  # chunks of 2 items: both workers work on every batch
+    shared = list(workers)
+    assert [b[0].tolist() for b in alone] == [order[0:8], order[8:16], order[16:22]]
+    assert all(torch.equal(x, y) for a, b in zip(alone, shared, strict=True) for x, y in zip(a, b, strict=True))
+
+
+def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
+    """It reads the initial batches once per view (one view's pixels in memory at a time); each
+    k-means must still see the same pixels in the same order as when both views are fed together."""
+    cfg = _cfg(batch_size_cluster=6, kmeans_init_batches=2)
+    model = train_module.build_model(cfg, torch.device("cpu"))
+    dataset = build_dataset(cfg, "train", "train")
+    dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(1)))
+    order = train_module.permutation(len(dataset), 2)
+    centroids, losses, _ = train_module.cluster_pass(model, dataset, order, cfg, seed=7)
+    joint = [MiniBatchKMeans.from_config(cfg, train_module.derive_seed(7, view)) for view in (1, 2)]
+    with torch.no_grad(), batch_statistics(model):
+        for idx, views in train_module.Batches(dataset, order, 6, cfg):
+            for km, f in zip(joint, train_module.batch_features(model, dataset, idx, views, cfg), strict=True):
+                km.update(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    assert torch.equal(centroids, torch.stack([km.finish() for km in joint]))
+    assert losses == [km.mean_distance for km in joint]
 
 
 def test_an_existing_run_is_not_overwritten(ce_run):
