@@ -10,9 +10,9 @@ chose the defaults: channels-last always (same numbers, faster), bf16 autocast i
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from measure import best_seconds, device_name  # this folder is on sys.path when a script here runs
 
 from picie_lib.config import Config
 from picie_lib.train import build_model, network_features, resolve_device
@@ -22,20 +22,6 @@ VARIANTS = {
     "float32, channels-last": dict(channels_last=True, amp=False),
     "bf16 autocast, channels-last": dict(channels_last=True, amp=True),
 }
-
-
-def best_seconds(step, device: torch.device, repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls of ``step`` (waiting for the GPU to finish each)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def images_per_second(cfg: Config, device: torch.device, res: int, batch: int, repeats: int, train: bool) -> float:
@@ -65,8 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"PanopticFPN, {args.res} px, batch {args.batch}, {name}, torch {torch.__version__}")
+    print(f"PanopticFPN, {args.res} px, batch {args.batch}, {device_name(device)}, torch {torch.__version__}")
     for train in (False, True):
         print(f"\n{'training step' if train else 'forward (no grad)'}:")
         base = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from model_throughput import best_seconds  # this folder is on sys.path when a script here runs
+from measure import best_seconds  # this folder is on sys.path when a script here runs
 
 from picie_lib.config import load_preset
 from picie_lib.train import build_model, make_criterion, picie_loss, resolve_device, view_features
