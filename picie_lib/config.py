@@ -19,6 +19,8 @@ from picie_lib.runs import atomic_write_text
 PRESET_DIR = Path(__file__).parent / "presets"
 LOSSES = ("ce", "focal", "ib_focal")
 BALANCES = ("picie", "inverse", "none")
+IB_FEATURES = ("normalized", "raw")
+BN_EVALS = ("running", "batch")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
 DATASETS = ("synthetic", "cocostuff27", "cityscapes27", "folder")
 
@@ -83,23 +85,54 @@ class Config:
     lr: float = 1e-4
     """Adam learning rate, constant (PiCIE on COCO)."""
     balance: str = "picie"
-    """Class weights of CE (PiCIE, IB-Focal's CE phase): "picie" (counts/sum, the original's), "inverse", "none"."""
+    """Class weights of CE (PiCIE, IB-Focal's CE phase): "picie" (counts/sum, the original's), "inverse", "none".
+    The IB authors' CE phase has none (cifar_train.py L179: nn.CrossEntropyLoss(weight=None)); the paper's
+    method 2 starts from PiCIE's CE, so IB-Focal's CE phase keeps PiCIE's by default."""
     focal_balance: str = "none"
-    """Class weights of Focal (method 1): the paper's FL = -(1 - p)^2 log p has none."""
+    """Class weights of Focal (method 1): the paper's FL = -(1 - p)^2 log p has none; a drop-in swap of
+    PiCIE's CrossEntropyLoss(weight=counts/sum) would keep PiCIE's ("picie"). The paper does not say."""
     ib_balance: str = "inverse"
-    """Class weights of the IB-Focal phase (IB authors: inverse frequency summing to K)."""
+    """Class weights of the IB-Focal phase (IB authors: inverse frequency summing to K, cifar_train.py
+    L152-156, train_rule IBReweight)."""
     gamma: float = 2.0
-    """Focal exponent (paper: 2)."""
+    """Focal exponent of method 1 (paper: FL = -(1 - p)^2 log p)."""
+    ib_gamma: float = 2.0
+    """Focal exponent inside IB-Focal: the paper's FL (gamma 2), which method 2 puts in place of CE. The IB
+    authors' scripts use 1 (cifar_train.py L180: IB_FocalLoss(..., alpha=1000, gamma=1))."""
     ib_alpha: float = 1000.0
-    """IB scale alpha (IB authors' training scripts: 1000)."""
+    """IB scale alpha (IB authors' training scripts: 1000, cifar_train.py L180)."""
     ib_eps: float = 1e-3
-    """IB epsilon (IB authors: 1e-3)."""
+    """IB epsilon (IB authors: 1e-3, losses.py L28)."""
     ib_detach: bool = False
-    """Detach the IB factor (treat it as a weight). False = the IB authors' code."""
+    """Detach the IB factor (treat it as a weight). False = the IB authors' code (losses.py L52-56)."""
+    ib_weighted_pt: bool = True
+    """p_t of IB-Focal's focal factor from the class-weighted CE, p = exp(-w_t ce) = p_t^w_t, as the IB
+    authors' code (losses.py L39: p = exp(-input_values), where L56 passes F.cross_entropy(..., weight=w)).
+    False: p_t of the unweighted softmax. The IB factor's ||softmax - onehot||_1 is unweighted either way."""
+    ib_feature: str = "normalized"
+    """The feature h whose L1 norm enters the IB factor alpha / (||softmax - y||_1 ||h||_1 + eps):
+    "normalized", the classifier's input (PiCIE's unit pixel feature), as the IB authors use the input of
+    their last FC layer (models/resnet_cifar.py L130) and as the IB paper's Eq. 2-4 derive the gradient
+    norm of that layer; "raw", the FPN's output before the L2 normalisation."""
+    ib_lr_factor: float = 0.01
+    """Learning rate from the switch on: lr x this. The paper is silent; the IB authors drop their SGD
+    rate 100x when the IB phase starts (cifar_train.py L341-356, adjust_learning_rate: lr = args.lr * 0.01
+    once epoch > start_ib_epoch), which offsets alpha = 1000. Applied here to Adam's rate as they apply it
+    to SGD's. 1 = no drop."""
+    ib_reset_optimizer: bool = False
+    """Reset Adam's moments at the switch. The paper is silent; the IB authors keep one optimizer (SGD with
+    momentum) through both phases (cifar_train.py L63-65, created once)."""
     temperature: float = 1.0
     """Logits are f.c / temperature; 1.0 is PiCIE (bounded cosine logits)."""
     switch: str | int = "min_loss"
     """IB-Focal switch: "min_loss" (at the CE minimum, capped at half the epochs) or the number of CE epochs."""
+    bn_eval: str = "running"
+    """BatchNorm in the passes that do not train. "running", PiCIE's code: the clustering passes (each
+    epoch's, and the evaluation's fresh k-means) run in train() mode, on batch statistics, and update the
+    running statistics; labelling and evaluation run in eval() mode on them (commons.py:
+    run_mini_batch_kmeans model.train(), compute_labels and evaluate model.eval()). The evaluation works on
+    a copy, so the saved weights stay as trained. "batch": every such pass on its batch's statistics,
+    running statistics untouched (then evaluation scores move a little with eval_batch_size)."""
 
     # --- views (design section 3, picie.md section 4) ---------------------------------------------
     brightness: tuple[float, float] = (0.7, 1.3)
@@ -148,6 +181,8 @@ class Config:
         one_of("balance", BALANCES)
         one_of("focal_balance", BALANCES)
         one_of("ib_balance", BALANCES)
+        one_of("ib_feature", IB_FEATURES)
+        one_of("bn_eval", BN_EVALS)
         one_of("kmeans_backend", KMEANS_BACKENDS)
         one_of("dataset", DATASETS)
         if self.dataset != "synthetic" and not self.data_root:
@@ -176,8 +211,12 @@ class Config:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 0")
         if self.res % 32:
             raise ValueError(f"res={self.res}: expected a multiple of 32 (the backbone's stride)")
-        if not (self.temperature > 0 and self.lr > 0 and self.ib_alpha > 0 and self.ib_eps > 0):
-            raise ValueError("temperature, lr, ib_alpha and ib_eps must be positive")
+        if not (
+            self.temperature > 0 and self.lr > 0 and self.ib_alpha > 0 and self.ib_eps > 0 and self.ib_lr_factor > 0
+        ):
+            raise ValueError("temperature, lr, ib_alpha, ib_eps and ib_lr_factor must be positive")
+        if not (self.gamma >= 0 and self.ib_gamma >= 0):
+            raise ValueError(f"gamma={self.gamma}, ib_gamma={self.ib_gamma}: focal exponents must be >= 0")
         if self.switch != "min_loss" and not (isinstance(self.switch, int) and self.switch >= 0):
             raise ValueError(f"switch={self.switch!r}: expected 'min_loss' or a number of CE epochs >= 0")
         if not 0 < self.min_scale <= 1:

@@ -3,7 +3,9 @@
 A fresh k-means (K clusters, PiCIE's mini-batch k-means) on the train split without
 augmentation (shorter side resized, centre crop), then on val: logits of the frozen centroid
 classifier, upsampled bilinearly to the label size, argmax, a confusion matrix, Hungarian
-matching. BatchNorm uses batch statistics, as in training's clustering pass.
+matching. BatchNorm as training's passes (``bn_eval``): with "running" (PiCIE's), the fresh k-means
+runs in ``train()`` mode and moves the running statistics of a *copy* of the model, which then
+scores in ``eval()`` mode; the model itself (and its saved weights) stay as trained.
 
 The same machinery scores two reference points used to calibrate a data set: k-means on raw
 RGB pixels, and a supervised linear probe on the network's features (the ceiling).
@@ -11,6 +13,7 @@ RGB pixels, and a supervised linear probe on the network's features (the ceiling
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -25,13 +28,15 @@ from picie_lib.config import Config, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import warn_skipped
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
-from picie_lib.model import batch_statistics
+from picie_lib.model import bn_mode, bn_state
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, write_json
 from picie_lib.train import (
     Batches,
     build_model,
+    clustering_bn,
     derive_seed,
+    labelling_bn,
     load_checkpoint,
     network_features,
     permutation,
@@ -44,13 +49,13 @@ CENTROIDS_FORMAT = "picie_lib.centroids/1"
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (B, 3, H, W) -> features (B, D, h, w)
 
 
-def network_feature_fn(model: torch.nn.Module, cfg: Config) -> FeatureFn:
-    """L2-normalised network features (batch statistics, no gradient)."""
+def network_feature_fn(model: torch.nn.Module, cfg: Config, bn: str) -> FeatureFn:
+    """L2-normalised network features, no gradient, BatchNorm in mode ``bn`` (``model.bn_mode``)."""
     device = next(model.parameters()).device
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
-        with batch_statistics(model):
+        with bn_mode(model, bn):
             return F.normalize(network_features(model, to_network_input(images, device), cfg), dim=1)
 
     return extract
@@ -172,13 +177,19 @@ def summarise(
     return {"scores": scores, "per_class": per_class, "oversegmentation": groups, "confusion": confusion.tolist()}
 
 
-def evaluate_clusters(extract: FeatureFn, cfg: Config, rule: str, train_set=None, val_set=None) -> dict:
-    """Fresh k-means on the train split's features (no augmentation), predictions scored on val."""
+def evaluate_clusters(
+    extract: FeatureFn, cfg: Config, rule: str, train_set=None, val_set=None, score_extract: FeatureFn | None = None
+) -> dict:
+    """Fresh k-means on the train split's features (``extract``, no augmentation), predictions scored on
+    val (with ``score_extract``, by default ``extract``)."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
+    score_extract = score_extract or extract
     start = time.perf_counter()
     centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed)
-    result = score_predictions(lambda x, size: predict(extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters)
+    result = score_predictions(
+        lambda x, size: predict(score_extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters
+    )
     result["skipped_files"] = skipped_train + result["skipped_files"]
     warn_skipped(result["skipped_files"], "left out of the evaluation (metrics.json lists them)")
     result["seconds"] = time.perf_counter() - start
@@ -187,8 +198,23 @@ def evaluate_clusters(extract: FeatureFn, cfg: Config, rule: str, train_set=None
 
 
 def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None) -> dict:
-    """PiCIE's final evaluation of ``model``: its features, its dot-product classifier rule."""
-    return evaluate_clusters(network_feature_fn(model, cfg), cfg, "dot", train_set, val_set)
+    """PiCIE's final evaluation of ``model``: its features, its dot-product classifier rule. With
+    ``bn_eval: running`` a copy of the model is evaluated (its running statistics move during the fresh
+    k-means) and the result holds the copy's BatchNorm buffers (``bn_state``), so that predictions can be
+    drawn again exactly as they were scored."""
+    if cfg.bn_eval == "batch":
+        return evaluate_clusters(network_feature_fn(model, cfg, "batch"), cfg, "dot", train_set, val_set)
+    model = copy.deepcopy(model)
+    result = evaluate_clusters(
+        network_feature_fn(model, cfg, clustering_bn(cfg)),
+        cfg,
+        "dot",
+        train_set,
+        val_set,
+        score_extract=network_feature_fn(model, cfg, labelling_bn(cfg)),
+    )
+    result["bn_state"] = bn_state(model)
+    return result
 
 
 def evaluate_rgb(cfg: Config, train_set=None, val_set=None) -> dict:
@@ -206,7 +232,7 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
     """
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
-    extract = network_feature_fn(model, cfg)
+    extract = network_feature_fn(model, cfg, labelling_bn(cfg))
     device = next(model.parameters()).device
     start = time.perf_counter()
     feats, labels = [], []
@@ -248,9 +274,12 @@ def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> N
     clustering, centroids.pt (the fitted classifier, to draw predictions later), atomically."""
     out_dir = Path(out_dir)
     result = dict(result)
-    centroids = result.pop("centroids", None)
+    centroids, bn_buffers = result.pop("centroids", None), result.pop("bn_state", None)
     if centroids is not None:
-        atomic_torch_save({"format": CENTROIDS_FORMAT, "centroids": centroids}, out_dir / "centroids.pt")
+        saved = {"format": CENTROIDS_FORMAT, "centroids": centroids}
+        if bn_buffers is not None:  # the evaluated copy's BatchNorm statistics (bn_eval: running)
+            saved["bn_state"] = bn_buffers
+        atomic_torch_save(saved, out_dir / "centroids.pt")
     write_json(
         out_dir / "metrics.json",
         {"method": method, "seed": cfg.seed, "config": cfg.to_dict(), **result, "environment": environment()},
@@ -280,14 +309,19 @@ def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if not (run_dir / "centroids.pt").is_file():
         raise FileNotFoundError(f"{run_dir}: no centroids.pt; only clusterings have them (evaluate the run first)")
-    centroids = torch.load(run_dir / "centroids.pt", map_location="cpu", weights_only=True)["centroids"]
+    saved = torch.load(run_dir / "centroids.pt", map_location="cpu", weights_only=True)
+    centroids = saved["centroids"]
     cfg = from_dict(metrics["config"], source=str(run_dir / "metrics.json"))
     if metrics["method"] == "rgb_kmeans":
         extract, rule = rgb_feature_fn(), "nearest"
-    elif metrics["method"] == "untrained":
-        extract, rule = network_feature_fn(build_model(cfg, resolve_device(cfg.device)), cfg), "dot"
     else:
-        extract, rule = network_feature_fn(load_trained_model(run_dir, cfg), cfg), "dot"
+        if metrics["method"] == "untrained":
+            model = build_model(cfg, resolve_device(cfg.device))
+        else:
+            model = load_trained_model(run_dir, cfg)
+        if "bn_state" in saved:  # the statistics the predictions were scored with
+            model.load_state_dict(saved["bn_state"], strict=False)
+        extract, rule = network_feature_fn(model, cfg, labelling_bn(cfg)), "dot"
     cluster_to_class = torch.full((len(centroids),), -1, dtype=torch.int64)
     for c, row in enumerate(metrics["per_class"]):
         if row["cluster"] >= 0:

@@ -2,7 +2,8 @@
 
 All take logits ``z`` (N, K), targets ``t`` (N,) int64 with -1 = ignore, and optional class
 weights ``w`` (K,). With ``ce_i = -log softmax(z_i)[t_i]`` and ``p_i = exp(-ce_i)`` from the
-*unweighted* softmax, means run over the non-ignored pixels. When every pixel is ignored the loss
+*unweighted* softmax (IB-Focal's focal factor may take the weighted one, as its authors' code),
+means run over the non-ignored pixels. When every pixel is ignored the loss
 is an exact zero that still belongs to the graph (PyTorch's cross-entropy would give NaN).
 """
 
@@ -69,13 +70,16 @@ def ib_focal_loss(
     eps: float = 1e-3,
     weight: torch.Tensor | None = None,
     detach: bool = False,
+    weighted_pt: bool = True,
 ) -> torch.Tensor:
-    """Method 2 (Park et al.'s IB loss with Focal): ``mean_i w_t (1-p_i)^gamma ce_i alpha / (g_i h_i + eps)``.
+    """Method 2 (Park et al.'s IB loss with Focal): ``mean_i w_t (1-q_i)^gamma ce_i alpha / (g_i h_i + eps)``.
 
     ``g_i = sum_k |softmax(z_i)_k - onehot(t_i)_k|``, which is exactly ``2 (1 - p_i)`` (values and
-    gradients alike on the simplex), and ``h_i = ||features_i||_1``, the L1 norm of the classifier's
-    input (the pixel's normalised feature, (N, D)). Nothing is detached unless ``detach``, as in
-    the IB authors' code; with ``detach`` the IB factor acts as a plain per-pixel weight.
+    gradients alike on the simplex), and ``h_i = ||features_i||_1``, the L1 norm of ``features`` (N, D),
+    the classifier's input by default. ``q_i`` is ``exp(-w_t ce_i) = p_i^w_t`` when ``weighted_pt``, as
+    the IB authors' ``ib_focal_loss`` takes p from the weighted cross-entropy (losses.py L39, L56), else
+    ``p_i``. A plain mean, as theirs. Nothing is detached unless ``detach``; with ``detach`` the IB
+    factor acts as a plain per-pixel weight.
     """
     if features.shape[:1] != logits.shape[:1]:
         raise ValueError(f"features {tuple(features.shape)} and logits {tuple(logits.shape)} differ in N")
@@ -83,13 +87,15 @@ def ib_focal_loss(
     if len(t) == 0:
         return logits.sum() * 0.0 + features.sum() * 0.0
     ce = _unweighted_ce(z, t)
+    w = _class_weight(weight, t)
     one_minus_p = -torch.expm1(-ce)
+    focal_base = -torch.expm1(-w * ce) if weighted_pt and weight is not None else one_minus_p
     grad_norm = 2.0 * one_minus_p  # g_i
     feat_norm = f.float().abs().sum(dim=1)  # h_i
     influence = alpha / (grad_norm * feat_norm + eps)
     if detach:
         influence = influence.detach()
-    return (_class_weight(weight, t) * one_minus_p.pow(gamma) * ce * influence).mean()
+    return (w * focal_base.pow(gamma) * ce * influence).mean()
 
 
 def ib_loss(
@@ -101,7 +107,7 @@ def ib_loss(
     weight: torch.Tensor | None = None,
     detach: bool = False,
 ) -> torch.Tensor:
-    """The IB loss itself: ``ib_focal_loss`` with gamma = 0."""
+    """The IB loss itself: ``ib_focal_loss`` with gamma = 0 (so ``weighted_pt`` does not matter)."""
     return ib_focal_loss(logits, target, features, alpha=alpha, gamma=0.0, eps=eps, weight=weight, detach=detach)
 
 

@@ -131,14 +131,9 @@ def count_trainable_parameters(model: nn.Module) -> int:
 
 @contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
-    """Run BatchNorm on the current batch's statistics without touching the running ones.
-
-    This is the BatchNorm policy of every feature pass that does not train (clustering,
-    labelling, evaluation): the same normalisation the training pass uses, as PiCIE's clustering
-    pass (``model.train()``), but leaving the running statistics to the training pass alone.
-    Running statistics of a randomly initialised network mean nothing (eval-mode features
-    clustered into noise), so they are never used.
-    """
+    """Run BatchNorm on the current batch's statistics without touching the running ones
+    (``bn_eval: batch``): the normalisation the training pass uses, as PiCIE's clustering pass
+    (``model.train()``), but the running statistics are left to the training pass alone."""
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     tracked = [m.track_running_stats for m in norms]
@@ -151,3 +146,34 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
         for m, t in zip(norms, tracked, strict=True):
             m.track_running_stats = t
         model.train(was_training)
+
+
+@contextmanager
+def bn_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """BatchNorm in a pass that does not train (no gradient is taken by the caller):
+
+    - ``"batch"``: batch statistics, running statistics untouched (``batch_statistics``);
+    - ``"update"``: ``train()``: batch statistics, and the running statistics move towards them
+      (PiCIE's clustering passes, ``run_mini_batch_kmeans``);
+    - ``"running"``: ``eval()``: the running statistics (PiCIE's ``compute_labels`` and ``evaluate``).
+    """
+    if mode == "batch":
+        with batch_statistics(model):
+            yield model
+        return
+    if mode not in ("update", "running"):
+        raise ValueError(f"BatchNorm mode {mode!r}: expected 'batch', 'update' or 'running'")
+    was_training = model.training
+    model.train(mode == "update")
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The BatchNorm buffers (running means, variances, batch counts) of ``model``, copied."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith(BN_BUFFERS)}
+
+
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

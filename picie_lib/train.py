@@ -6,9 +6,13 @@ One epoch is three separable passes over the data, all seeing the same per-image
 2. **labelling**: every pixel of both views gets its nearest centroid (kept in memory, not on disk);
 3. **training**: the four loss terms of design section 3 with the centroids as frozen classifiers.
 
-BatchNorm: passes 1 and 2 use the batch's statistics and leave the running ones alone
-(``model.batch_statistics``); pass 3 trains in ``train()`` mode. Passes 1 and 2 visit the same
-batches in the same order, so they see identical features.
+BatchNorm (``bn_eval``): with "running" (PiCIE's code), pass 1 runs in ``train()`` mode and moves the
+running statistics, pass 2 uses them (``eval()``); with "batch", passes 1 and 2 use the batch's
+statistics and leave the running ones alone. Pass 3 trains in ``train()`` mode. Passes 1 and 2 visit
+the same batches in the same order.
+
+IB-Focal's switch (``Schedule``): from the switch on, the learning rate is ``lr x ib_lr_factor`` and
+Adam's moments are reset if ``ib_reset_optimizer``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from picie_lib.config import RUNTIME_KEYS, Config, differences, load_config, sav
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import SkippedItem, warn_skipped
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
-from picie_lib.model import PanopticFPN, batch_statistics
+from picie_lib.model import PanopticFPN, bn_mode
 from picie_lib.progress import progress
 from picie_lib.runs import (
     Timer,
@@ -91,9 +95,9 @@ def network_features(model: torch.nn.Module, images: torch.Tensor, cfg: Config) 
         return model(images).float()
 
 
-def view_features(model, view1, view2, crop, flip, cfg, which=(0, 1)) -> tuple[torch.Tensor, ...]:
+def view_features(model, view1, view2, crop, flip, cfg, which=(0, 1), normalize=True) -> tuple[torch.Tensor, ...]:
     """Pixel-aligned, L2-normalised features (B, 128, h, w) of the views in ``which`` (0: view 1,
-    1: view 2; both by default).
+    1: view 2; both by default); the raw features if not ``normalize``.
 
     View 2's map gets the crop and flip that view 1 got on the image (PiCIE's ``transform_eqv``),
     then both are normalised per pixel (``F.normalize(dim=1)``).
@@ -103,17 +107,27 @@ def view_features(model, view1, view2, crop, flip, cfg, which=(0, 1)) -> tuple[t
         f = network_features(model, (view1, view2)[view], cfg)
         if view == 1:
             f = crop_flip(f, crop, flip, f.shape[-2:])
-        maps.append(F.normalize(f, dim=1))
+        maps.append(F.normalize(f, dim=1) if normalize else f)
     return tuple(maps)
 
 
-def batch_features(model, dataset: SceneDataset, index: torch.Tensor, views: torch.Tensor, cfg: Config, which=(0, 1)):
+def batch_features(model, dataset: SceneDataset, index, views, cfg: Config, which=(0, 1), normalize=True):
     """``view_features`` of a train-mode batch (``index`` into the data set, ``views`` uint8): the views'
     photometric ops first, on the model's device (``augment``)."""
     params = dataset.view_params
     device = next(model.parameters()).device
     view1, view2 = augment(views, index, params, dataset.base_size, device)
-    return view_features(model, view1, view2, params.crop[index], params.flip[index], cfg, which)
+    return view_features(model, view1, view2, params.crop[index], params.flip[index], cfg, which, normalize)
+
+
+def clustering_bn(cfg: Config) -> str:
+    """BatchNorm mode (``model.bn_mode``) of the clustering passes: training's and the evaluation's."""
+    return "update" if cfg.bn_eval == "running" else "batch"
+
+
+def labelling_bn(cfg: Config) -> str:
+    """BatchNorm mode of the labelling pass and of scoring."""
+    return "running" if cfg.bn_eval == "running" else "batch"
 
 
 def collate_usable(items: list):
@@ -215,7 +229,7 @@ def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, se
     kms = [MiniBatchKMeans.from_config(cfg, derive_seed(seed, view)) for view in (1, 2)]
     size = cfg.batch_size_cluster
     head, rest = order[: cfg.kmeans_init_batches * size], order[cfg.kmeans_init_batches * size :]
-    with batch_statistics(model):
+    with bn_mode(model, clustering_bn(cfg)):
         for view in (0, 1):
             head_batches = Batches(dataset, head, size, cfg, require_usable=False)
             for idx, views in progress(head_batches, f"cluster: view {view + 1}'s initial fit"):
@@ -237,7 +251,7 @@ def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.
     """Nearest-centroid labels of every pixel of both views, (2, N, h, w), and counts (2, K)."""
     labels = None
     counts = torch.zeros((2, cfg.n_clusters), dtype=torch.int64)
-    with batch_statistics(model):
+    with bn_mode(model, labelling_bn(cfg)):
         for idx, views in progress(Batches(dataset, order, cfg.batch_size_cluster, cfg), "label"):
             f1, f2 = batch_features(model, dataset, idx, views, cfg)
             if labels is None:
@@ -261,7 +275,15 @@ def make_criterion(cfg: Config, phase: str) -> Criterion:
         return lambda z, t, f, w: focal_loss(z, t, gamma=cfg.gamma, weight=w)
     if phase == "ib_focal":
         return lambda z, t, f, w: ib_focal_loss(
-            z, t, f, alpha=cfg.ib_alpha, gamma=cfg.gamma, eps=cfg.ib_eps, weight=w, detach=cfg.ib_detach
+            z,
+            t,
+            f,
+            alpha=cfg.ib_alpha,
+            gamma=cfg.ib_gamma,
+            eps=cfg.ib_eps,
+            weight=w,
+            detach=cfg.ib_detach,
+            weighted_pt=cfg.ib_weighted_pt,
         )
     raise ValueError(f"unknown phase {phase!r}")
 
@@ -270,20 +292,24 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def picie_loss(f1, f2, labels1, labels2, centroids, weights, criterion, temperature):
-    """``1/2 (across + within)`` with the four terms of design section 3; returns (loss, terms)."""
+def picie_loss(f1, f2, labels1, labels2, centroids, weights, criterion, temperature, ib_features=None):
+    """``1/2 (across + within)`` with the four terms of design section 3; returns (loss, terms).
+
+    ``f1``, ``f2``: normalised features (the classifier's input); ``ib_features``: the maps whose L1
+    norms IB-Focal uses, per view (default ``f1``, ``f2``)."""
     y1, y2 = labels1.reshape(-1), labels2.reshape(-1)
     c1, c2 = centroids
     w1, w2 = weights
+    h1, h2 = ib_features or (f1, f2)
 
-    def term(f, c, y, w):
-        return criterion(_flat(centroid_logits(f, c, temperature)), y, _flat(f), w)
+    def term(f, h, c, y, w):
+        return criterion(_flat(centroid_logits(f, c, temperature)), y, _flat(h), w)
 
     terms = {
-        "across_1": term(f1, c2, y2, w2),  # view-1 features against view-2 clusters
-        "across_2": term(f2, c1, y1, w1),
-        "within_1": term(f1, c1, y1, w1),
-        "within_2": term(f2, c2, y2, w2),
+        "across_1": term(f1, h1, c2, y2, w2),  # view-1 features against view-2 clusters
+        "across_2": term(f2, h2, c1, y1, w1),
+        "within_1": term(f1, h1, c1, y1, w1),
+        "within_2": term(f2, h2, c2, y2, w2),
     }
     across = (terms["across_1"] + terms["across_2"]) / 2
     within = (terms["within_1"] + terms["within_2"]) / 2
@@ -300,9 +326,13 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
     for batch, (idx, views) in enumerate(
         progress(Batches(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
     ):
-        f1, f2 = batch_features(model, dataset, idx, views, cfg)
+        r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
+        f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
         y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
-        loss, terms = picie_loss(f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature)
+        raw = cfg.ib_feature == "raw"
+        loss, terms = picie_loss(
+            f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
+        )
         if not torch.isfinite(loss):
             bad = [k for k, v in terms.items() if not torch.isfinite(v)]
             raise NonFiniteLoss(
@@ -451,6 +481,11 @@ def train(
         upcoming["epoch"] = epoch + 1
         timer = Timer()
         phase = schedule.phase(epoch)
+        if phase == "ib_focal" and epoch == schedule.switch_epoch and cfg.ib_reset_optimizer:
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # Adam's moments start again
+        lr = cfg.lr * (cfg.ib_lr_factor if phase == "ib_focal" else 1.0)  # a function of the phase: resumes alike
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         dataset.set_view_params(
             draw_view_params(
                 len(dataset), cfg, torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, STREAM_VIEWS))
@@ -498,6 +533,7 @@ def train(
             "kmeans_loss": kmeans_loss,
             "empty_clusters": [int((c == 0).sum()) for c in counts],
             "largest_cluster_share": [float(c.max() / c.sum()) for c in counts],
+            "lr": lr,
             "seconds": timer.totals,
         }
         if skipped:

@@ -82,6 +82,10 @@ def test_evaluate_model_reports_both_protocols_and_per_class_tables(smoke):
         "global_miou_thing",
         "global_acc_stuff",
         "global_miou_stuff",
+        "code_acc_thing",
+        "code_miou_thing",
+        "code_acc_stuff",
+        "code_miou_stuff",
     }
     assert set(result["scores"]) == keys
     assert all(0 <= v <= 100 for v in result["scores"].values() if not np.isnan(v))
@@ -96,3 +100,29 @@ def test_rgb_reference_runs(smoke):
     cfg, train, val = smoke
     result = evaluate_rgb(cfg, train, val)
     assert 0 < result["scores"]["acc_all"] <= 100
+
+
+def test_running_statistics_evaluation_scores_a_copy_and_its_predictions_can_be_drawn_again(tmp_path):
+    """``bn_eval: running``: the fresh k-means moves the running statistics of a copy, which scores in
+    eval() mode; the saved weights stay as trained, and ``class_predictor`` (the figures) reproduces
+    the scored predictions exactly (All Acc from its class maps equals the reported one)."""
+    import hashlib
+
+    from picie_lib.evaluate import class_predictor, evaluate_run
+    from picie_lib.train import train
+
+    cfg = load_preset("smoke", bn_eval="running", epochs_ce=1, device="cpu")
+    train(cfg, tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    result = evaluate_run(tmp_path)
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == digest
+    predict = class_predictor(tmp_path)
+    val = build_dataset(cfg, "val", "eval")
+    hits = total = 0
+    for i in range(len(val)):  # one image at a time: eval() mode does not depend on the batch
+        _, image, label = val[i]
+        predicted = predict(image[None], tuple(label.shape))[0]
+        hits += int(((predicted == label) & (label >= 0)).sum())
+        total += int((label >= 0).sum())
+    assert 100 * hits / total == pytest.approx(result["scores"]["acc_all"], abs=1e-9)

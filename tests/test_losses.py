@@ -20,8 +20,9 @@ def _batch(n=200, k=7, d=16, seed=0, ignore_frac=0.2):
     return logits, target, features, weight
 
 
-def _reference(logits, target, features, weight, gamma, alpha=None, eps=1e-3):
-    """Per-pixel terms written out with numpy, straight from the formulas of the design."""
+def _reference(logits, target, features, weight, gamma, alpha=None, eps=1e-3, weighted_pt=False):
+    """Per-pixel terms written out with numpy, straight from the formulas of the design (with
+    ``weighted_pt``, the focal factor's p is exp(-w_t ce), as the IB authors' code)."""
     z, t = logits.detach().numpy(), target.numpy()
     keep = t >= 0
     z, t = z[keep], t[keep]
@@ -30,7 +31,8 @@ def _reference(logits, target, features, weight, gamma, alpha=None, eps=1e-3):
     p = softmax[np.arange(len(t)), t]
     ce = -np.log(p)
     w = np.ones(len(t)) if weight is None else weight.numpy()[t]
-    terms = w * (1 - p) ** gamma * ce
+    q = np.exp(-w * ce) if weighted_pt else p
+    terms = w * (1 - q) ** gamma * ce
     if alpha is not None:
         onehot = np.eye(z.shape[1])[t]
         g = np.abs(softmax - onehot).sum(1)
@@ -76,27 +78,31 @@ def test_focal_uses_unweighted_probability():
     )
 
 
+@pytest.mark.parametrize("weighted_pt", [False, True])
 @pytest.mark.parametrize("use_weight", [False, True])
-@pytest.mark.parametrize("gamma", [0.0, 2.0])
-def test_ib_focal_matches_formula_values_and_gradients(use_weight, gamma):
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_ib_focal_matches_formula_values_and_gradients(use_weight, gamma, weighted_pt):
     logits, target, features, weight = _batch(seed=4)
     w = weight if use_weight else None
     logits.requires_grad_(True)
     features = features.clone().requires_grad_(True)
-    got = ib_focal_loss(logits, target, features, alpha=1000.0, gamma=gamma, eps=1e-3, weight=w)
-    assert float(got.detach()) == pytest.approx(_reference(logits, target, features, w, gamma, alpha=1000.0), rel=1e-5)
+    got = ib_focal_loss(
+        logits, target, features, alpha=1000.0, gamma=gamma, eps=1e-3, weight=w, weighted_pt=weighted_pt
+    )
+    expected = _reference(logits, target, features, w, gamma, alpha=1000.0, weighted_pt=weighted_pt)
+    assert float(got.detach()) == pytest.approx(expected, rel=1e-5)
 
-    # gradients against the literal |softmax - onehot| form, built with torch autograd
+    # gradients against the IB authors' literal form (losses.py: weighted CE with reduction="none",
+    # p from it when weighted_pt, |softmax - onehot|), built with torch autograd
     z2 = logits.detach().clone().requires_grad_(True)
     f2 = features.detach().clone().requires_grad_(True)
     keep = target >= 0
     zk, tk, fk = z2[keep], target[keep], f2[keep]
-    ce = F.cross_entropy(zk, tk, reduction="none")
-    p = torch.exp(-ce)
+    ce_w = F.cross_entropy(zk, tk, weight=w, reduction="none")  # w_t ce
+    p = torch.exp(-ce_w) if weighted_pt else torch.exp(-F.cross_entropy(zk, tk, reduction="none"))
     g = (zk.softmax(1) - F.one_hot(tk, zk.shape[1])).abs().sum(1)
     h = fk.abs().sum(1)
-    wt = 1.0 if w is None else w[tk]
-    literal = (wt * (1 - p) ** gamma * ce * 1000.0 / (g * h + 1e-3)).mean()
+    literal = ((1 - p) ** gamma * ce_w * 1000.0 / (g * h + 1e-3)).mean()
     literal.backward()
     got.backward()
     assert torch.allclose(logits.grad, z2.grad, rtol=1e-4, atol=1e-8)

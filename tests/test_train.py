@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib import train as train_module
-from picie_lib.clustering import MiniBatchKMeans
+from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.losses import cross_entropy
@@ -38,6 +38,27 @@ def test_picie_loss_is_half_across_plus_half_within():
     within = (ce(f1, c[0], y1, w[0]) + ce(f2, c[1], y2, w[1])) / 2
     assert torch.allclose(loss, (across + within) / 2, atol=1e-6)
     assert torch.allclose(terms["across_1"], ce(f1, c[1], y2, w[1]), atol=1e-6)
+
+
+def test_ib_feature_norms_come_from_the_maps_given_for_them():
+    """``ib_feature: raw``: the IB factor's h is the feature before normalisation; the logits still take
+    the normalised one (the classifier's input)."""
+    g = torch.Generator().manual_seed(1)
+    r1, r2 = torch.randn(2, 8, 3, 4, generator=g) * 5, torch.randn(2, 8, 3, 4, generator=g) * 5
+    f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
+    y1, y2 = torch.randint(0, 4, (2, 3, 4), generator=g), torch.randint(0, 4, (2, 3, 4), generator=g)
+    c = F.normalize(torch.randn(2, 4, 8, generator=g), dim=2)
+    seen = []
+
+    def spy(z, t, h, w):
+        seen.append((z, h))
+        return h.abs().sum(1).mean()
+
+    loss_raw, _ = picie_loss(f1, f2, y1, y2, c, [None, None], spy, 1.0, ib_features=(r1, r2))
+    assert all(torch.equal(h, train_module._flat(r)) for (_, h), r in zip(seen, (r1, r2, r1, r2), strict=True))
+    assert torch.allclose(seen[0][0], train_module._flat(torch.einsum("bdhw,kd->bkhw", f1, c[1])))
+    loss_unit, _ = picie_loss(f1, f2, y1, y2, c, [None, None], spy, 1.0)
+    assert loss_raw > 3 * loss_unit  # the raw maps are 5x larger
 
 
 # ---- the IB-Focal switch -------------------------------------------------------------------------
@@ -142,6 +163,44 @@ def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
                 km.update(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
     assert torch.equal(centroids, torch.stack([km.finish() for km in joint]))
     assert losses == [km.mean_distance for km in joint]
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_the_learning_rate_drops_at_the_switch_and_adams_moments_reset_if_asked(tmp_path, reset):
+    cfg = _cfg(loss="ib_focal", switch=1, ib_reset_optimizer=reset)  # 4 epochs: CE, then 3 of IB-Focal
+    train(cfg, tmp_path)
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert [r["phase"] for r in log] == ["ce"] + ["ib_focal"] * 3
+    assert [r["lr"] for r in log] == [cfg.lr] + [cfg.lr * cfg.ib_lr_factor] * 3
+    optimizer = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(cfg.lr * 0.01)
+    steps_per_epoch = -(-cfg.n_train // cfg.batch_size_train)
+    steps = {int(state["step"]) for state in optimizer["state"].values()}
+    assert steps == {steps_per_epoch * (3 if reset else 4)}  # a reset Adam counts only the IB-Focal steps
+
+
+def test_bn_running_clusters_in_train_mode_and_labels_in_eval_mode():
+    """``bn_eval: running`` (PiCIE's code): the clustering pass moves the running statistics, the
+    labelling pass uses them and leaves them; ``batch`` leaves them alone in both."""
+    for mode in ("running", "batch"):
+        cfg = _cfg(bn_eval=mode)
+        model = train_module.build_model(cfg, torch.device("cpu"))
+        dataset = build_dataset(cfg, "train", "train")
+        dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(1)))
+        order = list(range(len(dataset)))
+        before = model.backbone.bn1.running_mean.clone()
+        centroids, _, _ = train_module.cluster_pass(model, dataset, order, cfg, seed=3)
+        after_cluster = model.backbone.bn1.running_mean.clone()
+        labels, _ = train_module.label_pass(model, dataset, order, centroids, cfg)
+        assert torch.equal(model.backbone.bn1.running_mean, after_cluster)  # labelling never moves them
+        assert torch.equal(after_cluster, before) == (mode == "batch")
+        if mode == "running":  # the labels are the nearest centroids of eval()-mode features
+            model.eval()
+            with torch.no_grad():
+                views = torch.stack([dataset[i][1] for i in order[:4]])
+                f1, _ = train_module.batch_features(model, dataset, torch.tensor(order[:4]), views, cfg)
+            expected = assign_labels(f1, centroids[0])
+            assert torch.equal(labels[0, :4].long(), expected)
 
 
 def test_an_existing_run_is_not_overwritten(ce_run):
