@@ -35,13 +35,22 @@ from picie_lib.train import build_model, resolve_device, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
+CODE_COLUMNS = ("code_acc_thing", "code_miou_thing", "code_acc_stuff", "code_miou_stuff")
 HEADERS = ("Acc All", "mIoU All", "Acc Thing", "mIoU Thing", "Acc Stuff", "mIoU Stuff")
 
-# The paper's Table 2 (COCO-Stuff-27, ImageNet-pretrained ResNet-18, batch 256, 320 px).
+# The paper's Table 2 (COCO-Stuff-27, ImageNet-pretrained ResNet-18, batch 256, 320 px). Its "PiCIE"
+# row holds the numbers of PiCIE + H (PiCIE with an auxiliary over-clustering head) in Cho et al. (2021).
 PAPER_TABLE = {
     "ce": (49.99, 14.36, 69.39, 23.83, 74.56, 17.32),
     "focal": (46.21, 16.34, 77.17, 33.68, 61.27, 22.68),
     "ib_focal": (51.37, 15.57, 74.73, 29.01, 69.33, 20.99),
+}
+# Plain PiCIE (no +H) in Cho et al. (2021), COCO-Stuff-27 All; no cited source gives its Thing / Stuff.
+PLAIN_PICIE = (48.09, 13.84, None, None, None, None)
+PAPER_ROW_NAMES = {
+    "ce": "PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021)",
+    "focal": "Method 1: Focal, the paper",
+    "ib_focal": "Method 2: IB-Focal, the paper",
 }
 METHOD_NAMES = {
     "ce": "PiCIE (CE)",
@@ -98,7 +107,11 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
             result["seconds"] = time.perf_counter() - t0
             write_evaluation(run_dir, result, method, run_cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    row = {"loss": method, "seed": seed, **{k: metrics["scores"][k] for k in COLUMNS + GLOBAL_COLUMNS}}
+    row = {
+        "loss": method,
+        "seed": seed,
+        **{k: metrics["scores"].get(k) for k in COLUMNS + GLOBAL_COLUMNS + CODE_COLUMNS},
+    }
     row["seconds"] = metrics.get("seconds")
     if (run_dir / "summary.json").is_file():  # a trained method: its epochs and the training time
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -141,71 +154,159 @@ def collect(cfg: Config, out_dir: Path, seconds: float | None = None) -> list[di
 
 
 # ---- the paper's claims, checked on our numbers ------------------------------------------------
-def _mean(rows: list[dict], method: str, column: str) -> float:
-    values = [r[column] for r in rows if r["loss"] == method and r[column] is not None]
-    return float(np.nanmean(values)) if values else math.nan
+# (claim, parts): a part is (method, column, +1 if the method should score above PiCIE's, -1 below)
+CLAIMS = (
+    ("Focal helps things (Thing Acc and mIoU above PiCIE's)", (("focal", "acc_thing", 1), ("focal", "miou_thing", 1))),
+    ("Focal hurts stuff (Stuff Acc below PiCIE's)", (("focal", "acc_stuff", -1),)),
+    ("IB-Focal beats PiCIE on All Acc and mIoU", (("ib_focal", "acc_all", 1), ("ib_focal", "miou_all", 1))),
+)
+OVERSEGMENTATION_CLAIM = "Things are over-segmented (PiCIE spreads a thing over more clusters and pieces than stuff)"
 
 
-def _oversegmentation(out_dir: Path, rows: list[dict], method: str, kind: str, key: str) -> float:
-    values = []
+def _by_seed(rows: list[dict], method: str, column: str) -> dict[int, float]:
+    return {r["seed"]: r[column] for r in rows if r["loss"] == method and r.get(column) is not None}
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean of ``a[s] - b[s]`` over the seeds both have, its standard error (sample std / sqrt(n); NaN
+    for one seed) and n."""
+    diffs = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=float)
+    n = len(diffs)
+    if n == 0:
+        return math.nan, math.nan, 0
+    se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return float(diffs.mean()), se, n
+
+
+def verdict(difference: float, se: float, n: int, direction: int) -> str:
+    """ "yes" when the mean paired difference is at least two standard errors in the claimed direction,
+    "no" when it is two standard errors against, "within noise" otherwise; "one seed" with one seed."""
+    if n < 2 or math.isnan(difference):
+        return "one seed" if n == 1 else "no data"
+    signed = direction * difference
+    if signed > 0 and signed >= 2 * se:
+        return "yes"
+    if signed < 0 and -signed >= 2 * se:
+        return "no"
+    return "within noise"
+
+
+def combined_verdict(verdicts: list[str]) -> str:
+    """A claim of several parts holds when all hold, fails when one fails."""
+    for word in ("no", "no data", "one seed"):
+        if word in verdicts:
+            return word
+    return "yes" if all(v == "yes" for v in verdicts) else "within noise"
+
+
+def _oversegmentation_by_seed(out_dir: Path, rows: list[dict], kind: str, key: str) -> dict[int, float]:
+    values = {}
     for r in rows:
-        path = Path(out_dir) / f"{method}-seed{r['seed']}" / "metrics.json"
-        if r["loss"] == method and path.is_file():
-            values.append(json.loads(path.read_text())["oversegmentation"][kind][key])
-    return float(np.nanmean(values)) if values else math.nan
+        path = Path(out_dir) / f"ce-seed{r['seed']}" / "metrics.json"
+        if r["loss"] == "ce" and path.is_file():
+            values[r["seed"]] = json.loads(path.read_text())["oversegmentation"][kind][key]
+    return values
 
 
 def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
-    """Each claim of the paper, its numbers, ours, and whether ours agree ("yes"/"no")."""
-    paper = {k: dict(zip(COLUMNS, PAPER_TABLE[k], strict=True)) for k in LOSSES}
-    ours = {k: {c: _mean(rows, k, c) for c in COLUMNS} for k in LOSSES}
+    """Each claim of the paper, part by part: the paper's numbers against its own PiCIE row (PiCIE + H)
+    and against plain PiCIE where one is published, and ours: the mean paired difference from PiCIE
+    (CE) over the seeds, its standard error, the number of seeds and the verdict (``verdict``); the
+    claim's verdict (``holds``) combines its parts."""
     header = dict(zip(COLUMNS, HEADERS, strict=True))
+    parts = []
+    for claim, checks in CLAIMS:
+        for method, column, direction in checks:
+            i = COLUMNS.index(column)
+            mine, ce = _by_seed(rows, method, column), _by_seed(rows, "ce", column)
+            difference, se, n = paired_difference(mine, ce)
+            plain, theirs, their_ce = PLAIN_PICIE[i], PAPER_TABLE[method][i], PAPER_TABLE["ce"][i]
+            parts.append(
+                {
+                    "claim": claim,
+                    "metric": header[column],
+                    "direction": "above" if direction > 0 else "below",
+                    "paper_method": theirs,
+                    "paper_picie_h": their_ce,
+                    "paper_plain_picie": plain,
+                    "paper_holds_vs_picie_h": "yes" if direction * (theirs - their_ce) > 0 else "no",
+                    "paper_holds_vs_plain_picie": "not published" if plain is None
+                    else ("yes" if direction * (theirs - plain) > 0 else "no"),
+                    "ours_method": float(np.mean(list(mine.values()))) if mine else math.nan,
+                    "ours_ce": float(np.mean(list(ce.values()))) if ce else math.nan,
+                    "difference": difference,
+                    "se": se,
+                    "n_seeds": n,
+                    "part_verdict": verdict(difference, se, n, direction),
+                }
+            )  # fmt: skip
+    for kind_key, label in (
+        ("effective_clusters", "effective clusters per class"),
+        ("fragments_per_object", "pieces per object"),
+    ):
+        thing = _oversegmentation_by_seed(out_dir, rows, "thing", kind_key)
+        stuff = _oversegmentation_by_seed(out_dir, rows, "stuff", kind_key)
+        difference, se, n = paired_difference(thing, stuff)
+        parts.append(
+            {
+                "claim": OVERSEGMENTATION_CLAIM,
+                "metric": f"{label}, things - stuff (PiCIE)",
+                "direction": "above",
+                "paper_method": None, "paper_picie_h": None, "paper_plain_picie": None,
+                "paper_holds_vs_picie_h": "shown qualitatively (Figure 2)", "paper_holds_vs_plain_picie": "",
+                "ours_method": float(np.mean(list(thing.values()))) if thing else math.nan,
+                "ours_ce": float(np.mean(list(stuff.values()))) if stuff else math.nan,
+                "difference": difference, "se": se, "n_seeds": n,
+                "part_verdict": verdict(difference, se, n, 1),
+            }
+        )  # fmt: skip
+    for part in parts:
+        part["holds"] = combined_verdict([p["part_verdict"] for p in parts if p["claim"] == part["claim"]])
+    return parts
 
-    def row(claim: str, checks: list[tuple[str, str, bool]]) -> dict:
-        """``checks``: (method, column, whether the method should score above CE)."""
 
-        def text(table: dict) -> str:
-            return "; ".join(f"{header[c]} {table[k][c]:.2f} vs {table['ce'][c]:.2f}" for k, c, _ in checks)
+def _number(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
-        holds = all((ours[k][c] > ours["ce"][c]) == above for k, c, above in checks)
-        return {"claim": claim, "paper": text(paper), "ours": text(ours), "holds": "yes" if holds else "no"}
 
-    claims = [
-        row(
-            "Focal helps things (Thing Acc and mIoU above PiCIE's)",
-            [("focal", "acc_thing", True), ("focal", "miou_thing", True)],
-        ),
-        row("Focal hurts stuff (Stuff Acc below PiCIE's)", [("focal", "acc_stuff", False)]),
-        row(
-            "IB-Focal beats PiCIE on All Acc and mIoU", [("ib_focal", "acc_all", True), ("ib_focal", "miou_all", True)]
-        ),
+def claims_markdown(parts: list[dict]) -> str:
+    """One line per claim: the paper's numbers (against its PiCIE + H row and against plain PiCIE), ours
+    (method vs PiCIE, and the paired difference ± its standard error over n seeds) and the verdict."""
+    lines = [
+        "| Claim | Paper, vs its PiCIE row (PiCIE + H) | Paper, vs plain PiCIE | Ours: mean, difference ± SE (seeds) "
+        "| Holds here |",
+        "|---|---|---|---|---|",
     ]
-    thing = {
-        k: _oversegmentation(out_dir, rows, "ce", "thing", k) for k in ("effective_clusters", "fragments_per_object")
-    }
-    stuff = {
-        k: _oversegmentation(out_dir, rows, "ce", "stuff", k) for k in ("effective_clusters", "fragments_per_object")
-    }
-    claims.append(
-        {
-            "claim": "Things are over-segmented (PiCIE spreads a thing over more clusters and pieces than stuff)",
-            "paper": "shown qualitatively (Figure 2)",
-            "ours": f"effective clusters per class: things {thing['effective_clusters']:.2f}, stuff "
-            f"{stuff['effective_clusters']:.2f}; pieces per object: things {thing['fragments_per_object']:.2f}, "
-            f"stuff {stuff['fragments_per_object']:.2f}",
-            "holds": "yes"
-            if thing["effective_clusters"] > stuff["effective_clusters"]
-            and thing["fragments_per_object"] > stuff["fragments_per_object"]
-            else "no",
-        }
+    for claim in dict.fromkeys(p["claim"] for p in parts):
+        mine = [p for p in parts if p["claim"] == claim]
+        if claim == OVERSEGMENTATION_CLAIM:
+            paper, plain = "shown qualitatively (Figure 2)", ""
+            ours = "; ".join(
+                f"{p['metric'].split(',')[0]}: things {_number(p['ours_method'])}, stuff {_number(p['ours_ce'])}, "
+                f"{p['difference']:+.2f} ± {_number(p['se'])} ({p['n_seeds']})"
+                for p in mine
+            )
+        else:
+            paper = "; ".join(
+                f"{p['metric']} {_number(p['paper_method'])} vs {_number(p['paper_picie_h'])}" for p in mine
+            )
+            plain = "; ".join(
+                f"{p['metric']} {_number(p['paper_method'])} vs {_number(p['paper_plain_picie'])}"
+                if p["paper_plain_picie"] is not None
+                else f"{p['metric']}: not published"
+                for p in mine
+            )
+            ours = "; ".join(
+                f"{p['metric']} {_number(p['ours_method'])} vs {_number(p['ours_ce'])}, "
+                f"{p['difference']:+.2f} ± {_number(p['se'])} ({p['n_seeds']})"
+                for p in mine
+            )
+        lines.append(f"| {claim} | {paper} | {plain} | {ours} | {mine[0]['holds']} |")
+    return "\n".join(lines) + (
+        "\n\nA claim holds when the mean paired difference from PiCIE (same seeds) is at least two standard "
+        "errors in the claimed direction, fails when it is two standard errors against, and is within noise "
+        "otherwise; with one seed it is not judged."
     )
-    return claims
-
-
-def claims_markdown(claims: list[dict]) -> str:
-    lines = ["| Claim | Paper | Ours | Holds here |", "|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['holds']} |" for c in claims]
-    return "\n".join(lines)
 
 
 # ---- tables and figure -------------------------------------------------------------------------
@@ -219,17 +320,38 @@ def _cell(values: list[float]) -> str:
 
 
 def table2_markdown(rows: list[dict], columns=COLUMNS, with_paper: bool = True) -> str:
-    """A Markdown table laid out like the paper's Table 2, the paper's numbers beside ours."""
+    """A Markdown table laid out like the paper's Table 2, the paper's numbers beside ours (and plain
+    PiCIE's published numbers, where a source gives them; an empty cell where none does)."""
     lines = ["| Method | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
     for method in (*LOSSES, *REFERENCES):
         mine = [r for r in rows if r["loss"] == method]
         if with_paper and method in PAPER_TABLE:
-            lines.append(
-                f"| {METHOD_NAMES[method]}, paper | " + " | ".join(f"{v:.2f}" for v in PAPER_TABLE[method]) + " |"
-            )
+            lines.append(f"| {PAPER_ROW_NAMES[method]} | " + " | ".join(f"{v:.2f}" for v in PAPER_TABLE[method]) + " |")
+            if method == "ce":
+                cells = ["" if v is None else f"{v:.2f}" for v in PLAIN_PICIE]
+                lines.append("| PiCIE without +H (Cho et al. 2021) | " + " | ".join(cells) + " |")
         if mine:
             cells = [_cell([r[c] for r in mine]) for c in columns]
             lines.append(f"| **{METHOD_NAMES[method]}, ours** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def differences_markdown(rows: list[dict]) -> str:
+    """Each method's paired difference from PiCIE (CE) over the seeds both ran: mean ± sample std."""
+    lines = ["| Method - PiCIE (CE) | " + " | ".join(HEADERS) + " | seeds |", "|---" * (len(HEADERS) + 2) + "|"]
+    for method in LOSSES[1:]:
+        cells, n = [], 0
+        for c in COLUMNS:
+            a, b = _by_seed(rows, method, c), _by_seed(rows, "ce", c)
+            diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+            n = len(diffs)
+            if not diffs:
+                cells.append("-")
+            elif n == 1:
+                cells.append(f"{diffs[0]:+.2f}")
+            else:
+                cells.append(f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1):.2f}")
+        lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + f" | {n} |")
     return "\n".join(lines)
 
 
@@ -252,6 +374,20 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
             "## Thing / Stuff by the global protocol (the All matching, scores restricted to the group)",
             "",
             table2_markdown(rows, columns=("acc_all", "miou_all", *GLOBAL_COLUMNS), with_paper=False),
+            "",
+            "## Thing / Stuff as PiCIE's code prints it (a reproduction, not a protocol)",
+            "",
+            "PiCIE's `commons.py` moves each class's row to its matched cluster's index and slices the first 12",
+            "*cluster indices* against the rest, so a class matched to a cluster on the other side changes group;",
+            "the paper's method rows were most likely computed this way (`protocols.png` compares the three).",
+            "",
+            table2_markdown(rows, columns=("acc_all", "miou_all", *CODE_COLUMNS), with_paper=False),
+            "",
+            protocol_spread(rows) if any(r["loss"] == "ce" for r in rows) else "",
+            "",
+            "## Each method against PiCIE (CE), seed by seed",
+            "",
+            differences_markdown(rows),
             "",
         ]
     )
@@ -284,6 +420,60 @@ def plot_results(rows: list[dict]):
     return fig
 
 
+PROTOCOLS = {  # name: the four Thing / Stuff columns by that protocol
+    "subset (the paper's tables)": ("acc_thing", "miou_thing", "acc_stuff", "miou_stuff"),
+    "global (the All matching)": GLOBAL_COLUMNS,
+    "as PiCIE's code prints it": CODE_COLUMNS,
+}
+
+
+def plot_protocols(rows: list[dict]):
+    """Thing / Stuff Acc and mIoU of each trained method by the three protocols, on the same predictions
+    (mean over seeds; bars of one sample std where there are several)."""
+    methods = [m for m in LOSSES if any(r["loss"] == m for r in rows)]
+    fig, axes = plt.subplots(
+        1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.6), sharey=True, squeeze=False
+    )
+    x = np.arange(4)
+    width = 0.8 / len(PROTOCOLS)
+    for ax, method in zip(axes[0], methods, strict=False):
+        for i, (name, columns) in enumerate(PROTOCOLS.items()):
+            values = np.array(
+                [[math.nan if r.get(c) is None else r[c] for c in columns] for r in rows if r["loss"] == method]
+            )
+            spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else None
+            ax.bar(x + i * width, np.nanmean(values, axis=0), width, yerr=spread, capsize=2, label=name)
+        ax.set_xticks(x + width, ["Thing Acc", "Thing mIoU", "Stuff Acc", "Stuff mIoU"], fontsize=8)
+        ax.set_title(METHOD_NAMES[method], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("%")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("The same predictions, three ways to score Thing and Stuff", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def protocol_spread(rows: list[dict], method: str = "ce") -> str:
+    """One sentence: how far the three protocols put ``method``'s Thing and Stuff Acc apart."""
+    parts = []
+    for group in ("thing", "stuff"):
+        values = {}
+        for name, columns in PROTOCOLS.items():
+            column = columns[0] if group == "thing" else columns[2]
+            values[name] = _mean_of(rows, method, column)
+        listed = ", ".join(f"{v:.1f} {name.split(' (')[0]}" for name, v in values.items())
+        parts.append(
+            f"{group.title()} Acc reads {listed} ({max(values.values()) - min(values.values()):.1f} points apart)"
+        )
+    return f"On the same predictions of {METHOD_NAMES[method]}: " + "; ".join(parts) + "."
+
+
+def _mean_of(rows: list[dict], method: str, column: str) -> float:
+    values = [r[column] for r in rows if r["loss"] == method and r.get(column) is not None]
+    return float(np.nanmean(values)) if values else math.nan
+
+
 def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) -> None:
     """results.{json,csv,md,png}, timings.json and, once all three methods have rows, claims.{json,csv}."""
     text = results_markdown(rows, cfg, seconds)
@@ -302,3 +492,7 @@ def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) 
     fig = plot_results(rows)
     save_figure(fig, out_dir / "results.png", dpi=120)
     plt.close(fig)
+    if any(r["loss"] in LOSSES for r in rows):
+        fig = plot_protocols(rows)
+        save_figure(fig, out_dir / "protocols.png", dpi=120)
+        plt.close(fig)

@@ -9,7 +9,9 @@ protocols are offered, and named wherever they are reported:
 - **global**: the All matching, with the scores restricted to the group's classes.
 
 PiCIE's own code slices the reordered matrix by cluster index (``[:12, :12]``), which mixes
-classes; neither protocol does that.
+classes; neither protocol does that. ``picie_code_scores`` reproduces it, labelled "as PiCIE's code
+prints it": the paper's method rows were most likely computed that way, so it is shown beside the two
+protocols, never in their place.
 """
 
 from __future__ import annotations
@@ -127,11 +129,14 @@ def group_scores(
     match: bool = True,
     scored: dict[str, dict] | None = None,
 ) -> dict[str, float]:
-    """The six numbers of the paper's Table 2 (subset protocol) and their global-protocol twins.
+    """The six numbers of the paper's Table 2 (subset protocol), their global-protocol twins and PiCIE's
+    code's version.
 
-    Keys: ``acc_all, miou_all, acc_thing, miou_thing, acc_stuff, miou_stuff`` (subset) and
-    ``global_acc_thing, global_miou_thing, global_acc_stuff, global_miou_stuff``. ``scored`` is
-    ``protocol_scores``'s result, when the caller has it already.
+    Keys: ``acc_all, miou_all, acc_thing, miou_thing, acc_stuff, miou_stuff`` (subset),
+    ``global_acc_thing, global_miou_thing, global_acc_stuff, global_miou_stuff`` and
+    ``code_acc_thing, code_miou_thing, code_acc_stuff, code_miou_stuff`` (``picie_code_scores``: the
+    first ``len(thing_classes)`` cluster indices against the rest). ``scored`` is ``protocol_scores``'s
+    result, when the caller has it already.
     """
     confusion = np.asarray(confusion)
     scored = scored or protocol_scores(confusion, thing_classes, stuff_classes, match)
@@ -146,7 +151,45 @@ def group_scores(
         tp = np.where(matched >= 0, rows[np.arange(len(group)), np.maximum(matched, 0)], 0.0)
         out[f"global_acc_{name}"] = float(100 * tp.sum() / rows.sum()) if rows.sum() > 0 else math.nan
         out[f"global_miou_{name}"] = _mean(all_scores["iou"][group])
+    if match:
+        code = picie_code_scores(confusion, all_scores["assignment"], len(thing_classes))
+    else:
+        code = dict.fromkeys(("acc_first", "miou_first", "acc_rest", "miou_rest"), math.nan)
+    for ours, theirs in (("thing", "first"), ("stuff", "rest")):
+        out[f"code_acc_{ours}"], out[f"code_miou_{ours}"] = code[f"acc_{theirs}"], code[f"miou_{theirs}"]
     return out
+
+
+def picie_code_scores(confusion: np.ndarray, assignment: np.ndarray, n_first: int) -> dict[str, float]:
+    """Thing / Stuff as PiCIE's code prints them (``commons.py``, ``evaluate``, "For Table 2 -
+    partitioned evaluation"): each class's row moves to the index of its matched cluster
+    (``new_hist[m[c]] = hist[c]``), then ``get_result_metrics`` scores ``new_hist[:12, :12]`` and
+    ``new_hist[12:, 12:]``: slices by *cluster* index, so a thing class matched to a cluster numbered
+    12 or more lands in "stuff" and the off-diagonal pixels between the groups drop out.
+
+    ``assignment``: the All matching (class -> cluster); ``n_first``: the 12 of ``[:12]`` (the number of
+    thing classes). Keys ``acc_first, miou_first, acc_rest, miou_rest`` (percent); NaN when the matrix
+    is not square or a class is unmatched (PiCIE's code needs K clusters for K classes).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    keys = ("acc_first", "miou_first", "acc_rest", "miou_rest")
+    k = confusion.shape[0]
+    if confusion.shape[1] != k or (np.asarray(assignment) < 0).any():
+        return dict.fromkeys(keys, math.nan)
+    reordered = np.zeros_like(confusion)
+    reordered[np.asarray(assignment)] = confusion
+
+    def result_metrics(hist: np.ndarray) -> tuple[float, float]:  # PiCIE's utils.get_result_metrics
+        tp = np.diag(hist)
+        denom = hist.sum(0) + hist.sum(1) - tp  # tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(denom > 0, tp / denom, np.nan)
+        acc = 100 * tp.sum() / hist.sum() if hist.sum() > 0 else math.nan
+        return float(acc), 100 * _mean(iou)
+
+    first = result_metrics(reordered[:n_first, :n_first])
+    rest = result_metrics(reordered[n_first:, n_first:])
+    return dict(zip(keys, (*first, *rest), strict=True))
 
 
 def over_segmentation(confusion: np.ndarray, share: float = 0.9) -> dict[str, np.ndarray]:

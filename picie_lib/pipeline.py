@@ -134,6 +134,7 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
 
 CAPTIONS = {  # the figures the notebooks save under DIR/figures, in the report's order
     "07_figure2": "Examples as the paper's Figure 2: image, ground truth, CE, Focal, IB-Focal (07_compare)",
+    "07_protocols": "Thing and Stuff by the three protocols, on the same predictions (07_compare)",
     "07_gains_over_ce": "Per-class IoU gain over PiCIE (CE), things and stuff (07_compare)",
     "01_class_frequency": "Pixel frequency per class (01_data)",
     "01_samples": "Samples and their labels (01_data)",

@@ -28,13 +28,15 @@ def test_compare_writes_table_2_and_its_rows(compared):
     assert KEYS <= set(header)
     table = (out / "results.md").read_text()
     assert "49.99" in table and "Method 2: IB-Focal, ours" in table and "global protocol" in table
-    assert (out / "results.png").stat().st_size > 1000
+    assert "PiCIE without +H (Cho et al. 2021) | 48.09 | 13.84 |  |  |  |  |" in table  # no cited Thing / Stuff
+    assert "as PiCIE's code prints it" in table and "Each method against PiCIE (CE)" in table
+    assert (out / "results.png").stat().st_size > 1000 and (out / "protocols.png").stat().st_size > 1000
     epochs = {r["loss"]: r.get("epochs") for r in rows}
     assert (epochs["ce"], epochs["focal"], epochs["ib_focal"]) == (2, 3, 4)  # 10 : 15 : 20, scaled
     for method in ("ce", "focal", "ib_focal"):
         assert (out / f"{method}-seed0" / "checkpoint.pt").is_file()
         assert (out / f"{method}-seed0" / "metrics.json").is_file()
-    assert "PiCIE (CE), paper" in proc.stdout
+    assert "PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021)" in proc.stdout
 
 
 def test_train_and_evaluate_commands(tmp_path, capsys):

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from picie_lib import plots
-from picie_lib.compare import COLUMNS, GLOBAL_COLUMNS, PAPER_TABLE, paper_claims
+from picie_lib.compare import CLAIMS, COLUMNS, GLOBAL_COLUMNS, PAPER_TABLE, paired_difference, paper_claims, verdict
 from picie_lib.data import SyntheticScenes
 from picie_lib.explore import browse, failure_map
 from picie_lib.losses import cosine_logit_max_probability
@@ -70,27 +71,69 @@ def test_the_widget_builds_and_redraws_without_a_frontend():
     assert calls == [(3, 32, 32)]
 
 
-def _rows(values: dict[str, tuple[float, ...]]) -> list[dict]:
+def _rows(values: dict[str, tuple[float, ...]], seeds=(0,), shift: tuple[float, ...] = (0.0, 0.0, 0.0)) -> list[dict]:
+    """One row per method and seed: ``values`` plus, for the methods other than CE, ``shift[i]`` on seed i
+    (so the paired differences from CE are the table's plus the shifts)."""
     return [
-        {"loss": m, "seed": 0, **dict(zip(COLUMNS, v, strict=True)), **dict.fromkeys(GLOBAL_COLUMNS, 0.0)}
+        {
+            "loss": m,
+            "seed": s,
+            **dict(zip(COLUMNS, np.asarray(v) + (0.0 if m == "ce" else shift[i]), strict=True)),
+            **dict.fromkeys(GLOBAL_COLUMNS, 0.0),
+        }
+        for i, s in enumerate(seeds)
         for m, v in values.items()
     ]
 
 
-def test_the_paper_claims_hold_on_the_paper_numbers_and_fail_on_reversed_ones(tmp_path):
-    for kind, (thing, stuff) in {"ce": (4.0, 2.0)}.items():
-        path = tmp_path / f"{kind}-seed0" / "metrics.json"
-        path.parent.mkdir()
+def _oversegmentation_files(tmp_path, seeds, thing=4.0, stuff=2.0):
+    for seed in seeds:
+        path = tmp_path / f"ce-seed{seed}" / "metrics.json"
+        path.parent.mkdir(exist_ok=True)
         groups = {
-            "thing": {"effective_clusters": thing, "fragments_per_object": thing},
-            "stuff": {"effective_clusters": stuff, "fragments_per_object": stuff},
+            "thing": {"effective_clusters": thing + seed, "fragments_per_object": thing},
+            "stuff": {"effective_clusters": stuff + seed, "fragments_per_object": stuff},
         }
         path.write_text(json.dumps({"oversegmentation": groups}))
-    claims = paper_claims(_rows(PAPER_TABLE), tmp_path)
-    assert [c["holds"] for c in claims] == ["yes", "yes", "yes", "yes"]
-    assert "77.17 vs 69.39" in claims[0]["paper"] and claims[0]["paper"] == claims[0]["ours"]
+
+
+def _verdicts(parts):
+    return {p["claim"]: p["holds"] for p in parts}
+
+
+def test_the_paper_claims_hold_on_the_paper_numbers_and_fail_on_reversed_ones(tmp_path):
+    seeds = (0, 1, 2)
+    _oversegmentation_files(tmp_path, seeds)
+    parts = paper_claims(_rows(PAPER_TABLE, seeds, shift=(0.3, -0.3, 0.1)), tmp_path)
+    assert set(_verdicts(parts).values()) == {"yes"}
+    first = parts[0]
+    assert (first["metric"], first["paper_method"], first["paper_picie_h"]) == ("Acc Thing", 77.17, 69.39)
+    assert first["paper_plain_picie"] is None and first["paper_holds_vs_plain_picie"] == "not published"
+    ib_all = next(p for p in parts if p["claim"].startswith("IB-Focal") and p["metric"] == "Acc All")
+    assert ib_all["paper_plain_picie"] == 48.09 and ib_all["paper_holds_vs_plain_picie"] == "yes"
+    # ours: the mean paired difference, its standard error (scipy's sem) and the number of seeds
+    mine = np.array([77.17 + 0.3, 77.17 - 0.3, 77.17 + 0.1])
+    ce = np.full(3, 69.39)
+    assert first["difference"] == pytest.approx((mine - ce).mean())
+    assert first["se"] == pytest.approx(scipy.stats.sem(mine - ce))
+    assert first["n_seeds"] == 3
     reversed_table = {"ce": PAPER_TABLE["focal"], "focal": PAPER_TABLE["ce"], "ib_focal": PAPER_TABLE["ce"]}
-    assert [c["holds"] for c in paper_claims(_rows(reversed_table), tmp_path)][:3] == ["no", "no", "no"]
+    verdicts = _verdicts(paper_claims(_rows(reversed_table, seeds, shift=(0.3, -0.3, 0.1)), tmp_path))
+    assert [verdicts[claim] for claim, _ in CLAIMS] == ["no", "no", "no"]
+
+
+def test_a_difference_smaller_than_two_standard_errors_is_within_noise_and_one_seed_is_not_judged(tmp_path):
+    _oversegmentation_files(tmp_path, (0, 1, 2))
+    close = {"ce": PAPER_TABLE["ce"], "focal": PAPER_TABLE["ce"], "ib_focal": PAPER_TABLE["ce"]}
+    verdicts = _verdicts(paper_claims(_rows(close, (0, 1, 2), shift=(3.0, -2.0, 0.5)), tmp_path))
+    assert [verdicts[claim] for claim, _ in CLAIMS] == ["within noise"] * 3
+    one = _verdicts(paper_claims(_rows(PAPER_TABLE, (0,)), tmp_path))
+    assert set(one.values()) == {"one seed"}
+    # the rule itself, at its edges
+    assert verdict(2.0, 1.0, 3, +1) == "yes" and verdict(1.9, 1.0, 3, +1) == "within noise"
+    assert verdict(-2.0, 1.0, 3, +1) == "no" and verdict(-2.0, 1.0, 3, -1) == "yes"
+    assert verdict(0.0, 0.0, 3, +1) == "within noise" and verdict(0.5, 0.0, 2, +1) == "yes"
+    assert paired_difference({0: 3.0, 1: 5.0, 7: 1.0}, {0: 1.0, 1: 2.0}) == pytest.approx((2.5, 0.5, 2))
 
 
 @pytest.mark.parametrize("k,t", [(27, 1.0), (27, 0.1), (5, 2.0)])

@@ -130,16 +130,17 @@ def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"loss", "seed", *COLUMNS} <= set(header)
     claims = json.loads((out / "claims.json").read_text())
-    assert len(claims) == 4 and all(c["holds"] in ("yes", "no") for c in claims)
+    assert len(claims) == 7 and all(c["holds"] == "one seed" for c in claims)  # smoke: one seed, not judged
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings["per_notebook"]) == {name for _, name, _ in steps} and "per_method" in timings
-    assert "PiCIE (CE), paper" in proc.stdout
+    assert "PiCIE, the paper's row (= PiCIE + H" in proc.stdout
 
 
 def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
     out, _ = smoke_run
     report = (out / "report.md").read_text()
-    assert "| PiCIE (CE), paper | 49.99 | 14.36 |" in report and "The paper's claims" in report
+    assert "| PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021) | 49.99 | 14.36 |" in report
+    assert "The paper's claims" in report and "figures/07_protocols.png" in report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert (
         "results.png" in images and "figures/07_figure2.png" in images and "ce-seed0/figures/loss_curves.png" in images
@@ -181,7 +182,7 @@ def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):
     assert sum(r["pixels"] for r in val["per_class"]) == np.asarray(val["confusion"]).sum() > 0
     assert val["skipped_files"] == [str(corrupt), str(bad_label)]  # each bad file left out and named
     assert json.loads((out / "ce-seed0" / "summary.json").read_text())["skipped_files"] == [str(corrupt)]
-    assert "| PiCIE (CE), paper | 49.99 |" in (out / "report.md").read_text()
+    assert "| PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021) | 49.99 |" in (out / "report.md").read_text()
 
 
 def _stub_notebooks(folder: Path) -> None:
