@@ -20,7 +20,7 @@ demo: setup  ## the notebooks, executed: the three methods on the built-in data 
 	$(PY) -m picie_lib run --preset demo --out $(DEMO_OUT)
 
 test: setup  ## lint, the test suite, then every notebook under nbval on the smoke preset (CPU)
-	$(VENV)/bin/ruff check picie_lib tests notebooks benchmarks
+	$(VENV)/bin/ruff check picie_lib tests notebooks benchmarks experiments
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
 

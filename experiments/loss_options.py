@@ -1,0 +1,145 @@
+"""The loss swaps' options, measured one at a time from the defaults (README, "The loss swaps' options").
+
+Each variant changes one parameter of one method from the preset's defaults; every variant runs on
+the preset's seeds (default 0, 1, 2 on the built-in data set's seed 0) and on other data seeds (default
+1, training seed 0), and is evaluated as ``python -m picie_lib evaluate`` does. The untrained network's
+k-means (the floor) and PiCIE (CE) with the defaults are measured on the same seeds, for reference.
+
+    python experiments/loss_options.py [--preset demo] [--seeds 0 1 2] [--data-seeds 1]
+                                       [--variants NAME ...] [--out outputs/loss-options] [-p KEY=VALUE ...]
+
+Finished runs are kept: a rerun into the same ``--out`` trains only what is missing (a run whose
+configuration changed is trained again). Writes ``results.{csv,json,md}`` (one row per variant: mean
+and sample standard deviation over the seeds of the six numbers, then each other data seed's numbers)
+and ``runs.csv`` (every run's numbers, the IB-Focal switch epoch, the largest training loss after it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from picie_lib.compare import COLUMNS, HEADERS
+from picie_lib.config import RUNTIME_KEYS, differences, load_preset, parse_override
+from picie_lib.evaluate import evaluate_model, evaluate_run, write_evaluation
+from picie_lib.runs import atomic_write_text, csv_text, environment, read_jsonl, write_json
+from picie_lib.train import build_model, resolve_device, train
+
+# name: (method, the changed parameters, what the change is and where it comes from)
+VARIANTS = {
+    "floor": ("untrained", {}, "k-means on the untrained network (reference)"),
+    "floor, bn_eval=running": ("untrained", {"bn_eval": "running"}, "the floor scored on running statistics"),
+    "ce": ("ce", {}, "PiCIE (CE), defaults (reference)"),
+    "ce, bn_eval=running": ("ce", {"bn_eval": "running"}, "PiCIE's code: labels and scores on running statistics"),
+    "focal": ("focal", {}, "Focal, defaults: no class weights (the paper's FL)"),
+    "focal, focal_balance=picie": ("focal", {"focal_balance": "picie"}, "Focal with PiCIE's class weights"),
+    "ib_focal": ("ib_focal", {}, "IB-Focal, defaults"),
+    "ib_focal, ib_lr_factor=1": ("ib_focal", {"ib_lr_factor": 1.0}, "no learning-rate drop at the switch"),
+    "ib_focal, ib_reset_optimizer=true": ("ib_focal", {"ib_reset_optimizer": True}, "Adam's moments reset"),
+    "ib_focal, ib_weighted_pt=false": ("ib_focal", {"ib_weighted_pt": False}, "p_t from the unweighted softmax"),
+    "ib_focal, ib_feature=raw": ("ib_focal", {"ib_feature": "raw"}, "L1 norm of the feature before normalisation"),
+    "ib_focal, ib_gamma=1": ("ib_focal", {"ib_gamma": 1.0}, "the IB authors' focal exponent"),
+    "ib_focal, balance=none": ("ib_focal", {"balance": "none"}, "CE phase without class weights (IB authors)"),
+    "ib_focal, ib_detach=true": ("ib_focal", {"ib_detach": True}, "the IB factor as a weight, no gradient through it"),
+}
+
+
+def run(cfg, out: Path, method: str) -> dict:
+    """Train (unless done) and evaluate one run; returns its metrics and training summary."""
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file():
+        saved = json.loads(metrics_path.read_text())
+        if not differences(saved.get("config", {}), cfg, RUNTIME_KEYS):
+            return saved | {"log": read_jsonl(out / "log.jsonl")}
+    if method == "untrained":
+        out.mkdir(parents=True, exist_ok=True)
+        write_evaluation(out, evaluate_model(build_model(cfg, resolve_device(cfg.device)), cfg), method, cfg)
+    else:
+        train(cfg, out, resume=True)
+        evaluate_run(out)
+    return json.loads(metrics_path.read_text()) | {"log": read_jsonl(out / "log.jsonl")}
+
+
+def summarise(name: str, runs: list[dict], seeds: list[int], data_seeds: list[int]) -> dict:
+    row = {"variant": name, "method": VARIANTS[name][0], "change": VARIANTS[name][2]}
+    main = [r for r in runs if r["data_seed"] == 0 and r["seed"] in seeds]
+    for c in COLUMNS:
+        values = [r[c] for r in main]
+        row[f"{c}_mean"] = float(np.mean(values))
+        row[f"{c}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    for d in data_seeds:
+        other = [r for r in runs if r["data_seed"] == d]
+        for c in COLUMNS:
+            row[f"{c}_data{d}"] = other[0][c] if other else math.nan
+    row["switch_epochs"] = sorted({r["switch_epoch"] for r in runs if r.get("switch_epoch")})
+    row["largest_loss_after_switch"] = max((r["loss_after_switch"] or 0.0 for r in runs), default=0.0)
+    return row
+
+
+def markdown(rows: list[dict], seeds: list[int], data_seeds: list[int]) -> str:
+    others = [f"All Acc / mIoU, data seed {d}" for d in data_seeds]
+    lines = [
+        "| Variant | " + " | ".join([*HEADERS, *others]) + " |",
+        "|---" * (1 + len(HEADERS) + len(data_seeds)) + "|",
+    ]
+    for r in rows:
+        cells = [f"{r[f'{c}_mean']:.1f} ± {r[f'{c}_std']:.1f}" for c in COLUMNS]
+        cells += [f"{r[f'acc_all_data{d}']:.1f} / {r[f'miou_all_data{d}']:.1f}" for d in data_seeds]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (
+        f"\n\nMean ± sample standard deviation over training seeds {seeds} (data seed 0); "
+        "Thing / Stuff by the subset protocol."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data-seeds", type=int, nargs="*", default=[1])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--out", type=Path, default=Path("outputs/loss-options"))
+    parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    overrides = dict(parse_override(p) for p in args.params)
+    base = load_preset(args.preset, **overrides)
+    start = time.perf_counter()
+    runs = []
+    plan = [(s, 0) for s in args.seeds] + [(0, d) for d in args.data_seeds]
+    for name in args.variants:
+        method, changes, _ = VARIANTS[name]
+        for seed, data_seed in plan:
+            loss = method if method != "untrained" else "ce"
+            cfg = base.replace(loss=loss, seed=seed, data_seed=data_seed, **changes)
+            folder = args.out / name.replace(", ", "__").replace("=", "-") / f"seed{seed}-data{data_seed}"
+            print(f"{name}: seed {seed}, data seed {data_seed}", file=sys.stderr, flush=True)
+            result = run(cfg, folder, method)
+            log = [r for r in result["log"] if not r.get("discarded")]
+            after = [r["loss"] for r in log if r["phase"] == "ib_focal"]
+            switch = next((r["epoch"] for r in log if r["phase"] == "ib_focal"), None)
+            runs.append(
+                {"variant": name, "seed": seed, "data_seed": data_seed, **{c: result["scores"][c] for c in COLUMNS},
+                 "switch_epoch": switch, "loss_after_switch": max(after) if after else None}
+            )  # fmt: skip
+    rows = [summarise(n, [r for r in runs if r["variant"] == n], args.seeds, args.data_seeds) for n in args.variants]
+    text = markdown(rows, args.seeds, args.data_seeds)
+    print("\n" + text)
+    command = "python experiments/loss_options.py " + " ".join(sys.argv[1:])
+    atomic_write_text(args.out / "results.md", f"`{command}`\n\n{text}\n")
+    atomic_write_text(args.out / "results.csv", csv_text(rows))
+    atomic_write_text(args.out / "runs.csv", csv_text(runs))
+    write_json(
+        args.out / "results.json",
+        {"command": command, "config": base.to_dict(), "rows": rows, "runs": runs,
+         "seconds": time.perf_counter() - start, "environment": environment()},
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
