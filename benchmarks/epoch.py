@@ -282,7 +282,7 @@ def table(results: dict, n: int) -> str:
 
     lines = [
         "| pass | end to end, images/s | data path alone, images/s | network alone, images/s | "
-        "end to end / network | host peak, GiB | worker peak, GiB | GPU peak, GiB |",
+        "end to end / network | host peak, GiB | largest worker's peak, GiB | GPU peak, GiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in PASSES:
@@ -381,7 +381,7 @@ def main() -> None:
     flags = " ".join(
         "--" + k.replace("_", "-") + ("" if v is True else f" {v}")
         for k, v in parameters.items()
-        if v not in (None, False)
+        if v is not None and v is not False
     )
     command = f"python benchmarks/epoch.py {flags}"
     (out / "results.md").write_text(

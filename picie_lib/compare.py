@@ -262,11 +262,18 @@ def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
         )  # fmt: skip
     for part in parts:
         part["holds"] = combined_verdict([p["part_verdict"] for p in parts if p["claim"] == part["claim"]])
+        for key, value in part.items():  # strict JSON: no NaN (one seed has no standard error)
+            if isinstance(value, float) and math.isnan(value):
+                part[key] = None
     return parts
 
 
 def _number(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def _signed(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.2f}"
 
 
 def claims_markdown(parts: list[dict]) -> str:
@@ -283,7 +290,7 @@ def claims_markdown(parts: list[dict]) -> str:
             paper, plain = "shown qualitatively (Figure 2)", ""
             ours = "; ".join(
                 f"{p['metric'].split(',')[0]}: things {_number(p['ours_method'])}, stuff {_number(p['ours_ce'])}, "
-                f"{p['difference']:+.2f} ± {_number(p['se'])} ({p['n_seeds']})"
+                f"{_signed(p['difference'])} ± {_number(p['se'])} ({p['n_seeds']})"
                 for p in mine
             )
         else:
@@ -298,7 +305,7 @@ def claims_markdown(parts: list[dict]) -> str:
             )
             ours = "; ".join(
                 f"{p['metric']} {_number(p['ours_method'])} vs {_number(p['ours_ce'])}, "
-                f"{p['difference']:+.2f} ± {_number(p['se'])} ({p['n_seeds']})"
+                f"{_signed(p['difference'])} ± {_number(p['se'])} ({p['n_seeds']})"
                 for p in mine
             )
         lines.append(f"| {claim} | {paper} | {plain} | {ours} | {mine[0]['holds']} |")
@@ -460,12 +467,13 @@ def protocol_spread(rows: list[dict], method: str = "ce") -> str:
     for group in ("thing", "stuff"):
         values = {}
         for name, columns in PROTOCOLS.items():
-            column = columns[0] if group == "thing" else columns[2]
-            values[name] = _mean_of(rows, method, column)
-        listed = ", ".join(f"{v:.1f} {name.split(' (')[0]}" for name, v in values.items())
-        parts.append(
-            f"{group.title()} Acc reads {listed} ({max(values.values()) - min(values.values()):.1f} points apart)"
-        )
+            value = _mean_of(rows, method, columns[0] if group == "thing" else columns[2])
+            if not math.isnan(value):
+                values[name.split(" (")[0]] = value
+        if values:
+            listed = ", ".join(f"{v:.1f} {name}" for name, v in values.items())
+            spread = max(values.values()) - min(values.values())
+            parts.append(f"{group.title()} Acc reads {listed} ({spread:.1f} points apart)")
     return f"On the same predictions of {METHOD_NAMES[method]}: " + "; ".join(parts) + "."
 
 

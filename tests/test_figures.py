@@ -127,8 +127,10 @@ def test_a_difference_smaller_than_two_standard_errors_is_within_noise_and_one_s
     close = {"ce": PAPER_TABLE["ce"], "focal": PAPER_TABLE["ce"], "ib_focal": PAPER_TABLE["ce"]}
     verdicts = _verdicts(paper_claims(_rows(close, (0, 1, 2), shift=(3.0, -2.0, 0.5)), tmp_path))
     assert [verdicts[claim] for claim, _ in CLAIMS] == ["within noise"] * 3
-    one = _verdicts(paper_claims(_rows(PAPER_TABLE, (0,)), tmp_path))
-    assert set(one.values()) == {"one seed"}
+    one_seed = paper_claims(_rows(PAPER_TABLE, (0,)), tmp_path)
+    assert set(_verdicts(one_seed).values()) == {"one seed"}
+    json.dumps(one_seed, allow_nan=False)  # strict JSON: a missing standard error is null, not NaN
+    assert one_seed[0]["se"] is None and one_seed[0]["difference"] == pytest.approx(77.17 - 69.39)
     # the rule itself, at its edges
     assert verdict(2.0, 1.0, 3, +1) == "yes" and verdict(1.9, 1.0, 3, +1) == "within noise"
     assert verdict(-2.0, 1.0, 3, +1) == "no" and verdict(-2.0, 1.0, 3, -1) == "yes"
