@@ -25,6 +25,8 @@ def test_the_numbered_notebooks_are_all_there():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebooks_are_clean_and_parameterised(path):
+    raw = json.loads(path.read_text())
+    assert all("id" in c for c in raw["cells"]), f"{path.name}: a cell has no id (nbformat 4.5 needs one)"
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
