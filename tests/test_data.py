@@ -1,5 +1,7 @@
 """The built-in data set: classes, determinism, the curated-COCO stuff rule, the long tail."""
 
+import colorsys
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 from picie_lib.config import Config
 from picie_lib.data import SyntheticScenes, build_dataset
 from picie_lib.data.cocostuff import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
-from picie_lib.data.synthetic import SHAPES, TEXTURES, generate_scene
+from picie_lib.data.synthetic import SHAPES, TEXTURES, _colours, generate_scene
 from picie_lib.transforms import draw_view_params
 
 
@@ -82,3 +84,33 @@ def test_train_mode_needs_square_base_images():
     with pytest.raises(ValueError, match=r"Wide\[0\]: a base image of \(32, 48\).*square"):
         Wide("train", 32)[0]
     assert Wide("eval", 32)[0][1].shape == (3, 32, 32)  # eval mode centre-crops
+
+
+def test_instance_colours_keep_the_layout_and_vary_colour_within_the_jitter_range():
+    from picie_lib.data.synthetic import CLASS_HUES, COLOUR_MODES
+
+    class_img, class_lab = generate_scene(0, "train", 3, 64)
+    inst_img, inst_lab = generate_scene(0, "train", 3, 64, colours="instance")
+    assert np.array_equal(class_lab, inst_lab) and not np.array_equal(class_img, inst_img)
+    # the spread of one class's hue over instances: small for "class", up to PiCIE's +-0.1 for "instance"
+    rng = lambda i: np.random.default_rng(i)  # noqa: E731
+    spread = {}
+    for mode in COLOUR_MODES:
+        hues = []
+        for i in range(400):
+            tone, _ = _colours(5, rng(i), mode)
+            hue = colorsys.rgb_to_hsv(*tone)[0]
+            hues.append((hue - CLASS_HUES[5] + 0.5) % 1 - 0.5)
+        spread[mode] = np.array(hues)
+    assert np.abs(spread["instance"]).max() <= 0.1 + 1e-9
+    assert np.abs(spread["instance"]).max() > 0.09 and np.std(spread["instance"]) > 2 * np.std(spread["class"])
+    # uniform within +-0.1: about half of the instances beyond +-0.05
+    assert 0.4 < np.mean(np.abs(spread["instance"]) > 0.05) < 0.6
+    with pytest.raises(ValueError, match="synthetic_colours='grey'"):
+        generate_scene(0, "train", 0, 32, colours="grey")
+    with pytest.raises(ValueError, match="synthetic_colours"):
+        Config(synthetic_colours="grey").validate()
+    # the parameter reaches the data set
+    cfg = Config(image_size=64, res=64, n_val=4, synthetic_colours="instance", data_seed=0)
+    images = build_dataset(cfg, "val", "eval").images
+    assert torch.equal(images[3], torch.from_numpy(generate_scene(0, "val", 3, 64, "instance")[0]).permute(2, 0, 1))

@@ -24,7 +24,9 @@ def build_dataset(cfg, split: str, mode: str) -> SceneDataset:
     """The data set of ``cfg.dataset`` for ``split`` ("train" or "val") in ``mode`` ("train"/"eval")."""
     if cfg.dataset == "synthetic":
         n = cfg.n_train if split == "train" else cfg.n_val
-        return SyntheticScenes(n, cfg.image_size, seed=cfg.data_seed, split=split, mode=mode, res=cfg.res)
+        return SyntheticScenes(
+            n, cfg.image_size, seed=cfg.data_seed, split=split, mode=mode, res=cfg.res, colours=cfg.synthetic_colours
+        )
     common = {"split": split, "mode": mode, "res": cfg.res, "base_res": cfg.base_res, "max_images": cfg.max_images}
     if cfg.dataset == "cocostuff27":
         return CocoStuff27(cfg.data_root, curated=cfg.curated, **common)

@@ -182,25 +182,45 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, rng:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _colours(cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+COLOUR_MODES = ("class", "instance")
+
+
+def _colours(cls: int, rng: np.random.Generator, mode: str = "class") -> tuple[np.ndarray, np.ndarray]:
     """Two tones near the class's colour. Classes whose hues lie within PiCIE's hue jitter of each
-    other (+-0.1) can only be told apart by texture and shape once the views are jittered."""
-    hue = (CLASS_HUES[cls] + rng.normal(0, 0.03)) % 1
-    sat = float(np.clip(CLASS_SATS[cls] + rng.normal(0, 0.08), 0.1, 1))
-    val = float(np.clip(CLASS_VALS[cls] + rng.normal(0, 0.08), 0.15, 0.95))
+    other (+-0.1) can only be told apart by texture and shape once the views are jittered.
+
+    ``mode="class"``: every instance is close to its class's colour. ``mode="instance"``: colour is a
+    nuisance within PiCIE's jitter range: each instance draws its hue within +-0.1 of the class's
+    (ColorJitter hue=0.1) and scales its saturation and value by U(0.7, 1.3) (saturation and
+    brightness 0.3), so that identity lies in texture and shape."""
+    z_hue, z_sat, z_val = rng.normal(0, 1, 3)  # the same draws in both modes: the scene's layout is shared
+    if mode == "instance":
+        u_hue, u_sat, u_val = (0.5 * (1 + math.erf(z / math.sqrt(2))) for z in (z_hue, z_sat, z_val))  # U(0, 1)
+        hue = (CLASS_HUES[cls] + 0.2 * u_hue - 0.1) % 1
+        sat = float(np.clip(CLASS_SATS[cls] * (0.7 + 0.6 * u_sat), 0.1, 1))
+        val = float(np.clip(CLASS_VALS[cls] * (0.7 + 0.6 * u_val), 0.15, 0.95))
+    else:
+        hue = (CLASS_HUES[cls] + 0.03 * z_hue) % 1
+        sat = float(np.clip(CLASS_SATS[cls] + 0.08 * z_sat, 0.1, 1))
+        val = float(np.clip(CLASS_VALS[cls] + 0.08 * z_val, 0.15, 0.95))
     val2 = float(np.clip(val + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4), 0.05, 1.0))
     return np.array(colorsys.hsv_to_rgb(hue, sat, val)), np.array(colorsys.hsv_to_rgb(hue, sat, val2))
 
 
-def _paint(image: np.ndarray, mask: np.ndarray, cls: int, rng: np.random.Generator) -> None:
+def _paint(image: np.ndarray, mask: np.ndarray, cls: int, rng: np.random.Generator, colours: str) -> None:
     kind, params = TEXTURES[cls]
     t = _texture(kind, params, image.shape[0], rng)[mask][:, None]
-    c1, c2 = _colours(cls, rng)
+    c1, c2 = _colours(cls, rng, colours)
     image[mask] = c1 * (1 - t) + c2 * t
 
 
-def generate_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: uint8 image (size, size, 3) and int64 label (size, size), -1 = unlabelled."""
+def generate_scene(
+    seed: int, split: str, index: int, size: int, colours: str = "class"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: uint8 image (size, size, 3) and int64 label (size, size), -1 = unlabelled.
+    ``colours``: "class" or "instance" (see ``_colours``); the layout does not depend on it."""
+    if colours not in COLOUR_MODES:
+        raise ValueError(f"synthetic_colours={colours!r}: expected one of {COLOUR_MODES}")
     split_id = {"train": 0, "val": 1}[split]
     rng = np.random.default_rng([seed, split_id, index])
     image = np.zeros((size, size, 3))
@@ -216,7 +236,7 @@ def generate_scene(seed: int, split: str, index: int, size: int) -> tuple[np.nda
     for r, cls in enumerate(classes):
         mask = region == r
         if mask.any():
-            _paint(image, mask, int(cls), rng)
+            _paint(image, mask, int(cls), rng, colours)
             label[mask] = cls
 
     # Things: up to three objects, 30-50% of the side across, keeping >= 75% of the pixels stuff.
@@ -228,7 +248,7 @@ def generate_scene(seed: int, split: str, index: int, size: int) -> tuple[np.nda
         mask = _shape_mask(SHAPES[int(cls)], size, cx, cy, radius, rng)
         if (thing_pixels | mask).mean() > MAX_THING_FRACTION:
             continue
-        _paint(image, mask, int(cls), rng)
+        _paint(image, mask, int(cls), rng, colours)
         label[mask] = cls
         thing_pixels |= mask
 
@@ -244,9 +264,11 @@ def generate_scene(seed: int, split: str, index: int, size: int) -> tuple[np.nda
 
 
 @functools.lru_cache(maxsize=4)
-def generate_scenes(n: int, size: int, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_scenes(
+    n: int, size: int, seed: int, split: str, colours: str = "class"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` scenes as uint8 images (n, 3, size, size) and int8 labels (n, size, size); cached."""
-    scenes = [generate_scene(seed, split, i, size) for i in range(n)]
+    scenes = [generate_scene(seed, split, i, size, colours) for i in range(n)]
     images = torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(np.stack([s[1] for s in scenes])).to(torch.int8)
     return images, labels
@@ -255,7 +277,8 @@ def generate_scenes(n: int, size: int, seed: int, split: str) -> tuple[torch.Ten
 class SyntheticScenes(SceneDataset):
     """The built-in data set, generated in memory at construction.
 
-    ``SyntheticScenes(n, size, seed, split, mode, res)``; see ``SceneDataset`` for the modes.
+    ``SyntheticScenes(n, size, seed, split, mode, res, colours)``; see ``SceneDataset`` for the modes
+    and ``_colours`` for the colour modes.
     """
 
     class_names = COARSE_NAMES
@@ -263,12 +286,19 @@ class SyntheticScenes(SceneDataset):
     stuff_classes = STUFF_CLASSES
 
     def __init__(
-        self, n: int, size: int, seed: int = 0, split: str = "train", mode: str = "eval", res: int | None = None
+        self,
+        n: int,
+        size: int,
+        seed: int = 0,
+        split: str = "train",
+        mode: str = "eval",
+        res: int | None = None,
+        colours: str = "class",
     ) -> None:
         super().__init__(mode, res or size)
         if split not in ("train", "val"):
             raise ValueError(f"split={split!r}: expected 'train' or 'val'")
-        self.images, self.labels = generate_scenes(n, size, seed, split)
+        self.images, self.labels = generate_scenes(n, size, seed, split, colours)
         self.base_size = size
 
     def __len__(self) -> int:
