@@ -1,4 +1,4 @@
-"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare} ...``.
+"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare,pretext} ...``.
 
     python -m picie_lib run --preset demo            # the notebooks, executed, with report.md
     python -m picie_lib train --preset demo --loss ib_focal --out outputs/ib
@@ -64,6 +64,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"wrote {out}/report.md and the executed notebooks in {(time.perf_counter() - start) / 60:.1f} min")
 
 
+def cmd_pretext(args: argparse.Namespace) -> None:
+    from picie_lib.pretext import pretrain_backbone
+
+    path = pretrain_backbone(Path(args.out), n_images=args.images, epochs=args.epochs, seed=args.seed)
+    print(f"use it with -p pretrained={path}")
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from picie_lib.data.prepare import PREPARE
 
@@ -121,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="decode every image and label map a run reads (slow)")
     p.add_argument("--class-table", help="folder: the class table file (default ROOT/classes.yaml)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "pretext", help="pretrain a backbone on built-in texture scenes (no demo class), for -p pretrained="
+    )
+    p.add_argument("--out", required=True, help="the state dict to write (reused when its parameters match)")
+    p.add_argument("--images", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pretext)
     return parser
 
 

@@ -70,7 +70,8 @@ class PanopticFPN(nn.Module):
 
     ``pretrained`` chooses the backbone weights: ``None`` (random, torchvision's init),
     ``"imagenet"`` (torchvision's supervised ImageNet weights, fetched by its weights API, as
-    PiCIE's ``--pretrain``) or the path of a ResNet-18 state dict saved with ``torch.save``.
+    PiCIE's ``--pretrain``), ``"pretext"`` (the built-in pretext backbone, ``picie_lib.pretext``,
+    trained once and cached) or the path of a ResNet-18 state dict saved with ``torch.save``.
     """
 
     def __init__(self, pretrained: str | Path | None = None) -> None:
@@ -94,10 +95,14 @@ def load_backbone_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if str(source) == "imagenet":
         state = imagenet_state_dict()
     else:
+        if str(source) == "pretext":
+            from picie_lib.pretext import pretext_backbone  # trains it once (the module imports this one)
+
+            source = pretext_backbone()
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(
-                f"pretrained={str(source)!r}: no such file; expected None, 'imagenet' or the path "
+                f"pretrained={str(source)!r}: no such file; expected None, 'imagenet', 'pretext' or the path "
                 "of a ResNet-18 state dict saved with torch.save"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -39,7 +39,8 @@ def absolute_paths(cfg: Config, base: Path) -> dict:
     paths = {}
     for key in ("data_root", "class_table", "pretrained"):
         value = getattr(cfg, key)
-        if value is not None and not (key == "pretrained" and value == "imagenet") and not Path(value).is_absolute():
+        named = key == "pretrained" and value in ("imagenet", "pretext")
+        if value is not None and not named and not Path(value).is_absolute():
             paths[key] = str((base / value).resolve())
     return paths
 
@@ -116,6 +117,10 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
                 path.unlink()
     save_config(cfg, out_dir / "config.json")
     write_json(out_dir / "environment.json", environment())
+    if cfg.pretrained == "pretext":  # once, here, rather than inside the first notebook that builds a model
+        from picie_lib.pretext import pretext_backbone
+
+        pretext_backbone()
     common = {"preset": preset, "params": overrides, "out_dir": str(out_dir), "interactive": False}
     timings: dict[str, float] = {}
     start = time.perf_counter()
