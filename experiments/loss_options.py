@@ -27,13 +27,14 @@ import numpy as np
 
 from picie_lib.compare import COLUMNS, HEADERS
 from picie_lib.config import RUNTIME_KEYS, differences, load_preset, parse_override
-from picie_lib.evaluate import evaluate_model, evaluate_run, write_evaluation
+from picie_lib.evaluate import evaluate_model, evaluate_rgb, evaluate_run, write_evaluation
 from picie_lib.runs import atomic_write_text, csv_text, environment, read_jsonl, write_json
 from picie_lib.train import build_model, resolve_device, train
 
 # name: (method, the changed parameters, what the change is and where it comes from)
 VARIANTS = {
     "floor": ("untrained", {}, "k-means on the untrained network (reference)"),
+    "rgb": ("rgb_kmeans", {}, "k-means on RGB pixels (reference)"),
     "floor, bn_eval=running": ("untrained", {"bn_eval": "running"}, "the floor scored on running statistics"),
     "ce": ("ce", {}, "PiCIE (CE), defaults (reference)"),
     "ce, bn_eval=running": ("ce", {"bn_eval": "running"}, "PiCIE's code: labels and scores on running statistics"),
@@ -57,12 +58,14 @@ def run(cfg, out: Path, method: str) -> dict:
         saved = json.loads(metrics_path.read_text())
         if not differences(saved.get("config", {}), cfg, RUNTIME_KEYS):
             return saved | {"log": read_jsonl(out / "log.jsonl")}
-    if method == "untrained":
+    if method in ("untrained", "rgb_kmeans"):
         out.mkdir(parents=True, exist_ok=True)
-        write_evaluation(out, evaluate_model(build_model(cfg, resolve_device(cfg.device)), cfg), method, cfg)
-    else:
-        train(cfg, out, resume=True)
-        evaluate_run(out)
+        model = build_model(cfg, resolve_device(cfg.device)) if method == "untrained" else None
+        result = evaluate_model(model, cfg) if model is not None else evaluate_rgb(cfg)
+        write_evaluation(out, result, method, cfg)
+        return json.loads(metrics_path.read_text()) | {"log": []}
+    train(cfg, out, resume=True)
+    evaluate_run(out)
     return json.loads(metrics_path.read_text()) | {"log": read_jsonl(out / "log.jsonl")}
 
 
@@ -115,7 +118,7 @@ def main() -> None:
     for name in args.variants:
         method, changes, _ = VARIANTS[name]
         for seed, data_seed in plan:
-            loss = method if method != "untrained" else "ce"
+            loss = method if method in ("ce", "focal", "ib_focal") else "ce"
             cfg = base.replace(loss=loss, seed=seed, data_seed=data_seed, **changes)
             folder = args.out / name.replace(", ", "__").replace("=", "-") / f"seed{seed}-data{data_seed}"
             print(f"{name}: seed {seed}, data seed {data_seed}", file=sys.stderr, flush=True)
