@@ -2,10 +2,11 @@
 side by side, with reference points that calibrate the data set.
 
 Rows of ``results.json`` (one per method and seed): ``loss`` is ``ce``, ``focal``, ``ib_focal``,
-or a reference: ``untrained`` (k-means on the untrained network, the floor), ``rgb_kmeans``
-(k-means on raw RGB pixels) and ``linear_probe`` (a supervised linear probe on the CE model's
-features, the ceiling; only when ``probe_epochs > 0``). Thing/Stuff columns follow the subset
-protocol, as the paper's table; the ``global_*`` columns give the global protocol.
+or a reference: ``untrained`` (k-means on the network before PiCIE's training, random or
+pretrained: the floor), ``rgb_kmeans`` (k-means on raw RGB pixels) and ``linear_probe`` (a
+supervised linear probe on the CE model's features, the ceiling; only when ``probe_epochs > 0``).
+Thing/Stuff columns follow the subset protocol, as the paper's table; the ``global_*`` columns give
+the global protocol.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ METHOD_NAMES = {
     "focal": "Method 1: Focal",
     "ib_focal": "Method 2: IB-Focal",
     "rgb_kmeans": "k-means on RGB pixels",
-    "untrained": "k-means on the untrained network (floor)",
+    "untrained": "k-means on the network before training (floor)",
     "linear_probe": "supervised linear probe on PiCIE's features (ceiling)",
 }
 REFERENCES = ("rgb_kmeans", "untrained", "linear_probe")

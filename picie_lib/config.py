@@ -23,6 +23,7 @@ IB_FEATURES = ("normalized", "raw")
 BN_EVALS = ("running", "batch")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
 DATASETS = ("synthetic", "cocostuff27", "cityscapes27", "folder")
+SYNTHETIC_COLOURS = ("class", "instance")
 
 
 @dataclass
@@ -50,12 +51,18 @@ class Config:
     """Synthetic: number of validation images."""
     data_seed: int = 0
     """Synthetic: seed of the generated scenes (fixed across training seeds)."""
+    synthetic_colours: str = "class"
+    """Synthetic: "class" (each class near its own colour) or "instance" (colour a nuisance: each instance
+    draws hue, saturation and value within PiCIE's jitter range around its class's; identity lies in
+    texture and shape). The layout and textures are the same either way (README, "The built-in demo")."""
     res: int = 320
     """Network input side for both views (PiCIE --res1) and the evaluation crop (--res)."""
 
     # --- model --------------------------------------------------------------------------------
     pretrained: str | None = None
-    """Backbone weights: null (random), "imagenet" (torchvision, needs internet) or a state-dict path."""
+    """Backbone weights: null (random), "imagenet" (torchvision, needs internet), "pretext" (a backbone
+    pretrained on built-in texture scenes whose classes are not the demo's, trained once and cached:
+    `picie_lib/pretext.py`) or a state-dict path."""
 
     # --- clustering (picie.md section 2) --------------------------------------------------------
     n_clusters: int = 27
@@ -185,6 +192,7 @@ class Config:
         one_of("bn_eval", BN_EVALS)
         one_of("kmeans_backend", KMEANS_BACKENDS)
         one_of("dataset", DATASETS)
+        one_of("synthetic_colours", SYNTHETIC_COLOURS)
         if self.dataset != "synthetic" and not self.data_root:
             raise ValueError(f"data_root={self.data_root!r}: dataset={self.dataset} needs the folder of its files")
         if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
