@@ -60,8 +60,10 @@ def run(cfg, out: Path, method: str) -> dict:
             return saved | {"log": read_jsonl(out / "log.jsonl")}
     if method in ("untrained", "rgb_kmeans"):
         out.mkdir(parents=True, exist_ok=True)
-        model = build_model(cfg, resolve_device(cfg.device)) if method == "untrained" else None
-        result = evaluate_model(model, cfg) if model is not None else evaluate_rgb(cfg)
+        if method == "untrained":
+            result = evaluate_model(build_model(cfg, resolve_device(cfg.device)), cfg)
+        else:
+            result = evaluate_rgb(cfg)
         write_evaluation(out, result, method, cfg)
         return json.loads(metrics_path.read_text()) | {"log": []}
     train(cfg, out, resume=True)

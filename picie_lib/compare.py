@@ -269,12 +269,8 @@ def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
     return parts
 
 
-def _number(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
-def _signed(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.2f}"
+def _number(value, spec: str = ".2f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
 def claims_markdown(parts: list[dict]) -> str:
@@ -291,7 +287,7 @@ def claims_markdown(parts: list[dict]) -> str:
             paper, plain = "shown qualitatively (Figure 2)", ""
             ours = "; ".join(
                 f"{p['metric'].split(',')[0]}: things {_number(p['ours_method'])}, stuff {_number(p['ours_ce'])}, "
-                f"{_signed(p['difference'])} ± {_number(p['se'])} ({p['n_seeds']})"
+                f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']})"
                 for p in mine
             )
         else:
@@ -306,7 +302,7 @@ def claims_markdown(parts: list[dict]) -> str:
             )
             ours = "; ".join(
                 f"{p['metric']} {_number(p['ours_method'])} vs {_number(p['ours_ce'])}, "
-                f"{_signed(p['difference'])} ± {_number(p['se'])} ({p['n_seeds']})"
+                f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']})"
                 for p in mine
             )
         lines.append(f"| {claim} | {paper} | {plain} | {ours} | {mine[0]['holds']} |")

@@ -16,7 +16,6 @@ epoch); a call with other parameters trains it again.
 
 from __future__ import annotations
 
-import colorsys
 import json
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from picie_lib.data.synthetic import TEXTURES, _smooth_noise, _texture
+from picie_lib.data.synthetic import TEXTURES, _texture, two_tones, warped_voronoi
 from picie_lib.model import FEATURE_DIM, PanopticFPN
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_torch_save, environment, write_json
@@ -67,11 +66,7 @@ def pretext_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
     """One pretext scene: uint8 image (size, size, 3) and int64 labels in [0, 22) (size, size)."""
     rng = np.random.default_rng([seed, 7, index])  # 7: a stream no demo split uses
     n_regions = int(rng.integers(2, 6))
-    centres = rng.uniform(0, size, (n_regions, 2))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    warp = [0.25 * size * _smooth_noise(rng, size, size / 3) for _ in centres]
-    dist = np.stack([np.hypot(xx - cx, yy - cy) + w for (cx, cy), w in zip(centres, warp, strict=True)])
-    region = dist.argmin(0)
+    region = warped_voronoi(rng, size, n_regions)
     image = np.zeros((size, size, 3))
     label = np.zeros((size, size), dtype=np.int64)
     for r in range(n_regions):
@@ -79,9 +74,7 @@ def pretext_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndar
         kind, params = PRETEXT_TEXTURES[cls]
         mask = region == r
         t = _texture(kind, params, size, rng)[mask][:, None]
-        hue, sat, val = rng.uniform(0, 1), rng.uniform(0.3, 0.9), rng.uniform(0.35, 0.85)
-        val2 = float(np.clip(val + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4), 0.05, 1.0))
-        tone1, tone2 = np.array(colorsys.hsv_to_rgb(hue, sat, val)), np.array(colorsys.hsv_to_rgb(hue, sat, val2))
+        tone1, tone2 = two_tones(rng.uniform(0, 1), rng.uniform(0.3, 0.9), rng.uniform(0.35, 0.85), rng)
         image[mask] = tone1 * (1 - t) + tone2 * t
         label[mask] = cls
     image += rng.normal(0, 0.03, image.shape)

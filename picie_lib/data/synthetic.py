@@ -182,6 +182,22 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, rng:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def warped_voronoi(rng: np.random.Generator, size: int, n_regions: int) -> np.ndarray:
+    """Region index per pixel: a Voronoi partition whose distances are warped by smooth noise."""
+    centres = rng.uniform(0, size, (n_regions, 2))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    dist = np.stack(
+        [np.hypot(xx - cx, yy - cy) + 0.25 * size * _smooth_noise(rng, size, size / 3) for cx, cy in centres]
+    )
+    return dist.argmin(0)
+
+
+def two_tones(hue: float, sat: float, val: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB colour and a lighter or darker tone of it (the two tones a texture alternates)."""
+    val2 = float(np.clip(val + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4), 0.05, 1.0))
+    return np.array(colorsys.hsv_to_rgb(hue, sat, val)), np.array(colorsys.hsv_to_rgb(hue, sat, val2))
+
+
 COLOUR_MODES = ("class", "instance")
 
 
@@ -203,8 +219,7 @@ def _colours(cls: int, rng: np.random.Generator, mode: str = "class") -> tuple[n
         hue = (CLASS_HUES[cls] + 0.03 * z_hue) % 1
         sat = float(np.clip(CLASS_SATS[cls] + 0.08 * z_sat, 0.1, 1))
         val = float(np.clip(CLASS_VALS[cls] + 0.08 * z_val, 0.15, 0.95))
-    val2 = float(np.clip(val + rng.choice([-1, 1]) * rng.uniform(0.2, 0.4), 0.05, 1.0))
-    return np.array(colorsys.hsv_to_rgb(hue, sat, val)), np.array(colorsys.hsv_to_rgb(hue, sat, val2))
+    return two_tones(hue, sat, val, rng)
 
 
 def _paint(image: np.ndarray, mask: np.ndarray, cls: int, rng: np.random.Generator, colours: str) -> None:
@@ -229,10 +244,7 @@ def generate_scene(
     # Stuff: a Voronoi partition whose distances are warped by smooth noise (wobbly borders).
     n_regions = rng.choice([1, 2, 3, 4], p=[0.1, 0.35, 0.35, 0.2])
     classes = rng.choice(STUFF_CLASS_IDS, size=n_regions, replace=False, p=STUFF_PROBS)
-    seeds = rng.uniform(0, size, (n_regions, 2))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    dist = np.stack([np.hypot(xx - sx, yy - sy) + 0.25 * size * _smooth_noise(rng, size, size / 3) for sx, sy in seeds])
-    region = dist.argmin(0)
+    region = warped_voronoi(rng, size, n_regions)
     for r, cls in enumerate(classes):
         mask = region == r
         if mask.any():
