@@ -19,7 +19,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from picie_lib.config import LOSSES, RUNTIME_KEYS, Config, differences, save_config
+from picie_lib import readings
+from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, save_config
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import (
     evaluate_model,
@@ -29,7 +30,7 @@ from picie_lib.evaluate import (
     load_trained_model,
     write_evaluation,
 )
-from picie_lib.plots import save_figure
+from picie_lib.plots import METHOD_COLOURS, save_figure
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_text, csv_text, environment, new_run_dir, write_json
 from picie_lib.train import build_model, resolve_device, train
@@ -52,14 +53,6 @@ PAPER_ROW_NAMES = {
     "ce": "PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021)",
     "focal": "Method 1: Focal, the paper",
     "ib_focal": "Method 2: IB-Focal, the paper",
-}
-METHOD_NAMES = {
-    "ce": "PiCIE (CE)",
-    "focal": "Method 1: Focal",
-    "ib_focal": "Method 2: IB-Focal",
-    "rgb_kmeans": "k-means on RGB pixels",
-    "untrained": "k-means on the network before training (floor)",
-    "linear_probe": "supervised linear probe on PiCIE's features (ceiling)",
 }
 REFERENCES = ("rgb_kmeans", "untrained", "linear_probe")
 
@@ -398,14 +391,25 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
 
 
 def plot_results(rows: list[dict]):
-    """Grouped bars of the six numbers per method (ours), the paper's values as black ticks."""
+    """Grouped bars of the six numbers per method (ours: mean over seeds, one sample std where there are
+    several), the paper's values as black ticks on their method's bar; the key under the axes."""
     methods = [m for m in (*LOSSES, *REFERENCES) if any(r["loss"] == m for r in rows)]
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(COLUMNS))
+    n_seeds = len({r["seed"] for r in rows})
     for i, method in enumerate(methods):
         values = np.array([[r[c] for c in COLUMNS] for r in rows if r["loss"] == method], dtype=float)
-        ax.bar(x + i * width, np.nanmean(values, axis=0), width, label=METHOD_NAMES[method])
+        spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else None
+        ax.bar(
+            x + i * width,
+            np.nanmean(values, axis=0),
+            width,
+            yerr=spread,
+            capsize=2,
+            label=METHOD_NAMES[method],
+            color=METHOD_COLOURS[method],
+        )
         if method in PAPER_TABLE:
             ax.scatter(
                 x + i * width,
@@ -414,12 +418,14 @@ def plot_results(rows: list[dict]):
                 color="black",
                 s=200,
                 zorder=3,
-                label="paper" if i == 0 else None,
+                label="the paper's value (COCO-Stuff-27)" if i == 0 else None,
             )
     ax.set_xticks(x + width * (len(methods) - 1) / 2, HEADERS)
     ax.set_ylabel("%")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Ours (bars) and the paper's Table 2 (black ticks)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    spread = f"mean of {n_seeds} seeds ± one sample std" if n_seeds > 1 else "one seed"
+    ax.set_title(f"Ours (bars, {spread}) and the paper's Table 2 (black ticks)")
     fig.tight_layout()
     return fig
 
@@ -495,9 +501,10 @@ def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) 
         {"wall_seconds": seconds, "per_method": {f"{r['loss']}-seed{r['seed']}": r["seconds"] for r in rows}},
     )
     fig = plot_results(rows)
-    save_figure(fig, out_dir / "results.png", dpi=120)
+    save_figure(fig, out_dir / "results.png", dpi=120, reading=readings.results(rows))
     plt.close(fig)
     if any(r["loss"] in LOSSES for r in rows):
         fig = plot_protocols(rows)
-        save_figure(fig, out_dir / "protocols.png", dpi=120)
+        reading = protocol_spread(rows) if any(r["loss"] == "ce" for r in rows) else None
+        save_figure(fig, out_dir / "protocols.png", dpi=120, reading=reading)
         plt.close(fig)

@@ -18,6 +18,16 @@ from picie_lib.runs import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 LOSSES = ("ce", "focal", "ib_focal")
+LOSS_NAMES = {"ce": "CE", "focal": "Focal", "ib_focal": "IB-Focal"}  # the phases of a run: the loss it trains with
+# How every table, figure and title names a method (rows of results.json use the keys).
+METHOD_NAMES = {
+    "ce": "PiCIE (CE)",
+    "focal": "Method 1: Focal",
+    "ib_focal": "Method 2: IB-Focal",
+    "rgb_kmeans": "k-means on RGB pixels",
+    "untrained": "k-means on the network before training (floor)",
+    "linear_probe": "supervised linear probe on PiCIE's features (ceiling)",
+}
 BALANCES = ("picie", "inverse", "none")
 IB_FEATURES = ("normalized", "raw")
 BN_EVALS = ("running", "batch")

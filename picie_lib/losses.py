@@ -9,6 +9,8 @@ is an exact zero that still belongs to the graph (PyTorch's cross-entropy would 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -139,3 +141,9 @@ def cosine_logit_max_probability(n_classes: int, temperature: float, others: str
     other = {"opposite": -1.0 / temperature, "orthogonal": 0.0}[others]
     top = 1.0 / temperature
     return float(1.0 / (1.0 + (n_classes - 1) * torch.exp(torch.tensor(other - top, dtype=torch.float64))))
+
+
+def reachable_l1_norms(dim: int) -> tuple[float, float]:
+    """The range of IB's ``h = ||f||_1`` for an L2-normalised ``dim``-d feature (``ib_feature: normalized``):
+    1 when the feature is one axis, ``sqrt(dim)`` when all its entries are equal (Cauchy-Schwarz)."""
+    return 1.0, math.sqrt(dim)

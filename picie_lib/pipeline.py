@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from picie_lib.config import LOSSES, Config, load_preset, save_config
+from picie_lib.config import LOSSES, METHOD_NAMES, Config, load_preset, save_config
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_text, environment, new_run_dir, write_json
 
@@ -47,12 +47,16 @@ def absolute_paths(cfg: Config, base: Path) -> dict:
 
 def plan(cfg: Config, out_dir: Path) -> list[tuple[str, str, dict]]:
     """(notebook, executed name, extra parameters) in the order they run; the shared notebooks use
-    the first seed (03_clustering's reference points are that seed's rows of the table)."""
-    steps = [(name, name, {"seed": cfg.seeds[0]}) for name in SHARED]
+    the first seed (03_clustering's reference points are that seed's rows of the table). 02_views runs
+    once the first seed's CE run is trained, to draw its features beside the untrained network's."""
+    first = cfg.seeds[0]
+    steps = [(name, name, {"seed": first}) for name in SHARED if name != "02_views"]
     for seed in cfg.seeds:
         for loss in LOSSES:
             run = {"loss": loss, "seed": seed, "run_dir": str(out_dir / f"{loss}-seed{seed}")}
             steps += [(name, f"{name}-{loss}-seed{seed}", run) for name in PER_RUN]
+            if (seed, loss) == (first, "ce"):
+                steps.append(("02_views", "02_views", {"seed": first, "run_dir": run["run_dir"]}))
     steps.append((COMPARE, COMPARE, {}))
     return steps
 
@@ -144,39 +148,51 @@ CAPTIONS = {  # the figures the notebooks save under DIR/figures, in the report'
     "01_class_frequency": "Pixel frequency per class (01_data)",
     "01_samples": "Samples and their labels (01_data)",
     "02_views": "PiCIE's two views (02_views)",
-    "02_equivariant_features": "Equivariance: both views' feature maps, aligned (02_views)",
+    "02_equivariant_features": "Equivariance: both views' feature maps, before and after training (02_views)",
     "03_clusters": "Clusters of the reference points, named by the Hungarian matching (03_clustering)",
+    "03_confusion": "Confusion of the network before training (03_clustering)",
     "04_losses": "CE, Focal and IB-Focal (04_losses)",
     "04_temperature": "Why cosine logits blunt Focal (04_losses)",
 }
+RUN_FIGURES = {  # what 05_train and 06_evaluate save in each run's figures/
+    "loss_curves": "training curves (05_train)",
+    "per_class_iou": "IoU per class (06_evaluate)",
+    "oversegmentation": "effective clusters per class (06_evaluate)",
+    "confusion": "confusion heat map (06_evaluate)",
+    "examples": "examples (06_evaluate)",
+}
+
+
+def _figure_lines(out_dir: Path, figure: Path, caption: str) -> list[str]:
+    """A figure of the report: caption, image and, when its notebook saved one, what to look for."""
+    from picie_lib.plots import reading_path
+
+    lines = [f"**{caption}**", "", f"![{figure.stem}]({figure.as_posix()})", ""]
+    reading = out_dir / reading_path(figure)
+    if reading.is_file():
+        lines += [f"*What to look for.* {reading.read_text().strip()}", ""]
+    return lines
 
 
 def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, float]) -> str:
-    """The report: the comparison table and claims (07_compare's results.md), the figures, the notebooks."""
+    """The report: the comparison table and claims (07_compare's results.md), the figures, each with
+    what to look for in it, and the notebooks."""
     results = (out_dir / "results.md").read_text()
     lines = [
         results.replace("# PiCIE with CE, Focal and IB-Focal: results", "# PiCIE with CE, Focal and IB-Focal: report"),
-        "![Table 2, ours beside the paper's](results.png)",
-        "",
+        *_figure_lines(out_dir, Path("results.png"), "Table 2, ours beside the paper's"),
         "## Figures",
         "",
     ]
     saved = {p.stem: p for p in sorted((out_dir / "figures").glob("*.png"))}
     names = [n for n in CAPTIONS if n in saved] + [n for n in saved if n not in CAPTIONS]
     for name in names:
-        lines += [f"**{CAPTIONS.get(name, name)}**", "", f"![{name}](figures/{saved[name].name})", ""]
-    run_figures = {  # what 05_train and 06_evaluate save in each run's figures/
-        "loss_curves": "training curves (05_train)",
-        "per_class_iou": "IoU per class (06_evaluate)",
-        "oversegmentation": "effective clusters per class (06_evaluate)",
-        "confusion": "confusion heat map (06_evaluate)",
-        "examples": "examples (06_evaluate)",
-    }
-    for stem, caption in run_figures.items():
+        lines += _figure_lines(out_dir, Path("figures") / saved[name].name, CAPTIONS.get(name, name))
+    for stem, caption in RUN_FIGURES.items():
         for loss in LOSSES:
             figure = Path(f"{loss}-seed{cfg.seeds[0]}") / "figures" / f"{stem}.png"
             if (out_dir / figure).is_file():
-                lines += [f"**{loss}, seed {cfg.seeds[0]}: {caption}**", "", f"![{loss} {stem}]({figure})", ""]
+                lines += _figure_lines(out_dir, figure, f"{METHOD_NAMES[loss]}, seed {cfg.seeds[0]}: {caption}")
     lines += ["## Notebooks (executed)", "", "| Notebook | Seconds | HTML |", "|---|---|---|"]
     lines += [f"| {n} | {s:.0f} | [html](notebooks/{n}.html) |" for n, s in timings.items()]
     lines += [
@@ -198,7 +214,8 @@ def notebook_config(preset: str, params: dict | None = None, **fixed) -> Config:
 
 
 def setup_report(cfg: Config) -> list[dict]:
-    """What 00_setup shows: each need, what was found, and what to do when it is missing."""
+    """What 00_setup shows: each need, what was found, whether this preset needs it (``status``: ok,
+    optional, missing) and what to do when it is missing."""
     import platform
 
     import torch
@@ -207,33 +224,33 @@ def setup_report(cfg: Config) -> list[dict]:
     from picie_lib.train import resolve_device
 
     cuda = torch.cuda.is_available()
+    gpu_needed = cfg.dataset != "synthetic" or cfg.device == "cuda"  # real data takes hours on a CPU
     rows = [
-        {"item": "python", "found": platform.python_version(), "todo": ""},
-        {"item": "torch", "found": torch.__version__, "todo": ""},
+        {"item": "python", "found": platform.python_version(), "status": "ok", "todo": ""},
+        {"item": "torch", "found": torch.__version__, "status": "ok", "todo": ""},
         {
             "item": "GPU (CUDA)",
             "found": torch.cuda.get_device_name(0) if cuda else "none",
-            "todo": "" if cuda else "fine for smoke/demo; the paper preset needs a GPU",
+            "status": "ok" if cuda else ("missing" if gpu_needed else "optional"),
+            "todo": "" if cuda else "the smoke and demo presets run on a CPU; real data needs a GPU",
         },
         {
             "item": "faiss",
             "found": f"{faiss.__version__}, {faiss_gpu_count()} GPU(s)" if faiss else "not installed",
-            "todo": "" if faiss else "optional: the torch k-means is used instead (pip install faiss-gpu)",
+            "status": "ok" if faiss else "optional",
+            "todo": "" if faiss else "the torch k-means is used instead (pip install faiss-gpu)",
         },
     ]
     try:
         device = resolve_device(cfg.device)
-        rows.append(
-            {
-                "item": "device / k-means",
-                "found": f"{device} / {resolve_backend(cfg.kmeans_backend, device)}",
-                "todo": "",
-            }
-        )
+        found, status, todo = f"{device} / {resolve_backend(cfg.kmeans_backend, device)}", "ok", ""
     except (RuntimeError, ImportError) as err:
-        rows.append({"item": "device / k-means", "found": "unusable", "todo": str(err)})
+        found, status, todo = "unusable", "missing", str(err)
+    rows.append({"item": "device / k-means", "found": found, "status": status, "todo": todo})
     if cfg.dataset == "synthetic":
-        rows.append({"item": "data set", "found": "synthetic (built in, generated from the seed)", "todo": ""})
+        rows.append(
+            {"item": "data set", "found": "synthetic (built in, generated from the seed)", "status": "ok", "todo": ""}
+        )
     else:
         root = Path(cfg.data_root or "")
         kind = {"cocostuff27": "cocostuff", "cityscapes27": "cityscapes"}.get(cfg.dataset, cfg.dataset)
@@ -242,7 +259,17 @@ def setup_report(cfg: Config) -> list[dict]:
             {
                 "item": f"data set {cfg.dataset}",
                 "found": f"{root}" if found else f"missing: {root}",
+                "status": "ok" if found else "missing",
                 "todo": "" if found else f"see the README, 'Real data'; then python -m picie_lib prepare {kind} {root}",
             }
         )
     return rows
+
+
+def setup_summary(rows: list[dict]) -> str:
+    """One line under 00_setup's table: what this preset still needs."""
+    missing = [r["item"] for r in rows if r["status"] == "missing"]
+    optional = [r["item"] for r in rows if r["status"] == "optional"]
+    if missing:
+        return f"missing for this preset: {', '.join(missing)} (see the 'todo' column)"
+    return "all set for this preset" + (f"; optional and absent: {', '.join(optional)}" if optional else "")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,17 +14,31 @@ import numpy as np
 import torch
 from PIL import Image
 
+from picie_lib.config import LOSS_NAMES, METHOD_NAMES
 from picie_lib.data.base import first_usable
 from picie_lib.runs import atomic_write_bytes
 from picie_lib.transforms import denormalize
 
 THING_COLOUR, STUFF_COLOUR = "#d95f02", "#1b9e77"
+METHOD_COLOURS = dict(zip(METHOD_NAMES, plt.get_cmap("tab10").colors, strict=False))  # one per method, every figure
+# One colour per class of the 27-class sets, at least 33 CIELAB units (Delta E 1976) from every other so that
+# neighbouring regions never look alike. COCO-Stuff-27's frequent classes get the colours a reader expects: sky
+# light blue (23), plant green (22), ground brown (21), building grey (20), water blue (26), wall cream (18),
+# person crimson (9), vehicle navy (11); the others were picked greedily, farthest from those already taken.
+CLASS_PALETTE = (
+    "#ff00ff", "#ffe800", "#ffa2ff", "#0000ff", "#00ff00", "#00ffd1", "#741746", "#174617", "#ff00a2",
+    "#dc143c", "#ff7400", "#1a237e", "#8b5dff", "#ff8ba2", "#a2a22e", "#a2e817", "#a22ea2", "#2ea28b",
+    "#f0e0b0", "#00ff8b", "#8c8c8c", "#a0662d", "#2ca02c", "#87cefa", "#5d8bff", "#e8a200", "#1f78b4",
+)  # fmt: skip
 
 
 def class_colours(n: int) -> np.ndarray:
-    """n distinct RGB colours in [0, 1] (tab20, then tab20b), one per class; index -1 is black."""
-    cmap = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
-    return np.array([cmap[i % len(cmap)] for i in range(n)] + [(0.0, 0.0, 0.0)])
+    """n distinct RGB colours in [0, 1], one per class (``CLASS_PALETTE``, then tab20 beyond 27 classes);
+    index -1 (the row after the last class) is black."""
+    from matplotlib.colors import to_rgb as hex_to_rgb
+
+    listed = [hex_to_rgb(c) for c in CLASS_PALETTE] + list(plt.get_cmap("tab20").colors)
+    return np.array([listed[i % len(listed)] for i in range(n)] + [(0.0, 0.0, 0.0)])
 
 
 def colourise(label: np.ndarray | torch.Tensor, n_classes: int) -> np.ndarray:
@@ -58,12 +73,39 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] = (),
                 ax.imshow(row[j], interpolation="nearest")
             else:
                 ax.axis("off")
-            if i == 0 and j < len(titles):
-                ax.set_title(titles[j], fontsize=9)
+            if i == 0 and j < len(titles):  # wrapped to the panel's width, so neighbouring titles never collide
+                ax.set_title("\n".join(textwrap.fill(line, 26) for line in titles[j].split("\n")), fontsize=9)
             if j == 0 and i < len(row_labels):
                 ax.set_ylabel(row_labels[i], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def add_key(fig, entries: Sequence[tuple[str, Sequence[float]]], title: str = "", ncol: int = 0):
+    """A legend of coloured squares under the figure's axes: ``entries`` = (name, RGB) pairs."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colour, edgecolor="black", linewidth=0.4, label=name) for name, colour in entries]
+    width = fig.get_size_inches()[0]
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=ncol or max(1, min(len(handles), int(width / 1.6))),
+        fontsize=8,
+        title=title or None,
+        title_fontsize=8,
+        frameon=False,
+    )
+    return fig
+
+
+def add_class_key(fig, maps: Sequence[np.ndarray], class_names: Sequence[str], things: Sequence[int] = ()):
+    """The colour of every class that appears in ``maps`` (labels or predictions), under the figure."""
+    present = sorted({int(c) for m in maps for c in np.unique(np.asarray(m)) if c >= 0})
+    colours = class_colours(len(class_names))
+    entries = [(class_names[c] + (" *" if c in things else ""), colours[c]) for c in present]
+    return add_key(fig, entries, "classes in these maps" + (" (* = thing)" if things else ""))
 
 
 def views_figure(bases, view1s, view2s, crops, flips):
@@ -102,9 +144,9 @@ def feature_pca_rgb(*feature_maps: torch.Tensor) -> list[np.ndarray]:
     return [((p - lo) / (hi - lo).clamp_min(1e-12)).numpy() for p in projected]
 
 
-def prediction_grid(dataset, predictors: dict, count: int = 4, batch_size: int | None = None):
-    """The first ``count`` usable images of an eval-mode data set: image, ground truth, and each
-    predictor's classes (``predictor(images, size) -> (B, H, W)``, see ``evaluate.class_predictor``).
+def predict_examples(dataset, predictors: dict, count: int = 4, batch_size: int | None = None) -> dict:
+    """The first ``count`` usable images of an eval-mode data set, their labels and each predictor's
+    classes (``predictor(images, size) -> (B, H, W)``, see ``evaluate.class_predictor``), as numpy.
 
     BatchNorm runs on batch statistics, so a pixel's prediction depends on its batch: the images go
     through each predictor as the evaluation's first batch (``batch_size`` = ``eval_batch_size``), so
@@ -112,27 +154,26 @@ def prediction_grid(dataset, predictors: dict, count: int = 4, batch_size: int |
     items = first_usable(dataset, max(count, batch_size or count))
     images = torch.stack([image for _, image, _ in items])
     size = tuple(items[0][2].shape)
-    predicted = {name: predict(images, size) for name, predict in predictors.items()}
-    n = dataset.n_classes
+    predicted = {name: predict(images, size)[:count].numpy() for name, predict in predictors.items()}
+    return {
+        "images": [to_rgb(image) for image in images[:count]],
+        "labels": [label.numpy() for _, _, label in items[:count]],
+        "predicted": {name: list(p) for name, p in predicted.items()},
+        "class_names": dataset.class_names,
+        "things": dataset.thing_classes,
+    }
+
+
+def prediction_grid(examples: dict):
+    """``predict_examples``' images: image, ground truth, each predictor's classes; the classes' key below."""
+    n = len(examples["class_names"])
     rows = [
-        [to_rgb(image), colourise(label, n), *(colourise(p[k], n) for p in predicted.values())]
-        for k, (_, image, label) in enumerate(items[:count])
+        [image, colourise(label, n), *(colourise(p[k], n) for p in examples["predicted"].values())]
+        for k, (image, label) in enumerate(zip(examples["images"], examples["labels"], strict=True))
     ]
-    return image_grid(rows, ["image", "ground truth", *predictors])
-
-
-def class_legend(class_names: Sequence[str], things: Sequence[int]):
-    """The colour of every class, things first, as a one-figure legend."""
-    colours = class_colours(len(class_names))
-    fig, ax = plt.subplots(figsize=(10, 1.6))
-    for c, name in enumerate(class_names):
-        x, y = c % 7, c // 7
-        ax.add_patch(plt.Rectangle((x, -y), 0.18, 0.7, color=colours[c]))
-        ax.text(x + 0.22, -y + 0.35, name + (" *" if c in things else ""), va="center", fontsize=7)
-    ax.set_xlim(0, 7), ax.set_ylim(-(len(class_names) // 7) - 0.2, 0.9)
-    ax.axis("off")
-    ax.set_title("class colours (* = thing)", fontsize=9)
-    return fig
+    fig = image_grid(rows, ["image", "ground truth", *examples["predicted"]])
+    maps = [*examples["labels"], *(m for p in examples["predicted"].values() for m in p)]
+    return add_class_key(fig, maps, examples["class_names"], examples["things"])
 
 
 def class_frequency(pixels: Sequence[float], class_names: Sequence[str], things: Sequence[int]):
@@ -174,7 +215,7 @@ def per_class_bars(per_class: Sequence[dict], key: str = "iou_all", title: str =
     return fig
 
 
-def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], assignment: Sequence[int]):
+def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], assignment: Sequence[int], method: str = ""):
     """Rows: classes; columns: clusters, in the order of the classes they were matched to, so a good
     clustering is a bright diagonal; each row normalised to sum to 1."""
     import seaborn as sns
@@ -186,65 +227,145 @@ def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], assignm
     fig, ax = plt.subplots(figsize=(9, 7.5))
     sns.heatmap(rows, ax=ax, cmap="viridis", vmin=0, vmax=1, yticklabels=class_names, xticklabels=order)
     ax.set_xlabel("cluster (ordered by the class it is matched to)")
-    ax.set_title("Confusion, each class's pixels across clusters")
+    ax.set_title(f"{method + ': ' if method else ''}each class's pixels across clusters (rows sum to 1)")
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
 
 
+PHASE_STYLE = {"ce": ("o", "#1b9e77"), "focal": ("s", "#d95f02"), "ib_focal": ("^", "#7570b3")}
+
+
 def loss_curves(log: Sequence[dict], title: str = ""):
-    """Training loss and the k-means loss per epoch from ``log.jsonl``; the IB-Focal switch marked."""
+    """Training loss and the k-means loss per epoch from ``log.jsonl``. A second phase (IB-Focal after
+    its CE warm-up) gets its own y axis on the right, in its colour: its loss is tens of times CE's. The
+    switch is a dashed line; the CE epoch past the minimum (discarded, the run went back) a grey cross."""
     kept = [r for r in log if not r.get("discarded")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for phase, marker in (("ce", "o"), ("focal", "s"), ("ib_focal", "^")):
-        pts = [(r["epoch"], r["loss"]) for r in kept if r["phase"] == phase]
-        if pts:
-            axes[0].plot(*zip(*pts, strict=True), marker=marker, label=phase)
+    phases = [p for p in LOSS_NAMES if any(r["phase"] == p for r in kept)]
+    fig, (ax, ax_kmeans) = plt.subplots(1, 2, figsize=(11, 3.4))
+    for i, phase in enumerate(phases):
+        target = ax if i == 0 else ax.twinx()
+        marker, colour = PHASE_STYLE[phase]
+        points = [(r["epoch"], r["loss"]) for r in kept if r["phase"] == phase]
+        target.plot(*zip(*points, strict=True), marker=marker, color=colour, label=f"{LOSS_NAMES[phase]} loss")
+        target.set_ylabel(f"{LOSS_NAMES[phase]} loss" + (" (right axis)" if i else ""), color=colour)
+        target.tick_params(axis="y", colors=colour)
     dropped = [(r["epoch"], r["loss"]) for r in log if r.get("discarded")]
     if dropped:
-        axes[0].scatter(*zip(*dropped, strict=True), marker="x", color="grey", label="discarded (past the minimum)")
-    axes[0].set_xlabel("epoch"), axes[0].set_ylabel("training loss"), axes[0].legend(fontsize=8)
-    axes[1].plot([r["epoch"] for r in kept], [np.mean(r["kmeans_loss"]) for r in kept], marker="o")
-    axes[1].set_xlabel("epoch"), axes[1].set_ylabel("mean k-means distance")
+        ax.scatter(*zip(*dropped, strict=True), marker="x", color="grey", label="CE past its minimum (discarded)")
+    if len(phases) > 1:
+        switch = min(r["epoch"] for r in kept if r["phase"] == phases[1])
+        for a in (ax, ax_kmeans):
+            a.axvline(switch - 0.5, color="black", ls="--", lw=0.8)
+        ax.annotate(
+            f"switch to {LOSS_NAMES[phases[1]]}",
+            (switch - 0.5, 1.0),
+            xycoords=("data", "axes fraction"),
+            fontsize=8,
+            ha="center",
+            va="bottom",
+        )
+    ax.set_xlabel("epoch")
+    handles = [h for a in fig.axes if a is not ax_kmeans for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    ax_kmeans.plot([r["epoch"] for r in kept], [np.mean(r["kmeans_loss"]) for r in kept], marker="o", color="black")
+    ax_kmeans.set_xlabel("epoch"), ax_kmeans.set_ylabel("mean k-means distance")
+    ax_kmeans.set_title("k-means loss (both views)", fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def gains_over_baseline(per_class: dict[str, Sequence[dict]], baseline: str = "ce", key: str = "iou_subset"):
-    """Per-class IoU gain of every method over the baseline (points), things and stuff apart."""
+def gains_over_baseline(
+    per_class: dict[str, Sequence[Sequence[dict]]],
+    names: dict[str, str],
+    baseline: str = "ce",
+    key: str = "iou_subset",
+):
+    """Per-class IoU gain of every method over the baseline, things and stuff apart. ``per_class``:
+    method -> one list of ``per_class.csv`` rows per seed, the seeds in the same order for every method;
+    bars are the mean paired gain, with one sample standard deviation where there are several seeds."""
     import pandas as pd
     import seaborn as sns
 
-    base = {r["class"]: r[key] for r in per_class[baseline]}
-    frame = pd.DataFrame(
-        [
-            {
-                "class": r["class"],
-                "kind": r["kind"],
-                "method": m,
-                "gain (IoU points)": r[key] - base[r["class"]],
-            }
-            for m, rows in per_class.items()
-            if m != baseline
-            for r in rows
-        ]
-    )
+    records = []
+    for method, seeds in per_class.items():
+        if method == baseline:
+            continue
+        for rows, base_rows in zip(seeds, per_class[baseline], strict=False):
+            base = {r["class"]: r[key] for r in base_rows}
+            records += [
+                {
+                    "class": r["class"],
+                    "kind": r["kind"],
+                    "method": names.get(method, method),
+                    "gain": r[key] - base[r["class"]],
+                }
+                for r in rows
+            ]
+    frame = pd.DataFrame(records)
     widths = [max(1, int((frame.kind == kind).sum())) for kind in ("thing", "stuff")]  # one bar slot per class
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True, gridspec_kw={"width_ratios": widths})
+    n_seeds = len(per_class[baseline])
     for ax, kind in zip(axes, ("thing", "stuff"), strict=True):
-        sns.barplot(frame[frame.kind == kind], x="class", y="gain (IoU points)", hue="method", ax=ax)
+        sns.barplot(
+            frame[frame.kind == kind],
+            x="class",
+            y="gain",
+            hue="method",
+            palette={names.get(m, m): METHOD_COLOURS.get(m) for m in per_class if m != baseline},
+            errorbar="sd",
+            capsize=0.1,
+            ax=ax,
+            legend=ax is axes[0],
+        )
         ax.axhline(0, color="black", lw=0.8)
         ax.tick_params(axis="x", rotation=75, labelsize=7)
-        ax.set_xlabel(""), ax.set_title(f"{kind}: IoU gain over {baseline}")
+        (
+            ax.set_xlabel(""),
+            ax.set_ylabel("IoU gain (points)"),
+            ax.set_title(f"{kind}: IoU gain over {names.get(baseline, baseline)}"),
+        )
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
+    spread = f"mean over {n_seeds} seeds, bars: one sample std" if n_seeds > 1 else "one seed"
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+        title=spread,
+        title_fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
 
-def save_figure(fig, path: Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (the format from its suffix), atomically (``runs.atomic_write_bytes``)."""
+def save_figure(fig, path: Path, dpi: int = 110, reading: str | None = None) -> Path:
+    """Write ``fig`` to ``path`` (the format from its suffix), atomically (``runs.atomic_write_bytes``);
+    with ``reading`` (what to look for in it) also ``reading_path(path)``, which the report shows under it."""
     path = Path(path)
     image = io.BytesIO()
     fig.savefig(image, format=path.suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, image.getvalue())
+    if reading is not None:
+        atomic_write_bytes(reading_path(path), (reading.strip() + "\n").encode())
     return path
+
+
+def reading_path(figure: Path) -> Path:
+    """Where ``save_figure`` keeps a figure's reading: ``NAME.reading.md`` beside ``NAME.png``."""
+    return Path(figure).with_suffix(".reading.md")
+
+
+def publish(fig, path: Path, reading: str) -> None:
+    """What a notebook does with a figure: save it with its reading, show it, the reading under it."""
+    from IPython.display import Markdown, display
+
+    save_figure(fig, path, reading=reading)
+    display(fig)
+    plt.close(fig)
+    display(Markdown(f"**What to look for.** {reading}"))

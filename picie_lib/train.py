@@ -111,6 +111,17 @@ def view_features(model, view1, view2, crop, flip, cfg, which=(0, 1), normalize=
     return tuple(maps)
 
 
+def view_agreement(f1: torch.Tensor, f2: torch.Tensor) -> dict[str, float]:
+    """How much two pixel-aligned, normalised feature maps (``view_features``) agree: the mean cosine of
+    the same pixel in both (``same``) and of a pixel against the point-mirrored position of the other map
+    (``mirrored``, a pixel elsewhere in the same scene). Equivariance shows as ``same`` well above
+    ``mirrored``; a network that maps every pixel alike has both high and equal."""
+    return {
+        "same": float((f1 * f2).sum(1).mean()),
+        "mirrored": float((f1 * f2.flip(-1).flip(-2)).sum(1).mean()),
+    }
+
+
 def batch_features(model, dataset: SceneDataset, index, views, cfg: Config, which=(0, 1), normalize=True):
     """``view_features`` of a train-mode batch (``index`` into the data set, ``views`` uint8): the views'
     photometric ops first, on the model's device (``augment``)."""

@@ -8,12 +8,23 @@ import pytest
 import scipy.stats
 import torch
 
-from picie_lib import plots
+from picie_lib import explore, plots, readings
 from picie_lib.compare import CLAIMS, COLUMNS, GLOBAL_COLUMNS, PAPER_TABLE, paired_difference, paper_claims, verdict
+from picie_lib.config import METHOD_NAMES
 from picie_lib.data import SyntheticScenes
+from picie_lib.data.cocostuff import COARSE_NAMES
 from picie_lib.explore import browse, failure_map
 from picie_lib.losses import cosine_logit_max_probability
-from picie_lib.metrics import class_pixel_counts
+from picie_lib.metrics import boundary_errors, class_pixel_counts
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] -> CIELAB (D65), the textbook formulas."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
 
 
 def test_colourise_gives_each_class_its_colour_and_ignore_black():
@@ -21,11 +32,27 @@ def test_colourise_gives_each_class_its_colour_and_ignore_black():
     colours = plots.colourise(label, 27)
     assert colours.shape == (2, 2, 3)
     assert np.array_equal(colours[1, 0], [0, 0, 0])
-    assert len({tuple(c) for c in plots.class_colours(27)[:27]}) == 27
     image = np.full((2, 2, 3), 0.5)
     mixed = plots.overlay(image, label, 27, alpha=0.5)
     assert np.array_equal(mixed[1, 0], image[1, 0])  # ignored pixels keep the image
     assert np.allclose(mixed[0, 0], 0.5 * image[0, 0] + 0.5 * colours[0, 0])
+
+
+def test_every_two_class_colours_are_far_apart_and_the_frequent_classes_look_as_expected():
+    lab = _lab(plots.class_colours(27)[:27])
+    distance = np.linalg.norm(lab[:, None] - lab[None], axis=-1) + np.eye(27) * 1e9
+    assert distance.min() > 30  # Delta E 1976: 2.3 is a just-noticeable difference
+    hue = {name: np.degrees(np.arctan2(lab[c, 2], lab[c, 1])) % 360 for c, name in enumerate(COARSE_NAMES)}
+    chroma = {name: np.hypot(lab[c, 1], lab[c, 2]) for c, name in enumerate(COARSE_NAMES)}
+    assert 200 < hue["sky-stuff"] < 280 and 100 < hue["plant-stuff"] < 160  # blue sky, green plant
+    assert chroma["building-stuff"] < 5 and 40 < hue["ground-stuff"] < 80  # grey building, brown ground
+
+
+def test_a_class_key_lists_exactly_the_classes_in_the_maps():
+    fig = plots.image_grid([[np.zeros((4, 4, 3))]])
+    plots.add_class_key(fig, [np.array([[3, -1], [22, 22]]), np.array([[3, 5]])], COARSE_NAMES, (3, 5))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["furniture-things *", "kitchen-things *", "plant-stuff"]
 
 
 def test_feature_pca_gives_equal_colours_to_equal_features_across_maps():
@@ -43,16 +70,42 @@ def test_feature_pca_gives_equal_colours_to_equal_features_across_maps():
 
 
 def test_failure_map_marks_found_missed_and_invented_pixels():
-    label = np.array([[3, 3, 1, -1]])
-    pred = np.array([[3, 0, 3, 3]])
+    label = np.array([[3, 3, 1, -1, 0]])
+    pred = np.array([[3, 0, 3, 3, 0]])
     colours = failure_map(pred, label, 3)
-    assert colours[0, 0, 1] > 0.5 and colours[0, 1, 0] > 0.5 and colours[0, 2, 2] > 0.5  # green, red, blue
-    assert np.allclose(colours[0, 3], 0.85)  # an ignored pixel is not a false positive
+    expected = [explore.FOUND, explore.MISSED, explore.INVENTED, explore.ELSEWHERE, explore.ELSEWHERE]
+    assert np.allclose(colours[0], expected)  # an ignored pixel is not a false positive
+    assert len({tuple(c) for _, c in explore.FAILURE_KEY}) == 4
+
+
+def test_per_image_iou_matches_sklearn_on_the_labelled_pixels():
+    from sklearn.metrics import jaccard_score
+
+    rng = np.random.default_rng(0)
+    label, pred = rng.integers(-1, 4, (20, 20)), rng.integers(0, 4, (20, 20))
+    kept = label >= 0
+    for cls in range(4):
+        expected = 100 * jaccard_score(label[kept] == cls, pred[kept] == cls)
+        assert explore.image_iou(pred, label, cls) == pytest.approx(expected)
+    assert explore.image_iou(pred, label, 9) is None  # neither held nor predicted
+
+
+def test_class_index_steps_to_the_images_that_hold_a_class():
+    scenes = SyntheticScenes(12, 32, seed=0, split="val", mode="eval", res=32)
+    index = explore.ClassIndex(scenes)
+    holding = {c: [i for i in range(12) if c in set(scenes[i][2].unique().tolist())] for c in range(27)}
+    cls = next(c for c, images in holding.items() if 1 < len(images) < 12)
+    images = holding[cls]
+    assert index.step(cls, images[0]) == images[1]
+    assert index.step(cls, images[0], -1) == images[-1]  # wraps around
+    absent = next((c for c, images in holding.items() if not images), None)
+    if absent is not None:
+        assert index.step(absent, 0) is None
 
 
 def test_the_widget_builds_and_redraws_without_a_frontend():
     pytest.importorskip("ipywidgets")
-    scenes = SyntheticScenes(3, 32, seed=0, split="val", mode="eval", res=32)
+    scenes = SyntheticScenes(6, 32, seed=0, split="val", mode="eval", res=32)
     calls = []
 
     def predictor(images, size):
@@ -62,13 +115,100 @@ def test_the_widget_builds_and_redraws_without_a_frontend():
     per_class = [{"iou_all": 12.5}] * scenes.n_classes
     box = browse(scenes, {"ce": predictor}, {"ce": per_class})
     slider, picker = box.children[0].children
+    previous, following, status = box.children[1].children
+    assert following.disabled  # no class picked: nothing to jump to
     slider.value = 2
     picker.value = 5  # same image: its predictions are reused
     assert calls == [(1, 32, 32)] * 2
+    holding = [i for i in range(6) if 5 in set(scenes[i][2].unique().tolist())]
+    following.click()
+    assert slider.value == next((i for i in holding if i > 2), holding[0] if holding else 2)
     calls.clear()
     box = browse(scenes, {"ce": predictor}, batch_size=3)  # the evaluation's batches: one call for all three
     box.children[0].children[0].value = 2
     assert calls == [(3, 32, 32)]
+
+
+def test_boundary_errors_against_a_pixel_by_pixel_count():
+    rng = np.random.default_rng(1)
+    labels = [np.repeat(np.repeat(rng.integers(-1, 3, (4, 5)), 3, 0), 3, 1) for _ in range(3)]
+    preds = [rng.integers(0, 3, label.shape) for label in labels]
+    counts = {True: [0, 0], False: [0, 0]}
+    for label, pred in zip(labels, preds, strict=True):
+        h, w = label.shape
+        for y in range(h):
+            for x in range(w):
+                if label[y, x] < 0:
+                    continue
+                window = label[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+                near = len({int(v) for v in window.ravel() if v >= 0}) > 1
+                counts[near][0] += int(pred[y, x] != label[y, x])
+                counts[near][1] += 1
+    result = boundary_errors(preds, labels)
+    assert result["boundary_error"] == pytest.approx(100 * counts[True][0] / counts[True][1])
+    assert result["interior_error"] == pytest.approx(100 * counts[False][0] / counts[False][1])
+    assert result["boundary_share"] == pytest.approx(100 * counts[True][1] / (counts[True][1] + counts[False][1]))
+
+
+def _ib_log():
+    ce = [{"epoch": e, "phase": "ce", "loss": 3.0 - 0.1 * e, "kmeans_loss": [0.3, 0.3]} for e in (1, 2, 3)]
+    dropped = {"epoch": 4, "phase": "ce", "loss": 2.8, "kmeans_loss": [0.3, 0.3], "discarded": True}
+    ib = [{"epoch": e, "phase": "ib_focal", "loss": 60.0 + e, "kmeans_loss": [0.2, 0.2]} for e in (4, 5, 6)]
+    return [*ce, dropped, *ib]
+
+
+def test_loss_curves_give_ib_focal_its_own_axis_and_mark_the_switch():
+    fig = plots.loss_curves(_ib_log(), "IB-Focal")
+    loss_axes = [ax for ax in fig.axes if ax.get_ylabel().endswith("loss") or "right axis" in ax.get_ylabel()]
+    assert [ax.get_ylabel() for ax in loss_axes] == ["CE loss", "IB-Focal loss (right axis)"]
+    ce_axis, ib_axis = loss_axes
+    assert ce_axis.get_ylim()[1] < 10 < ib_axis.get_ylim()[0]  # each scale readable on its own
+    switch_lines = [line.get_xdata()[0] for line in ce_axis.lines if line.get_linestyle() == "--"]
+    assert switch_lines == [3.5]  # between the last kept CE epoch and the first IB-Focal one
+    text = readings.loss_curves(_ib_log())
+    assert "after epoch 3" in text and "discarded" in text and "2.7" in text
+    single = plots.loss_curves(_ib_log()[:3])
+    assert len(single.axes) == 2  # CE alone: no second axis
+
+
+def test_legends_sit_outside_the_axes_of_the_results_and_gains_figures():
+    from picie_lib.compare import plot_results
+
+    rows = _rows(PAPER_TABLE, (0, 1))
+    fig = plot_results(rows)
+    fig.canvas.draw()
+    axes_box, legend_box = fig.axes[0].get_window_extent(), fig.axes[0].get_legend().get_window_extent()
+    assert legend_box.y1 <= axes_box.y0  # under the axes, covering neither bars nor ticks
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {
+        "the paper's value (COCO-Stuff-27)",
+        *(METHOD_NAMES[m] for m in ("ce", "focal", "ib_focal")),
+    }
+    per_class = {
+        m: [[{"class": n, "kind": "thing" if c < 12 else "stuff", "iou_subset": 10.0 * (m != "ce") + s} for c, n in
+             enumerate(COARSE_NAMES)] for s in (0, 2)]
+        for m in ("ce", "focal", "ib_focal")
+    }  # fmt: skip
+    fig = plots.gains_over_baseline(per_class, METHOD_NAMES)
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [METHOD_NAMES["focal"], METHOD_NAMES["ib_focal"]]
+    assert legend.get_window_extent().y1 <= min(ax.get_window_extent().y0 for ax in fig.axes)
+    assert "things +10.0, stuff +10.0" in readings.gains(per_class)
+
+
+def test_readings_name_the_best_and_worst_classes_and_skip_absent_ones():
+    rows = [
+        {"class": "a", "kind": "thing", "pixels": 10, "iou_all": 50.0, "effective_clusters": 1.0},
+        {"class": "b", "kind": "stuff", "pixels": 10, "iou_all": 20.0, "effective_clusters": 3.0},
+        {"class": "c", "kind": "stuff", "pixels": 0, "iou_all": float("nan"), "effective_clusters": float("nan")},
+        {"class": "d", "kind": "stuff", "pixels": 10, "iou_all": 0.0, "effective_clusters": 2.0},
+    ]
+    text = readings.per_class_iou(rows, "CE")
+    assert text.startswith("CE: highest IoU a (50), b (20) and d (0); lowest d (0), b (20) and a (50)")
+    assert "Things average 50.0, stuff 10.0; 1 class(es) at 0" in text and "nan" not in text
+    confusion = np.array([[8, 2, 0], [1, 1, 8], [0, 0, 0]])
+    text = readings.confusion(confusion, ["a", "b", "c"], [0, 1, -1], "CE")
+    assert "are a (80%) and b (10%)" in text and "1 cluster(s) are matched to no class" in text
 
 
 def _rows(values: dict[str, tuple[float, ...]], seeds=(0,), shift: tuple[float, ...] = (0.0, 0.0, 0.0)) -> list[dict]:

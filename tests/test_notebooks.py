@@ -54,9 +54,13 @@ def test_plan_runs_training_and_evaluation_per_method_and_seed(tmp_path):
 
     steps = pipeline.plan(load_preset("smoke", seeds=[0, 3]), tmp_path)
     names = [name for _, name, _ in steps]
-    assert names[:5] == list(pipeline.SHARED) and names[-1] == "07_compare"
+    assert names[:4] == [n for n in pipeline.SHARED if n != "02_views"] and names[-1] == "07_compare"
     assert "05_train-ib_focal-seed3" in names and "06_evaluate-focal-seed0" in names
     assert len(names) == 5 + 2 * 3 * 2 + 1
+    # 02_views draws the first seed's trained CE network, so it runs once that run is trained
+    views = names.index("02_views")
+    assert names.index("05_train-ce-seed0") < views < names.index("05_train-focal-seed0")
+    assert steps[views][2] == {"seed": 0, "run_dir": str(tmp_path / "ce-seed0")}
     train = dict((name, extra) for _, name, extra in steps)["05_train-focal-seed3"]
     assert train == {"loss": "focal", "seed": 3, "run_dir": str(tmp_path / "focal-seed3")}
 
@@ -138,6 +142,24 @@ def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
     assert "PiCIE, the paper's row (= PiCIE + H" in proc.stdout
 
 
+def test_every_figure_is_read_for_the_reader_in_the_notebooks_and_the_report(smoke_run):
+    out, _ = smoke_run
+    published = {"01_data": 2, "02_views": 2, "03_clustering": 2, "04_losses": 2, "05_train-ib_focal-seed0": 1}
+    published |= {"06_evaluate-focal-seed0": 4, "07_compare": 4}  # 05 also shows its live curves, unread
+    for name, count in published.items():
+        html = (out / "notebooks" / f"{name}.html").read_text()
+        assert html.count("What to look for.") == count <= html.count("data:image/png"), name
+    views = (out / "notebooks" / "02_views.html").read_text()
+    assert "trained (ce-seed0)" in views and "mirrored pixel" in views  # the trained network beside the untrained
+    assert "all set for this preset; optional and absent: GPU" in (out / "notebooks" / "00_setup.html").read_text()
+    assert "nan" not in " ".join(p.read_text() for p in out.rglob("*.reading.md"))
+    report = (out / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    readings = re.findall(r"\n\*What to look for\.\* [^\n]+\d", report)  # each with the run's numbers
+    assert len(images) >= 20 and len(readings) == len(images)
+    assert "Method 2: IB-Focal, seed 0: training curves" in report  # method names, not ids
+
+
 def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
     out, _ = smoke_run
     report = (out / "report.md").read_text()
@@ -150,6 +172,20 @@ def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
     assert all((out / image).stat().st_size > 5_000 for image in images)
     links = re.findall(r"\[html\]\(([^)]+)\)", report)
     assert len(links) == 12 and all((out / link).is_file() for link in links)
+
+
+def test_setup_asks_for_a_gpu_only_where_the_preset_needs_one():
+    from picie_lib.config import load_preset
+
+    rows = pipeline.setup_report(load_preset("smoke"))
+    gpu = next(r for r in rows if r["item"] == "GPU (CUDA)")
+    if gpu["found"] == "none":
+        assert gpu["status"] == "optional" and pipeline.setup_summary(rows).startswith("all set for this preset")
+        paper = pipeline.setup_report(load_preset("paper", data_root="/nonexistent"))
+        summary = pipeline.setup_summary(paper)
+        assert summary.startswith("missing for this preset: GPU (CUDA), data set cocostuff27")
+    else:
+        assert gpu["status"] == "ok"
 
 
 def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):

@@ -1,0 +1,254 @@
+"""What to look for in each figure, computed from the run that drew it.
+
+Every function returns one or two sentences with this run's numbers; the notebooks print them under
+their figures (``plots.publish``) and ``report.md`` repeats them (``plots.save_figure(reading=...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from picie_lib.config import LOSS_NAMES, METHOD_NAMES, Config
+from picie_lib.metrics import boundary_errors
+
+
+def _listed(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def class_frequency(counts: Sequence[float], names: Sequence[str], things: Sequence[int]) -> str:
+    counts = np.asarray(counts, dtype=float)
+    if counts.sum() == 0:
+        return "No labelled pixel in the scanned images: nothing to compare."
+    share = 100 * counts / counts.sum()
+    present = np.flatnonzero(counts)
+    top, rare = present[np.argmax(counts[present])], present[np.argmin(counts[present])]
+    absent = len(counts) - len(present)
+    text = (
+        f"The most frequent class, {names[top]}, holds {share[top]:.1f}% of the labelled pixels; the rarest "
+        f"present, {names[rare]}, {share[rare]:.2g}%: {counts[top] / counts[rare]:.0f} to 1. Things hold "
+        f"{share[list(things)].sum():.1f}% of the pixels"
+    )
+    return text + (f"; {absent} class(es) never appear in the scanned images." if absent else ".")
+
+
+def samples(labels: Sequence[np.ndarray], names: Sequence[str], things: Sequence[int]) -> str:
+    labels = [np.asarray(label) for label in labels]
+    labelled = sum(int((label >= 0).sum()) for label in labels)
+    thing_pixels = sum(int(np.isin(label, list(things)).sum()) for label in labels)
+    per_image = [len({int(c) for c in np.unique(label) if c >= 0}) for label in labels]
+    return (
+        f"In these {len(labels)} images stuff holds {100 * (1 - thing_pixels / max(labelled, 1)):.0f}% of the "
+        f"labelled pixels and things {100 * thing_pixels / max(labelled, 1):.0f}%; each image holds "
+        f"{min(per_image)} to {max(per_image)} classes. Black pixels are unlabelled: no metric counts them."
+    )
+
+
+def views(crops, flips) -> str:
+    sides = 100 * np.asarray(crops, dtype=float)[:, 2]
+    flipped = int(np.asarray(flips).sum())
+    return (
+        f"View 1 keeps {sides.min():.0f}-{sides.max():.0f}% of the image's side (mean {sides.mean():.0f}%); "
+        f"{flipped} of {len(sides)} crops are flipped (dashed square). The colours of the two views differ: the "
+        "network must give a pixel the same class in both (invariance) at the same place (equivariance)."
+    )
+
+
+def equivariance(agreements: dict[str, dict[str, float]]) -> str:
+    """``agreements``: network name -> ``train.view_agreement``."""
+    parts = [
+        f"{name}: mean cosine {a['same']:.2f} at the same pixel against {a['mirrored']:.2f} at the mirrored "
+        f"position (gap {a['same'] - a['mirrored']:.2f})"
+        for name, a in agreements.items()
+    ]
+    text = "; ".join(parts) + ". "
+    text = text[0].upper() + text[1:]
+    if len(agreements) == 1:
+        return text + (
+            "This is the network before PiCIE's training (no `run_dir`): a large part of the same-pixel "
+            "agreement is the network's, before any training; pass a run's folder as `run_dir` to see a "
+            "trained one beside it."
+        )
+    return text + (
+        "The gap is the test, not the same-pixel value: after training the two views agree where they show the "
+        "same pixel and much less elsewhere, and their maps show the same layout in the same colours."
+    )
+
+
+def reference_points(rows: Sequence[dict]) -> str:
+    named = [f"{METHOD_NAMES[r['loss']]} {r['acc_all']:.1f} All Acc / {r['miou_all']:.1f} mIoU" for r in rows]
+    return (
+        f"{_listed(named)}. Look at which regions each clustering keeps together: RGB k-means follows colour "
+        "and shading, the network's features follow texture and layout."
+    )
+
+
+def confusion(confusion: np.ndarray, names: Sequence[str], assignment: Sequence[int], method: str) -> str:
+    confusion = np.asarray(confusion, dtype=float)
+    totals = confusion.sum(1)
+    seen = np.flatnonzero(totals)
+    matched = np.array([confusion[c, k] / totals[c] if k >= 0 else 0.0 for c, k in enumerate(assignment)])
+    order = seen[np.argsort(-matched[seen])]
+    best = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in order[:3]]
+    worst = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in order[::-1][:3]]
+    unmatched = confusion.shape[1] - sum(1 for k in assignment if k >= 0)
+    text = (
+        f"{method}: the brightest diagonal cells, the share of a class's pixels in its own cluster, are "
+        f"{_listed(best)}; the most scattered classes are {_listed(worst)}"
+    )
+    return text + (f"; {unmatched} cluster(s) are matched to no class (right-hand columns)." if unmatched else ".")
+
+
+def loss_curves(log: Sequence[dict]) -> str:
+    kept = [r for r in log if not r.get("discarded")]
+    if not kept:
+        return "No epoch finished yet."
+    phases = list(dict.fromkeys(r["phase"] for r in kept))
+    parts = []
+    for phase in phases:
+        points = [r for r in kept if r["phase"] == phase]
+        best = min(points, key=lambda r: r["loss"])
+        parts.append(
+            f"{LOSS_NAMES[phase]} goes from {points[0]['loss']:.3g} (epoch {points[0]['epoch']}) to "
+            f"{points[-1]['loss']:.3g} (epoch {points[-1]['epoch']}), lowest {best['loss']:.3g} "
+            f"at epoch {best['epoch']}"
+        )
+    text = "; ".join(parts) + ". "
+    if len(phases) > 1:
+        switch = min(r["epoch"] for r in kept if r["phase"] == phases[1])
+        text += (
+            f"The switch comes after epoch {switch - 1}"
+            + (
+                ", the CE minimum (the epoch past it was discarded and the run went back to it)"
+                if any(r.get("discarded") for r in log)
+                else ""
+            )
+            + f"; {LOSS_NAMES[phases[1]]} is on its own axis, its scale is not CE's. "
+        )
+    k0, k1 = np.mean(kept[0]["kmeans_loss"]), np.mean(kept[-1]["kmeans_loss"])
+    return text + (
+        f"The k-means distance goes from {k0:.3f} to {k1:.3f}: "
+        + ("the features gather around their centroids." if k1 < k0 else "the clusters are not tightening.")
+    )
+
+
+def _scored(per_class: Sequence[dict], key: str) -> list[dict]:
+    """The classes with pixels in the evaluation and a finite ``key``, highest first."""
+    rows = [r for r in per_class if r["pixels"] > 0 and np.isfinite(r[key])]
+    return sorted(rows, key=lambda r: -r[key])
+
+
+def per_class_iou(per_class: Sequence[dict], method: str, key: str = "iou_all") -> str:
+    scored = _scored(per_class, key)
+    best = [f"{r['class']} ({r[key]:.0f})" for r in scored[:3]]
+    worst = [f"{r['class']} ({r[key]:.0f})" for r in scored[::-1][:3]]
+    means = {kind: np.mean([r[key] for r in scored if r["kind"] == kind] or [np.nan]) for kind in ("thing", "stuff")}
+    zero = sum(1 for r in scored if r[key] == 0)
+    return (
+        f"{method}: highest IoU {_listed(best)}; lowest {_listed(worst)}. Things average {means['thing']:.1f}, "
+        f"stuff {means['stuff']:.1f}" + (f"; {zero} class(es) at 0 (no cluster of their own)." if zero else ".")
+    )
+
+
+def oversegmentation(per_class: Sequence[dict], method: str) -> str:
+    scored = _scored(per_class, "effective_clusters")
+    most = [f"{r['class']} ({r['effective_clusters']:.1f})" for r in scored[:3]]
+    means = {
+        kind: np.mean([r["effective_clusters"] for r in scored if r["kind"] == kind] or [np.nan])
+        for kind in ("thing", "stuff")
+    }
+    return (
+        f"{method}: a class held by one cluster scores 1. Spread the most: {_listed(most)}. Mean effective "
+        f"clusters: things {means['thing']:.2f}, stuff {means['stuff']:.2f}."
+    )
+
+
+def examples(shown: dict) -> str:
+    """``shown``: ``plots.predict_examples``. The rings of other clusters along edges, measured."""
+    parts = []
+    for name, predicted in shown["predicted"].items():
+        e = boundary_errors(predicted, shown["labels"])
+        parts.append(f"{name} gets {e['boundary_error']:.0f}% of them wrong and {e['interior_error']:.0f}% elsewhere")
+    share = boundary_errors(next(iter(shown["predicted"].values())), shown["labels"])["boundary_share"]
+    return (
+        f"Within a pixel of a class boundary lie {share:.0f}% of these labelled pixels: {'; '.join(parts)}. "
+        "The thin rings of other clusters around objects are these boundary errors: features at an edge mix "
+        "both sides at the network's stride of 4, so the upsampled logits hesitate there."
+    )
+
+
+def results(rows: Sequence[dict]) -> str:
+    from picie_lib.config import LOSSES
+
+    def mean(method: str, column: str) -> float:
+        values = [r[column] for r in rows if r["loss"] == method and r.get(column) is not None]
+        return float(np.mean(values)) if values else np.nan
+
+    present = [m for m in METHOD_NAMES if any(r["loss"] == m for r in rows)]
+    trained = [m for m in LOSSES if m in present]
+    named = [f"{METHOD_NAMES[m]} {mean(m, 'acc_all'):.1f} / {mean(m, 'miou_all'):.1f}" for m in present]
+    text = f"All Acc / mIoU: {_listed(named)}."
+    if trained:
+        best = max(trained, key=lambda m: mean(m, "acc_all"))
+        text += f" The highest All Acc of the three methods is {METHOD_NAMES[best]}'s."
+    return text + (
+        " Compare the order of the bars with the order of the paper's ticks, not their heights: the paper's "
+        "numbers are COCO-Stuff-27's."
+    )
+
+
+def gains(per_class: dict[str, Sequence[Sequence[dict]]], baseline: str = "ce", key: str = "iou_subset") -> str:
+    """``per_class`` as for ``plots.gains_over_baseline``: method -> one list of rows per seed."""
+    parts = []
+    for method, seeds in per_class.items():
+        if method == baseline:
+            continue
+        gain: dict[str, list[float]] = {}
+        kinds = {}
+        for rows, base_rows in zip(seeds, per_class[baseline], strict=False):
+            base = {r["class"]: r[key] for r in base_rows}
+            for r in rows:
+                if np.isfinite(r[key]) and np.isfinite(base[r["class"]]):  # a class absent from the split has none
+                    gain.setdefault(r["class"], []).append(r[key] - base[r["class"]])
+                    kinds[r["class"]] = r["kind"]
+        mean = {c: float(np.mean(v)) for c, v in gain.items()}
+        up, down = max(mean, key=mean.get), min(mean, key=mean.get)
+        by_kind = {k: np.mean([v for c, v in mean.items() if kinds[c] == k] or [np.nan]) for k in ("thing", "stuff")}
+        parts.append(
+            f"{METHOD_NAMES[method]} gains most on {up} ({mean[up]:+.1f}) and loses most on {down} "
+            f"({mean[down]:+.1f}); on average things {by_kind['thing']:+.1f}, stuff {by_kind['stuff']:+.1f}"
+        )
+    return "; ".join(parts) + f" (IoU points over {METHOD_NAMES[baseline]}, subset protocol)."
+
+
+def loss_shapes(cfg: Config) -> str:
+    from picie_lib.losses import reachable_l1_norms
+    from picie_lib.model import FEATURE_DIM
+
+    low, high = reachable_l1_norms(FEATURE_DIM)
+    return (
+        f"Focal weighs a pixel with p_t = 0.9 at (1 - 0.9)^{cfg.gamma:g} = {0.1**cfg.gamma:.2g} of its CE, one "
+        f"with p_t = 0.1 at {0.9**cfg.gamma:.2f}: easy pixels fade. IB-Focal divides by the influence "
+        f"2(1 - p_t) h: over the norms a normalised feature can have (h = {low:g} to {high:.1f}) it falls by "
+        f"{high / low:.1f}x, and alpha = {cfg.ib_alpha:g} lifts it far above CE (dashed), which is why the IB "
+        f"phase trains at ib_lr_factor = {cfg.ib_lr_factor:g} times the learning rate."
+    )
+
+
+def temperature(cfg: Config) -> str:
+    from picie_lib.losses import cosine_logit_max_probability
+
+    def reach(t: float) -> str:
+        p = cosine_logit_max_probability(cfg.n_clusters, t, "orthogonal")
+        return f"p_t = {p:.2f} (Focal factor {(1 - p) ** cfg.gamma:.2f})"
+
+    here = reach(cfg.temperature)
+    text = f"At this run's T = {cfg.temperature:g} a pixel on its centroid, the others orthogonal, reaches {here}"
+    if cfg.temperature != 1.0:
+        text += f"; at PiCIE's T = 1 only {reach(1.0)}"
+    else:
+        text += f", PiCIE's setting; at T = 0.1 it would reach {reach(0.1)}"
+    return text + ": Focal differs from a rescaled CE only at low temperatures."
