@@ -15,12 +15,14 @@ with which parameters, and collects what they wrote into one folder:
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from picie_lib.config import LOSSES, METHOD_NAMES, Config, load_preset, save_config
+from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config, load_preset, save_config
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_write_text, environment, new_run_dir, write_json
 
@@ -61,21 +63,80 @@ def plan(cfg: Config, out_dir: Path) -> list[tuple[str, str, dict]]:
     return steps
 
 
+MATH = re.compile(r"(?<!\\)\$([^$]+?)\$")  # $...$ in a Markdown cell, on one line or across lines
+
+
+def math_image(tex: str, size: float = 11.0) -> str:
+    """An inline ``<img>`` of the formula ``tex`` drawn by matplotlib's mathtext as SVG, aligned on the
+    text's baseline: formulas that read offline, where MathJax from a CDN cannot load."""
+    import base64
+    import html
+    import io
+
+    from matplotlib import mathtext
+    from matplotlib.font_manager import FontProperties
+
+    tex = " ".join(tex.split())  # a formula broken across source lines
+    prop = FontProperties(size=size)
+    depth = mathtext.MathTextParser("path").parse(f"${tex}$", dpi=72, prop=prop).depth
+    image = io.BytesIO()
+    mathtext.math_to_image(f"${tex}$", image, prop=prop, format="svg")
+    data = base64.b64encode(image.getvalue()).decode()
+    return (
+        f'<img class="math" alt="{html.escape(tex, quote=True)}" style="vertical-align: -{depth:.1f}pt" '
+        f'src="data:image/svg+xml;base64,{data}">'
+    )
+
+
+def html_copy(notebook: Path) -> str:
+    """The executed notebook as one HTML file that needs no network: images inline, formulas drawn."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = MATH.sub(lambda m: math_image(m.group(1)), cell.source)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    return body
+
+
+def _kernel_config(folder: str):
+    """Local kernels over IPC sockets in ``folder``: no TCP port, so ipykernel has no unencrypted TCP to
+    warn about; and no progress bars (``PICIE_PROGRESS=0``) in outputs that are kept."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(Path(folder) / "kernel")
+    return config
+
+
 def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = None) -> None:
     """Run ``cwd/notebook.ipynb`` (default: the repository's notebooks) with papermill into
-    ``output``, and render the executed copy to HTML beside it, failed or not."""
+    ``output``, and render the executed copy to HTML beside it (``html_copy``), failed or not."""
+    import tempfile
+
     import papermill
-    from nbconvert import HTMLExporter
 
     cwd = Path(cwd or NOTEBOOK_DIR)
     source = cwd / f"{notebook}.ipynb"
     if not source.is_file():
         raise FileNotFoundError(f"{source}: notebook not found (the notebooks live in the repository's notebooks/)")
     output.parent.mkdir(parents=True, exist_ok=True)
+    quiet = os.environ.get("PICIE_PROGRESS")
+    os.environ["PICIE_PROGRESS"] = "0"  # the kernel inherits it
     try:
-        papermill.execute_notebook(
-            str(source), str(output), parameters=parameters, kernel_name="python3", cwd=str(cwd), progress_bar=False
-        )
+        with tempfile.TemporaryDirectory(prefix="picie-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(cwd),
+                progress_bar=False,
+                config=_kernel_config(sockets),
+            )
     except KeyboardInterrupt:
         raise
     except papermill.PapermillExecutionError as err:
@@ -93,10 +154,13 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
             f"notebook {source.name} stopped: {type(err).__name__}: {err}; what it ran is in {output}"
         ) from err
     finally:
+        if quiet is None:
+            os.environ.pop("PICIE_PROGRESS", None)
+        else:
+            os.environ["PICIE_PROGRESS"] = quiet
         if output.is_file():
             try:
-                body, _ = HTMLExporter().from_filename(str(output))
-                atomic_write_text(output.with_suffix(".html"), body)
+                atomic_write_text(output.with_suffix(".html"), html_copy(output))
             except Exception as err:  # a rendering problem must not hide the notebook's own error
                 print(f"warning: no HTML for {output}: {type(err).__name__}: {err}", file=sys.stderr)
 
@@ -104,6 +168,7 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
 def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None, overwrite: bool = False) -> Path:
     """Execute the notebooks for ``preset`` into ``out_dir`` and write ``report.md``; returns the folder."""
     overrides = dict(overrides or {})
+    as_shipped = preset == "demo" and not overrides  # the committed runtimes are this run's
     cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
     if Path(preset).suffix in (".yaml", ".yml"):
         preset = str(Path(preset).resolve())
@@ -138,7 +203,57 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
     previous = json.loads(method_timings.read_text()) if method_timings.is_file() else {}
     write_json(method_timings, {**previous, "wall_seconds": wall, "per_notebook": timings})
     atomic_write_text(out_dir / "report.md", report_markdown(out_dir, cfg, wall, timings))
+    if as_shipped:
+        update_runtimes(timings, wall)
     return out_dir
+
+
+RUNTIMES = NOTEBOOK_DIR / "runtimes.json"  # seconds per notebook on the demo preset, committed; `run` rewrites it
+RUNTIME_MARK = "*Runtime on the "
+
+
+def runtime_line(notebook: str, table: dict) -> str:
+    """The line under a notebook's title that says how long it took, from ``runtimes.json``."""
+    runs = {name: s for name, s in table["per_notebook"].items() if name.split("-")[0] == notebook}
+    if not runs:
+        return ""
+    if list(runs) == [notebook]:
+        took = f"{runs[notebook]:.0f} s"
+    else:  # once per method and seed: "05_train-ce-seed0"
+        took = ", ".join(f"{LOSS_NAMES.get(name.split('-')[1], name)} {s:.0f} s" for name, s in runs.items())
+    return (
+        f"{RUNTIME_MARK}`{table['preset']}` preset, {table['machine']}: {took} "
+        f"(`python -m picie_lib run`, {table['date']}; whole run {table['wall_seconds'] / 60:.1f} min).*"
+    )
+
+
+def update_runtimes(timings: dict[str, float], wall: float, folder: Path = NOTEBOOK_DIR) -> None:
+    """Rewrite ``runtimes.json`` in ``folder`` and the runtime line of every notebook's first cell there."""
+    import datetime
+
+    import nbformat
+    import torch
+
+    machine = f"{os.cpu_count()} CPU cores" + (
+        f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    )
+    table = {
+        "preset": "demo",
+        "machine": machine,
+        "date": datetime.date.today().isoformat(),
+        "wall_seconds": wall,
+        "per_notebook": timings,
+    }
+    write_json(folder / RUNTIMES.name, table)
+    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        title = nb.cells[0]
+        kept = [line for line in title.source.splitlines() if not line.startswith(RUNTIME_MARK)]
+        while kept and not kept[-1].strip():
+            kept.pop()
+        line = runtime_line(path.stem, table)
+        title.source = "\n".join([*kept, "", line] if line else kept)
+        atomic_write_text(path, nbformat.writes(nb) + "\n")
 
 
 CAPTIONS = {  # the figures the notebooks save under DIR/figures, in the report's order
@@ -201,6 +316,11 @@ def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, 
         f"seeds {cfg.seeds}); versions: `environment.json`; seconds per notebook: `timings.json`.",
         "",
     ]
+    if (out_dir / "claims.json").is_file():
+        from picie_lib.takeaways import conclusion
+
+        rows, claims = (json.loads((out_dir / f"{n}.json").read_text()) for n in ("results", "claims"))
+        lines += ["## Conclusion of this run", "", conclusion(rows, claims), ""]
     return "\n".join(lines)
 
 

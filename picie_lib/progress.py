@@ -1,4 +1,4 @@
-"""Progress bars that read well both in a terminal and in a papermill or CI log."""
+"""Progress bars that read well in a terminal, in JupyterLab and in a papermill or CI log."""
 
 from __future__ import annotations
 
@@ -12,11 +12,22 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill, nbval), False in a terminal or a script."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return bool(shell) and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
-    """A tqdm bar. Off a terminal (papermill, CI) it redraws at most every 30 s as plain ASCII
-    lines without cursor movements, so logs stay short and readable; PICIE_PROGRESS=0 turns bars off."""
+    """A tqdm bar. In a Jupyter kernel a live widget bar; in a terminal a text bar; elsewhere (a CI log)
+    plain ASCII lines at most every 30 s. PICIE_PROGRESS=0 turns bars off: ``pipeline.execute`` sets it
+    for the notebooks it runs headless, so their saved outputs hold results, not bars."""
     if os.environ.get("PICIE_PROGRESS", "1") == "0":
         return iterable
+    if in_notebook():
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm(iterable, desc=desc, total=total, leave=leave)
     tty = sys.stderr.isatty()
     return tqdm(
         iterable,

@@ -90,7 +90,7 @@ def confusion(confusion: np.ndarray, names: Sequence[str], assignment: Sequence[
     confusion = np.asarray(confusion, dtype=float)
     totals = confusion.sum(1)
     seen = np.flatnonzero(totals)
-    matched = np.array([confusion[c, k] / totals[c] if k >= 0 else 0.0 for c, k in enumerate(assignment)])
+    matched = np.array([confusion[c, k] / max(totals[c], 1) if k >= 0 else 0.0 for c, k in enumerate(assignment)])
     order = seen[np.argsort(-matched[seen])]
     best = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in order[:3]]
     worst = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in order[::-1][:3]]

@@ -488,7 +488,8 @@ def train(
         while upcoming["epoch"] <= epochs:
             yield upcoming["epoch"]
 
-    for epoch in progress(epoch_numbers(), f"{cfg.loss} epochs", total=epochs - start + 1):
+    bar = progress(epoch_numbers(), f"{cfg.loss} epochs run", total=epochs - start + 1)
+    for epoch in bar:
         upcoming["epoch"] = epoch + 1
         timer = Timer()
         phase = schedule.phase(epoch)
@@ -537,6 +538,8 @@ def train(
             model.load_state_dict(ce_min_state["model"])
             optimizer.load_state_dict(ce_min_state["optimizer"])
             upcoming["epoch"] = schedule.switch_epoch
+            if hasattr(bar, "total"):  # the epoch after the minimum runs again, now with IB-Focal
+                bar.total += 1
         record = {
             "epoch": epoch,
             "phase": phase,

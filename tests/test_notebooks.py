@@ -160,6 +160,62 @@ def test_every_figure_is_read_for_the_reader_in_the_notebooks_and_the_report(smo
     assert "Method 2: IB-Focal, seed 0: training curves" in report  # method names, not ids
 
 
+def _rendered_markdown(html: str) -> list[str]:
+    """The text of every rendered Markdown block of an nbconvert HTML page (cells and displayed Markdown)."""
+    blocks = re.findall(r'data-mime-type="text/markdown">(.*?)</div>', html, flags=re.S)
+    return [re.sub(r"<img[^>]*>", "", block) for block in blocks]  # formulas are drawn as images
+
+
+def test_executed_notebooks_teach_and_stay_quiet(smoke_run):
+    out, _ = smoke_run
+    pages = {p.stem: p.read_text() for p in (out / "notebooks").glob("*.html")}
+    assert len(pages) == 12
+    for name, html in pages.items():
+        text = " ".join(_rendered_markdown(html))
+        assert "Takeaways" in text and "Try this" in text and "Questions" in text, name
+        assert "$" not in text, f"{name}: a formula left as raw TeX"
+        assert "Next:" in text, name
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html, (
+            f"{name}: a stderr block (progress bars, warnings)"
+        )
+    assert pages["04_losses"].count('class="math"') >= 10  # formulas drawn offline, no MathJax needed
+    assert "IB-Focal took over at epoch" in pages["05_train-ib_focal-seed0"]  # takeaways with the run's numbers
+    report = (out / "report.md").read_text()
+    conclusion = report[report.index("## Conclusion of this run") :]
+    assert "Focal hurts stuff (Stuff Acc below PiCIE's)**: not judged (one seed)" in conclusion
+
+
+def test_notebook_kernels_run_quiet_over_ipc(tmp_path, capfd):
+    _notebook(tmp_path / "09_env.ipynb", "x = 1", "import os\nprint('bars', os.environ.get('PICIE_PROGRESS'))")
+    pipeline.execute("09_env", tmp_path / "out" / "09_env.ipynb", {}, cwd=tmp_path)
+    executed = nbformat.read(tmp_path / "out" / "09_env.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "bars 0\n"  # no progress bars in saved outputs
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's TCP warning has no cause
+    assert "PICIE_PROGRESS" not in __import__("os").environ  # restored for the caller
+
+
+def test_every_notebook_states_its_runtime_from_the_committed_table(tmp_path):
+    table = json.loads(pipeline.RUNTIMES.read_text())
+    assert table["preset"] == "demo" and set(table["per_notebook"]) == {
+        name for _, name, _ in pipeline.plan(pipeline.load_preset("demo"), tmp_path)
+    }
+    for path in NOTEBOOKS:
+        line = pipeline.runtime_line(path.stem, table)
+        assert line and line in nbformat.read(path, as_version=4).cells[0].source, path.name
+    # run rewrites the table and the lines (a copy here): one line per notebook, however often it runs
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    for path in NOTEBOOKS:
+        (folder / path.name).write_text(path.read_text())
+    timings = {name: 1.0 + i for i, name in enumerate(table["per_notebook"])}
+    for _ in range(2):
+        pipeline.update_runtimes(timings, 600.0, folder)
+    title = nbformat.read(folder / "05_train.ipynb", as_version=4).cells[0].source
+    assert title.count(pipeline.RUNTIME_MARK) == 1 and "CE 5 s, Focal 8 s, IB-Focal 10 s" in title
+    assert "whole run 10.0 min" in title
+    assert json.loads((folder / "runtimes.json").read_text())["per_notebook"] == timings
+
+
 def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
     out, _ = smoke_run
     report = (out / "report.md").read_text()

@@ -1,0 +1,179 @@
+"""The Takeaways that close each notebook, with the numbers of the run, and the conclusion of a comparison
+(``07_compare`` and ``report.md``). Markdown bullets; the sentences say what the numbers mean."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES
+
+VERDICTS = {"yes": "holds", "no": "fails", "within noise": "within noise", "one seed": "not judged (one seed)"}
+
+
+def bullets(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def setup(report: Sequence[dict], changed: dict, preset: str) -> str:
+    found = {r["item"]: r["found"] for r in report}
+    missing = [r["item"] for r in report if r["status"] == "missing"]
+    return bullets(
+        [
+            f"This machine runs torch {found['torch']} on {found['device / k-means']} (device / k-means backend).",
+            f"The `{preset}` preset changes {len(changed)} of the paper's parameters"
+            + (f" ({', '.join(sorted(changed)[:6])}{', ...' if len(changed) > 6 else ''})." if changed else "."),
+            "Nothing this preset needs is missing."
+            if not missing
+            else f"Missing for this preset: {', '.join(missing)}; the other notebooks will fail until it is fixed.",
+        ]
+    )
+
+
+def data(counts: np.ndarray, names: Sequence[str], things: Sequence[int], stuff_share: np.ndarray) -> str:
+    counts = np.asarray(counts, dtype=float)
+    share = 100 * counts / max(counts.sum(), 1)
+    present = np.flatnonzero(counts)
+    order = present[np.argsort(-counts[present])]
+    labelled = stuff_share[np.isfinite(stuff_share)]
+    top3 = share[order[:3]].sum()
+    return bullets(
+        [
+            f"Things are {share[list(things)].sum():.1f}% of the labelled pixels; the three largest classes "
+            f"({', '.join(names[c] for c in order[:3])}) hold {top3:.0f}%.",
+            f"The largest class has {counts[order[0]] / counts[order[-1]]:.0f} times the pixels of the smallest "
+            "present: frequency-proportional CE weights (PiCIE's `balance: picie`) favour the head of this tail.",
+            f"{100 * np.mean(labelled >= 0.75):.0f}% of the scanned images have at least 75% stuff pixels "
+            "(PiCIE's curation rule)."
+            if len(labelled)
+            else "No scanned image has labels.",
+        ]
+    )
+
+
+def views(agreement: dict[str, dict[str, float]], crops) -> str:
+    sides = 100 * np.asarray(crops, dtype=float)[:, 2]
+    lines = [f"View 1 keeps {sides.min():.0f}-{sides.max():.0f}% of the image's side in these images."]
+    for name, a in agreement.items():
+        lines.append(
+            f"{name[0].upper() + name[1:]}: the same pixel in both views agrees at cosine {a['same']:.2f}, a mirrored "
+            f"one at {a['mirrored']:.2f} (gap {a['same'] - a['mirrored']:.2f})."
+        )
+    if len(agreement) > 1:
+        (before, *_, after) = agreement.values()
+        lines.append(
+            f"Training widens the gap from {before['same'] - before['mirrored']:.2f} to "
+            f"{after['same'] - after['mirrored']:.2f}: the features follow the pixel through the crop and flip."
+        )
+    return bullets(lines)
+
+
+def clustering(refs: Sequence[dict]) -> str:
+    by = {r["loss"]: r for r in refs}
+    rgb, floor = by.get("rgb_kmeans"), by.get("untrained")
+    lines = ["The Hungarian matching names each cluster by the class it covers most, one cluster per class."]
+    if rgb and floor:
+        lines.append(
+            f"k-means on RGB scores {rgb['acc_all']:.1f} All Acc, on the network before training "
+            f"{floor['acc_all']:.1f}: a trained PiCIE must beat {max(rgb['acc_all'], floor['acc_all']):.1f} "
+            "to have learned anything."
+        )
+        lines.append(
+            f"Thing mIoU: RGB {rgb['miou_thing']:.1f}, the network {floor['miou_thing']:.1f}; Stuff mIoU: RGB "
+            f"{rgb['miou_stuff']:.1f}, the network {floor['miou_stuff']:.1f}."
+        )
+    return bullets(lines)
+
+
+def losses(cfg) -> str:
+    from picie_lib.losses import cosine_logit_max_probability
+
+    typical = cosine_logit_max_probability(cfg.n_clusters, cfg.temperature, "orthogonal")
+    return bullets(
+        [
+            f"Focal multiplies CE by (1 - p_t)^{cfg.gamma:g}: a pixel at p_t = 0.9 counts {0.1**cfg.gamma:.2g} as "
+            "much as under CE.",
+            f"With cosine logits at T = {cfg.temperature:g} a pixel reaches at most p_t = {typical:.2f} in the "
+            f"typical case, so Focal's factor stays above {(1 - typical) ** cfg.gamma:.2f}.",
+            f"IB-Focal divides by 2(1 - p_t) ||f||_1 and multiplies by alpha = {cfg.ib_alpha:g}: its values are "
+            f"hundreds of times CE's, which the learning-rate drop (x{cfg.ib_lr_factor:g}) compensates.",
+        ]
+    )
+
+
+def training(log: Sequence[dict], summary: dict) -> str:
+    kept = [r for r in log if not r.get("discarded")]
+    seconds = summary.get("seconds_per_pass", {})
+    lines = [
+        f"{len(kept)} epochs kept ({LOSS_NAMES[kept[-1]['phase']]} at the end), "
+        f"{sum(seconds.values()) / 60:.1f} min of passes: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + "."
+    ]
+    for phase in dict.fromkeys(r["phase"] for r in kept):
+        points = [r["loss"] for r in kept if r["phase"] == phase]
+        lines.append(f"{LOSS_NAMES[phase]} loss: {points[0]:.3g} -> {points[-1]:.3g} over {len(points)} epochs.")
+    if summary.get("switch_epoch"):
+        lines.append(
+            f"IB-Focal took over at epoch {summary['switch_epoch']}, after the CE minimum at epoch "
+            f"{summary['switch_epoch'] - 1} (the switch is capped at half the epochs)."
+        )
+    empty = max(max(r["empty_clusters"]) for r in kept)
+    lines.append(f"At most {empty} empty cluster(s) in any epoch's k-means.")
+    return bullets(lines)
+
+
+def evaluation(result: dict, method: str) -> str:
+    s = result["scores"]
+    scored = [r for r in result["per_class"] if r["pixels"] > 0 and np.isfinite(r["iou_all"])]
+    best, worst = max(scored, key=lambda r: r["iou_all"]), min(scored, key=lambda r: r["iou_all"])
+    return bullets(
+        [
+            f"{method}: All Acc {s['acc_all']:.1f}, mIoU {s['miou_all']:.1f}; Thing Acc {s['acc_thing']:.1f} "
+            f"(subset) / {s['global_acc_thing']:.1f} (global); Stuff Acc {s['acc_stuff']:.1f} / "
+            f"{s['global_acc_stuff']:.1f}.",
+            f"Best class {best['class']} (IoU {best['iou_all']:.0f}), worst {worst['class']} ({worst['iou_all']:.0f}).",
+            f"Over-segmentation: things spread over {result['oversegmentation']['thing']['effective_clusters']:.2f} "
+            f"effective clusters, stuff {result['oversegmentation']['stuff']['effective_clusters']:.2f}.",
+        ]
+    )
+
+
+def conclusion(rows: Sequence[dict], claims: Sequence[dict]) -> str:
+    """Which of the paper's claims hold on this run, by how much, with the seed spread."""
+    seeds = sorted({r["seed"] for r in rows})
+
+    def spread(method: str, column: str) -> str:
+        values = [r[column] for r in rows if r["loss"] == method and r.get(column) is not None]
+        if not values:
+            return "-"
+        if len(values) == 1:
+            return f"{values[0]:.1f}"
+        return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+    lines = [
+        "All Acc / mIoU"
+        + (f" (mean ± sample std over seeds {seeds})" if len(seeds) > 1 else f" (seed {seeds[0]})")
+        + ": "
+        + "; ".join(
+            f"{METHOD_NAMES[m]} {spread(m, 'acc_all')} / {spread(m, 'miou_all')}"
+            for m in (*LOSSES, "untrained")
+            if any(r["loss"] == m for r in rows)
+        )
+        + "."
+    ]
+    for claim in dict.fromkeys(c["claim"] for c in claims):
+        parts = [c for c in claims if c["claim"] == claim]
+        numbers = ", ".join(
+            f"{p['metric'].split(',')[0]} {p['difference']:+.2f}"
+            + (f" ± {p['se']:.2f} (SE)" if p.get("se") is not None else "")
+            for p in parts
+        )
+        verdict = VERDICTS.get(parts[0]["holds"], parts[0]["holds"])
+        lines.append(f"**{claim}**: {verdict} (difference from PiCIE: {numbers}).")
+    if len(seeds) == 1:
+        lines.append(
+            "One seed judges nothing: rerun with `-p seeds=[0,1,2]` to see which claims survive the seed spread."
+        )
+    return bullets(lines)
