@@ -197,6 +197,7 @@ def class_frequency(pixels: Sequence[float], class_names: Sequence[str], things:
     ax.tick_params(axis="x", rotation=75, labelsize=7)
     ax.set_xlabel("")
     ax.set_title("Pixel frequency per class (log scale): the long tail PiCIE's CE weights follow")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never on them
     fig.tight_layout()
     return fig
 
@@ -211,6 +212,7 @@ def per_class_bars(per_class: Sequence[dict], key: str = "iou_all", title: str =
     sns.barplot(frame, x="class", y=key, hue="kind", palette={"thing": THING_COLOUR, "stuff": STUFF_COLOUR}, ax=ax)
     ax.tick_params(axis="x", rotation=75, labelsize=7)
     ax.set_xlabel(""), ax.set_ylabel(ylabel), ax.set_title(title or key)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never on them
     fig.tight_layout()
     return fig
 

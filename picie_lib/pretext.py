@@ -97,8 +97,7 @@ def pretrain_backbone(
                   "seed": seed, "amp": amp}  # fmt: skip
     record = out.with_name(out.name + ".json")
     if out.is_file() and record.is_file() and json.loads(record.read_text()).get("parameters") == parameters:
-        print(f"pretext backbone: reusing {out}")
-        return out
+        return out  # reused silently: every model the demo builds starts here
     print(f"pretext backbone: training it once into {out} ({n_images} scenes, {epochs} epochs)", flush=True)
     start = time.perf_counter()
     scenes = [pretext_scene(seed, i, size) for i in range(n_images)]

@@ -117,7 +117,8 @@ def training(log: Sequence[dict], summary: dict) -> str:
     if summary.get("switch_epoch"):
         lines.append(
             f"IB-Focal took over at epoch {summary['switch_epoch']}, after the CE minimum at epoch "
-            f"{summary['switch_epoch'] - 1} (the switch is capped at half the epochs)."
+            f"{summary['switch_epoch'] - 1}"
+            + (" (the cap: half the epochs)." if summary["switch_epoch"] - 1 == summary["epochs"] // 2 else ".")
         )
     empty = max(max(r["empty_clusters"]) for r in kept)
     lines.append(f"At most {empty} empty cluster(s) in any epoch's k-means.")
