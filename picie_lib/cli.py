@@ -40,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from picie_lib.evaluate import evaluate_run
 
-    result = evaluate_run(Path(args.run_dir))
+    result = evaluate_run(Path(args.run_dir), force=args.force)
     print(" ".join(f"{k}={v:.2f}" for k, v in result["scores"].items()))
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
 
@@ -49,7 +49,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from picie_lib.compare import compare, table2_markdown
 
     start = time.perf_counter()
-    rows = compare(_config(args), Path(args.out), overwrite=args.overwrite)
+    rows = compare(_config(args), Path(args.out), overwrite=args.overwrite, resume=args.resume)
     print(table2_markdown(rows))
     print(f"\nwrote {args.out}/results.{{csv,json,md,png}} in {(time.perf_counter() - start) / 60:.1f} min")
 
@@ -59,7 +59,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     overrides = dict(parse_override(p) for p in args.param)
     start = time.perf_counter()
-    out = run(args.preset, Path(args.out) if args.out else None, overrides, overwrite=args.overwrite)
+    if args.resume and not args.out:
+        raise ValueError("--resume needs the --out of the run to continue")
+    out = run(args.preset, Path(args.out) if args.out else None, overrides, args.overwrite, args.resume)
     print((out / "results.md").read_text())
     print(f"wrote {out}/report.md and the executed notebooks in {(time.perf_counter() - start) / 60:.1f} min")
 
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="output folder of the run" + ("" if out_required else " (default outputs/<preset>-<time>)"),
         )
         p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
+        p.add_argument(
+            "--resume", action="store_true", help="continue the run in --out: keep what it finished, resume the rest"
+        )
 
     p = sub.add_parser("run", help="execute the notebooks (papermill): every method, the comparison, report.md")
     preset_args(p, out_required=False)
@@ -111,11 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     preset_args(p)
     p.add_argument("--loss", choices=LOSSES, required=True)
     p.add_argument("--epochs", type=int, help="epochs of this run (default: the preset's for the loss)")
-    p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="fresh k-means on train, scores on val, for a trained run")
     p.add_argument("run_dir")
+    p.add_argument(
+        "--force", action="store_true", help="score an unfinished run or a checkpoint of another configuration"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="the three methods and the reference points, with Table 2")
@@ -142,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        print("error: --resume continues what --out holds, --overwrite replaces it: choose one", file=sys.stderr)
+        return 2
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:

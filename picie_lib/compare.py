@@ -20,20 +20,28 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from picie_lib import readings
-from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, save_config
+from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, load_config, save_config
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import (
     evaluate_model,
     evaluate_rgb,
     evaluate_run,
     linear_probe,
-    load_trained_model,
+    scored_checkpoint,
     write_evaluation,
 )
 from picie_lib.plots import METHOD_COLOURS, save_figure
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_write_text, csv_text, environment, new_run_dir, write_json
-from picie_lib.train import build_model, resolve_device, train
+from picie_lib.runs import (
+    atomic_write_text,
+    csv_text,
+    environment,
+    exclusive,
+    new_run_dir,
+    weights_digest,
+    write_json,
+)
+from picie_lib.train import build_model, checkpoint_record, load_checkpoint, resolve_device, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -63,13 +71,34 @@ def method_steps(cfg: Config) -> list[tuple[int, str]]:
     return [(seed, m) for seed in cfg.seeds for m in methods]
 
 
-def _evaluated_with(metrics: Path, cfg: Config) -> bool:
+def _evaluated_with(metrics: Path, cfg: Config, weights: str | None = None) -> bool:
     """Whether ``metrics`` exists and was computed with ``cfg`` (up to the parameters that do not
-    change results): an evaluation of another configuration is recomputed, never reused."""
+    change results) and, for trained weights, with these weights (``weights``: their SHA-256): an
+    evaluation of another configuration or of earlier weights is recomputed, never reused."""
     if not metrics.is_file():
         return False
-    saved = json.loads(metrics.read_text()).get("config", {})
-    return not differences(saved, cfg, RUNTIME_KEYS | {"loss"})  # the folder's name says the method
+    saved = json.loads(metrics.read_text())
+    if weights is not None and saved.get("checkpoint", {}).get("weights_sha256") != weights:
+        return False
+    return not differences(saved.get("config", {}), cfg, RUNTIME_KEYS | {"loss"})  # the folder names the method
+
+
+def _weights_of(run_dir: Path) -> str | None:
+    """The SHA-256 of the weights in ``run_dir/checkpoint.pt``, None where there is none."""
+    path = Path(run_dir) / "checkpoint.pt"
+    return weights_digest(load_checkpoint(path)["model"]) if path.is_file() else None
+
+
+def resumable(out_dir: Path, cfg: Config) -> Path:
+    """``out_dir`` when it holds a run of ``cfg`` (up to the parameters that do not change results) to
+    continue; otherwise an error that says why."""
+    saved = Path(out_dir) / "config.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
+    diff = differences(load_config(saved).to_dict(), cfg, RUNTIME_KEYS)
+    if diff:
+        raise ValueError(f"{out_dir} holds a run of another configuration ({'; '.join(diff)}); cannot resume it")
+    return Path(out_dir)
 
 
 def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=None, val_set=None) -> dict:
@@ -80,7 +109,9 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     """
     run_dir = Path(out_dir) / f"{method}-seed{seed}"
     run_cfg = cfg.replace(seed=seed, loss=method if method in LOSSES else cfg.loss)
-    if not _evaluated_with(run_dir / "metrics.json", run_cfg):
+    scored = {"ce": None, "focal": None, "ib_focal": None, "linear_probe": Path(out_dir) / f"ce-seed{seed}"}
+    weights = _weights_of(scored[method] or run_dir) if method in scored else None
+    if not _evaluated_with(run_dir / "metrics.json", run_cfg, weights):
         t0 = time.perf_counter()
         if method in LOSSES:
             if not (run_dir / "checkpoint.pt").is_file():
@@ -94,8 +125,11 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
                 result = evaluate_model(model, run_cfg, train_set, val_set)
             elif method == "linear_probe":
                 ce_cfg = run_cfg.replace(loss="ce")
-                model = load_trained_model(Path(out_dir) / f"ce-seed{seed}", ce_cfg)
+                _, ckpt = scored_checkpoint(Path(out_dir) / f"ce-seed{seed}")
+                model = build_model(ce_cfg, resolve_device(ce_cfg.device))
+                model.load_state_dict(ckpt["model"])
                 result = linear_probe(model, ce_cfg, train_set, val_set)
+                result["checkpoint"] = checkpoint_record(ckpt)  # the CE weights the probe read
             else:
                 raise ValueError(f"method={method!r}: expected one of {LOSSES + REFERENCES}")
             result["seconds"] = time.perf_counter() - t0
@@ -114,14 +148,20 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     return row
 
 
-def compare(cfg: Config, out_dir: Path, overwrite: bool = False) -> list[dict]:
+def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = False) -> list[dict]:
     """Train and evaluate the three methods for every seed in ``cfg.seeds``, plus the references.
 
     Writes ``results.csv``, ``results.json``, ``results.md`` and ``results.png`` in ``out_dir``
     (rewritten after every method, so an interrupted comparison keeps what it finished), and one
-    folder per method and seed holding the run and its evaluation.
+    folder per method and seed holding the run and its evaluation. ``resume`` continues a comparison
+    of the same configuration: finished runs and their scores are kept, unfinished runs resume.
     """
-    out_dir = new_run_dir(out_dir, overwrite=overwrite)
+    with exclusive(out_dir):
+        return _compare(cfg, Path(out_dir), overwrite, resume)
+
+
+def _compare(cfg: Config, out_dir: Path, overwrite: bool, resume: bool) -> list[dict]:
+    out_dir = resumable(out_dir, cfg) if resume else new_run_dir(out_dir, overwrite=overwrite)
     save_config(cfg, out_dir / "config.json")
     write_json(out_dir / "environment.json", environment())
     train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
@@ -129,7 +169,7 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False) -> list[dict]:
     start = time.perf_counter()
     for seed, method in progress(method_steps(cfg), "compare", leave=True):
         if method in LOSSES:
-            train(cfg.replace(seed=seed, loss=method), out_dir / f"{method}-seed{seed}", overwrite=overwrite)
+            train(cfg.replace(seed=seed, loss=method), out_dir / f"{method}-seed{seed}", resume, overwrite)
         rows.append(result_row(method, seed, cfg, out_dir, train_set, val_set))
         write_results(out_dir, rows, cfg, time.perf_counter() - start)
     return rows

@@ -24,16 +24,18 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib.clustering import MiniBatchKMeans
-from picie_lib.config import Config, from_dict, load_config
+from picie_lib.config import Config, differences, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import warn_skipped
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import bn_mode, bn_state
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, write_json
+from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, exclusive, write_json
 from picie_lib.train import (
+    TRAINING_RUNTIME_KEYS,
     Batches,
     build_model,
+    checkpoint_record,
     clustering_bn,
     derive_seed,
     labelling_bn,
@@ -291,14 +293,41 @@ def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> N
     atomic_write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
 
 
-def evaluate_run(run_dir: Path, train_set=None, val_set=None) -> dict:
-    """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it."""
+def scored_checkpoint(run_dir: Path, force: bool = False) -> tuple[Config, dict]:
+    """The folder's configuration and its checkpoint, once checked to be what the folder's scores may
+    describe: the run finished, and the checkpoint was written by the folder's configuration. Either
+    failure is refused, naming what is wrong, unless ``force`` (then the scores say what they scored)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: no config.json; expected the folder of a run made by `train`")
     cfg = load_config(run_dir / "config.json")
-    result = evaluate_model(load_trained_model(run_dir, cfg), cfg, train_set, val_set)
-    write_evaluation(run_dir, result, cfg.loss, cfg)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    problems = differences(ckpt["config"], cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
+    if problems and not force:
+        raise ValueError(
+            f"{run_dir / 'checkpoint.pt'} was written by another configuration than {run_dir / 'config.json'} "
+            f"({'; '.join(problems)}); refusing to score it as this run (--force scores it anyway)"
+        )
+    if ckpt["epoch"] < cfg.epochs_for() and not force:
+        raise ValueError(
+            f"{run_dir}: the run stopped after epoch {ckpt['epoch']} of {cfg.epochs_for()}; finish it with "
+            f"`python -m picie_lib train ... --out {run_dir} --resume`, or pass --force to score these weights"
+        )
+    return cfg, ckpt
+
+
+def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = False) -> dict:
+    """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it,
+    with the checkpoint they scored (``train.checkpoint_record``: epoch, phase, loss, weights' hash)."""
+    run_dir = Path(run_dir)
+    scored_checkpoint(run_dir, force)  # a wrong folder is named before anything is created or locked
+    with exclusive(run_dir):
+        cfg, ckpt = scored_checkpoint(run_dir, force)
+        model = build_model(cfg, resolve_device(cfg.device))
+        model.load_state_dict(ckpt["model"])
+        result = evaluate_model(model, cfg, train_set, val_set)
+        result["checkpoint"] = checkpoint_record(ckpt)
+        write_evaluation(run_dir, result, cfg.loss, cfg)
     return result
 
 

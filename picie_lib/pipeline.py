@@ -24,7 +24,7 @@ from pathlib import Path
 
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config, load_preset, save_config
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_write_text, environment, new_run_dir, write_json
+from picie_lib.runs import atomic_write_text, environment, exclusive, new_run_dir, write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 SHARED = ("00_setup", "01_data", "02_views", "03_clustering", "04_losses")
@@ -165,8 +165,16 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
                 print(f"warning: no HTML for {output}: {type(err).__name__}: {err}", file=sys.stderr)
 
 
-def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None, overwrite: bool = False) -> Path:
-    """Execute the notebooks for ``preset`` into ``out_dir`` and write ``report.md``; returns the folder."""
+def run(
+    preset: str,
+    out_dir: Path | None = None,
+    overrides: dict | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Execute the notebooks for ``preset`` into ``out_dir`` and write ``report.md``; returns the folder.
+    ``resume`` continues a run of the same configuration in ``out_dir``: its finished trainings and their
+    scores are kept, an unfinished training resumes from its checkpoint, the notebooks run again."""
     overrides = dict(overrides or {})
     as_shipped = preset == "demo" and not overrides  # the committed runtimes are this run's
     cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
@@ -176,11 +184,24 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
     overrides.update(paths)
     cfg = cfg.replace(**paths)
     out_dir = Path(out_dir or f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    new_run_dir(out_dir, overwrite=overwrite)
-    if overwrite:  # replace what an earlier run wrote there, so that nothing of it is reused
+    if resume and not (out_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
+    with exclusive(out_dir):
+        return _run(cfg, preset, out_dir, overrides, overwrite, resume, as_shipped)
+
+
+def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bool, resume: bool, as_shipped: bool):
+    from picie_lib.compare import resumable
+
+    if resume:
+        resumable(out_dir, cfg)
+    else:
+        new_run_dir(out_dir, overwrite=overwrite)
+    if overwrite and not resume:  # replace what an earlier run wrote there, so that nothing of it is reused
         for path in [*out_dir.glob("*-seed*"), out_dir / "notebooks", out_dir / "figures"]:
             if path.is_dir():
-                shutil.rmtree(path)
+                with exclusive(path):  # never a folder another job is writing
+                    shutil.rmtree(path)
         for name in ("results", "claims", "report", "timings"):
             for path in out_dir.glob(f"{name}.*"):
                 path.unlink()
@@ -203,7 +224,7 @@ def run(preset: str, out_dir: Path | None = None, overrides: dict | None = None,
     previous = json.loads(method_timings.read_text()) if method_timings.is_file() else {}
     write_json(method_timings, {**previous, "wall_seconds": wall, "per_notebook": timings})
     atomic_write_text(out_dir / "report.md", report_markdown(out_dir, cfg, wall, timings))
-    if as_shipped:
+    if as_shipped and not resume:  # a resumed run's seconds are not the whole run's
         update_runtimes(timings, wall)
     return out_dir
 

@@ -131,10 +131,63 @@ def environment() -> dict[str, Any]:
     }
 
 
+LOCK_NAME = ".lock"  # in every output folder a job holds (``exclusive``)
+
+
+class FolderInUse(FileExistsError):
+    """Another job holds the output folder (``exclusive``)."""
+
+
+@contextmanager
+def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
+    """Hold ``folder`` for one job: an advisory lock (``fcntl.flock``) on ``folder/.lock``, taken at once
+    or refused with the holder's PID and command, and released on any exit, a kill included (the
+    operating system drops a dead process's locks). Each job locks the folders it writes into once; a
+    second lock of the same folder, from any process, is refused."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise FolderInUse(f"{folder} is in use by {holder}; wait for it to finish or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} ({command or ' '.join(['python', *sys.argv])})\n")
+        handle.flush()
+        yield folder
+    finally:
+        handle.close()
+
+
+def holds_a_run(path: Path) -> bool:
+    """Whether ``path`` holds anything but its lock file."""
+    path = Path(path)
+    return path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir())
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes: which weights a score belongs to."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def new_run_dir(path: Path, overwrite: bool = False) -> Path:
     """Create ``path`` for a new run. An existing non-empty folder is an error unless ``overwrite``."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    if holds_a_run(path) and not overwrite:
         raise FileExistsError(
             f"{path} already holds a run; choose a new --out, pass --resume to continue it or --overwrite to replace it"
         )

@@ -22,6 +22,7 @@ import json
 import math
 import pickle
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
-from picie_lib.config import RUNTIME_KEYS, Config, differences, load_config, save_config
+from picie_lib.config import RUNTIME_KEYS, Config, differences, from_dict, load_config, save_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import SkippedItem, warn_skipped
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
@@ -43,7 +44,9 @@ from picie_lib.runs import (
     atomic_torch_save,
     atomic_write_text,
     environment,
+    exclusive,
     new_run_dir,
+    weights_digest,
     write_json,
 )
 from picie_lib.transforms import augment, crop_flip, draw_view_params
@@ -51,7 +54,54 @@ from picie_lib.transforms import augment, crop_flip, draw_view_params
 CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
 # Parameters that do not change what training computes; a resumed run may differ in them.
 TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"eval_batch_size", "probe_epochs"}
-RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json", "metrics.json")
+RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json")
+# What an evaluation derives from the weights (``evaluate.write_evaluation``, 06_evaluate's figures): stale once
+# training goes on, so removed then.
+EVALUATION_FILES = ("metrics.json", "per_class.csv", "confusion.csv", "centroids.pt")
+EVALUATION_FIGURES = ("per_class_iou", "oversegmentation", "confusion", "examples")
+
+
+def invalidate_evaluation(run_dir: Path) -> None:
+    """Remove the scores and figures of ``run_dir``'s earlier weights."""
+    run_dir = Path(run_dir)
+    for name in EVALUATION_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for stem in EVALUATION_FIGURES:
+        for suffix in (".png", ".reading.md"):
+            (run_dir / "figures" / f"{stem}{suffix}").unlink(missing_ok=True)
+
+
+def checkpoint_record(ckpt: dict) -> dict:
+    """What a score must say about the weights it scored: the checkpoint's epoch of the run's epochs, its
+    last phase and loss, and the weights' SHA-256 (``runs.weights_digest``)."""
+    cfg = from_dict(ckpt["config"], source="checkpoint")
+    kept = [r for r in ckpt["history"] if not r.get("discarded")]
+    return {
+        "epoch": ckpt["epoch"],
+        "epochs": cfg.epochs_for(),
+        "finished": ckpt["epoch"] >= cfg.epochs_for(),
+        "phase": kept[-1]["phase"] if kept else None,
+        "loss": kept[-1]["loss"] if kept else None,
+        "weights_sha256": weights_digest(ckpt["model"]),
+    }
+
+
+def _warn_on_changed_environment(saved_path: Path) -> None:
+    """On --resume: name a changed git commit or torch version (the numbers may then differ)."""
+    if not saved_path.is_file():
+        return
+    saved, now = json.loads(saved_path.read_text()), environment()
+    changed = []
+    if saved.get("git_commit") != now["git_commit"]:
+        changed.append(f"git commit {saved.get('git_commit')} -> {now['git_commit']}")
+    if saved.get("versions", {}).get("torch") != now["versions"]["torch"]:
+        changed.append(f"torch {saved.get('versions', {}).get('torch')} -> {now['versions']['torch']}")
+    if changed:
+        warnings.warn(
+            f"{saved_path.parent}: resuming with {'; '.join(changed)}: the epochs from here may not repeat the "
+            "numbers an uninterrupted run would give",
+            stacklevel=3,
+        )
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -446,11 +496,18 @@ def train(
 ) -> dict:
     """Train one run into ``out_dir``: config.json, environment.json, log.jsonl (one line per
     epoch), checkpoint.pt (rewritten atomically at the end of every epoch) and summary.json.
-    ``on_epoch(record)`` is called after every epoch's checkpoint (e.g. to draw live curves)."""
-    out_dir = Path(out_dir)
+    ``on_epoch(record)`` is called after every epoch's checkpoint (e.g. to draw live curves).
+    The folder is this job's alone while it runs (``runs.exclusive``); training that goes on removes
+    the scores of earlier weights (``invalidate_evaluation``)."""
+    resolve_device(cfg.device)  # a bad device or data set stops here, before --out exists
+    dataset = build_dataset(cfg, "train", mode="train")
+    with exclusive(out_dir):
+        return _train(cfg, dataset, Path(out_dir), resume, overwrite, on_epoch)
+
+
+def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, overwrite: bool, on_epoch) -> dict:
     device = resolve_device(cfg.device)
     epochs = cfg.epochs_for()
-    dataset = build_dataset(cfg, "train", mode="train")
     model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = Schedule(cfg, epochs)
@@ -461,6 +518,7 @@ def train(
     if resume and (out_dir / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out_dir / "checkpoint.pt")
         _check_same_config(ckpt["config"], cfg, out_dir / "checkpoint.pt")
+        _warn_on_changed_environment(out_dir / "environment.json")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
@@ -478,6 +536,8 @@ def train(
         new_run_dir(out_dir, overwrite=overwrite or started)
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
+    if start <= epochs:  # these weights will change: no score of the earlier ones may stay beside them
+        invalidate_evaluation(out_dir)
     save_config(cfg, out_dir / "config.json")
     write_json(out_dir / "environment.json", environment())
 

@@ -39,6 +39,22 @@ def test_compare_writes_table_2_and_its_rows(compared):
     assert "PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021)" in proc.stdout
 
 
+def test_compare_resume_keeps_every_finished_run_and_score(compared):
+    out, _ = compared
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*-seed0/*") if p.suffix in (".pt", ".json", ".csv")}
+    before = json.loads((out / "results.json").read_text())
+    proc = picie("compare", "--preset", "smoke", "--out", str(out), "--resume", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = {
+        p: p.stat().st_mtime_ns for p in stamps if p.name not in ("summary.json", "config.json", "environment.json")
+    }
+    assert kept == {p: stamps[p] for p in kept}  # no checkpoint retrained, no score recomputed
+    after = json.loads((out / "results.json").read_text())
+    assert [{k: r[k] for k in KEYS} for r in after] == [{k: r[k] for k in KEYS} for r in before]
+    other = picie("compare", "--preset", "smoke", "--out", str(out), "--resume", "-p", "lr=0.5", timeout=300)
+    assert other.returncode == 2 and "another configuration (lr: saved 0.001, now 0.5)" in other.stderr
+
+
 def test_train_and_evaluate_commands(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--loss", "focal", "--epochs", "1", "--out", str(out)]) == 0
@@ -53,6 +69,6 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["train", "--preset", "smoke", "--loss", "ce", "--out", str(tmp_path / "x"), "-p", "bogus=1"]) == 2
     assert "unknown key(s) bogus" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "no config.json" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
     with pytest.raises(SystemExit):
         main(["train", "--preset", "smoke", "--loss", "dice", "--out", str(tmp_path / "y")])

@@ -244,6 +244,63 @@ def test_setup_asks_for_a_gpu_only_where_the_preset_needs_one():
         assert gpu["status"] == "ok"
 
 
+def _children_by_parent_pid(parent: int) -> list[int]:
+    """The processes started for ``parent`` by jupyter_client (``JPY_PARENT_PID`` in their environment)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"JPY_PARENT_PID={parent}\0".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_run_killed_midway_resumes_to_the_scores_of_an_uninterrupted_one(smoke_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from commands import ENV, command
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(  # its own process group: the kill reaches the notebook kernels too
+        command("run", "--preset", "smoke", "--out", str(out)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not (out / "focal-seed0" / "checkpoint.pt").is_file() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    kernels = _children_by_parent_pid(proc.pid)  # jupyter starts kernels in their own session
+    assert kernels, "expected the kernel that trains Focal"
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-way through Focal's training, CE trained and scored
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in kernels):  # they watch their parent and stop
+        assert time.monotonic() < deadline, "a kernel outlived the run it belonged to"
+        time.sleep(0.1)
+    assert not (out / "results.json").exists()
+    refused = picie("run", "--preset", "smoke", "--out", str(out), timeout=60)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    ce_weights = (out / "ce-seed0" / "checkpoint.pt").stat().st_mtime_ns
+    resumed = picie("run", "--preset", "smoke", "--out", str(out), "--resume", timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert (out / "ce-seed0" / "checkpoint.pt").stat().st_mtime_ns == ce_weights  # nothing done is retrained
+
+    def scores(folder):
+        return [
+            {k: v for k, v in r.items() if k != "seconds"} for r in json.loads((folder / "results.json").read_text())
+        ]
+
+    assert scores(out) == scores(smoke_run[0])
+    assert (out / "report.md").is_file() and len(list((out / "notebooks").glob("*.html"))) == 12
+
+
 def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):
     from layouts import write_cocostuff
     from PIL import Image

@@ -5,6 +5,7 @@ import pickle
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,124 @@ def test_an_evaluation_of_another_configuration_is_recomputed_not_reused(tmp_pat
     again = result_row("rgb_kmeans", 0, cfg.replace(n_clusters=5), tmp_path)
     assert again["acc_all"] != -1.0 and json.loads(metrics.read_text())["config"]["n_clusters"] == 5
     assert first["acc_all"] > 0
+
+
+# ---- scores bound to the weights they score ----------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch(n):
+    def on_epoch(record):
+        if record["epoch"] == n:
+            raise _Stop
+
+    return on_epoch
+
+
+def test_scores_name_the_weights_they_scored_and_training_on_removes_them(tmp_path):
+    from picie_lib.compare import result_row
+    from picie_lib.runs import weights_digest
+
+    cfg, out = _smoke().replace(loss="ce", epochs_ce=2), tmp_path / "ce-seed0"
+    with pytest.raises(_Stop):
+        train(cfg, out, on_epoch=_stop_after_epoch(1))  # as a kill after epoch 1 leaves it
+    with pytest.raises(ValueError, match="stopped after epoch 1 of 2.*--resume.*--force"):
+        evaluate_run(out)
+    assert not (out / "metrics.json").exists()
+    early = evaluate_run(out, force=True)["checkpoint"]
+    assert (early["epoch"], early["epochs"], early["finished"], early["phase"]) == (1, 2, False, "ce")
+    (out / "figures").mkdir()
+    (out / "figures" / "examples.png").write_bytes(b"drawn from epoch 1")
+    train(cfg, out, resume=True)
+    assert not (out / "metrics.json").exists() and not (out / "centroids.pt").exists()  # stale scores removed
+    assert not (out / "figures" / "examples.png").exists()
+    evaluate_run(out)
+    saved = json.loads((out / "metrics.json").read_text())["checkpoint"]
+    weights = load_checkpoint(out / "checkpoint.pt")["model"]
+    assert saved["epoch"] == 2 and saved["finished"] and saved["weights_sha256"] == weights_digest(weights)
+    assert saved["loss"] == read_jsonl(out / "log.jsonl")[-1]["loss"]
+    # compare reads a score only while it matches the weights: a marker survives only if it is reused
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["scores"]["acc_all"] = -1.0
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    assert result_row("ce", 0, cfg, tmp_path)["acc_all"] == -1.0
+    metrics["checkpoint"]["weights_sha256"] = "0" * 64  # the weights changed since
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    assert result_row("ce", 0, cfg, tmp_path)["acc_all"] > 0
+
+
+def test_the_digest_tells_apart_weights_that_differ_in_one_value():
+    from picie_lib.runs import weights_digest
+
+    state = {"a": torch.zeros(3), "b": torch.ones(2, dtype=torch.bfloat16), "n": torch.tensor(0)}
+    same = {k: v.clone() for k, v in reversed(state.items())}
+    assert weights_digest(state) == weights_digest(same)  # content, not order or identity
+    changed = {**state, "a": torch.tensor([0.0, 0.0, 1e-30])}
+    assert weights_digest(changed) != weights_digest(state)
+    assert weights_digest({**state, "a": torch.zeros(3, dtype=torch.float64)}) != weights_digest(state)
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_configuration(tmp_path, capsys):
+    cfg = _smoke().replace(epochs_ce=1, epochs_focal=1)
+    train(cfg.replace(loss="ce"), tmp_path / "ce")
+    train(cfg.replace(loss="focal"), tmp_path / "focal")
+    (tmp_path / "ce" / "checkpoint.pt").write_bytes((tmp_path / "focal" / "checkpoint.pt").read_bytes())
+    assert main(["evaluate", str(tmp_path / "ce")]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "loss: checkpoint 'focal', now 'ce'" in err and "--force" in err
+    assert not (tmp_path / "ce" / "metrics.json").exists()
+
+
+def test_resuming_with_another_torch_version_says_so(tmp_path):
+    cfg, out = _smoke().replace(loss="ce", epochs_ce=2), tmp_path / "run"
+    with pytest.raises(_Stop):
+        train(cfg, out, on_epoch=_stop_after_epoch(1))
+    environment = json.loads((out / "environment.json").read_text())
+    environment["versions"]["torch"], environment["git_commit"] = "1.0.0", "0123abc"
+    (out / "environment.json").write_text(json.dumps(environment))
+    with pytest.warns(UserWarning, match=r"git commit 0123abc -> .*; torch 1.0.0 -> "):
+        train(cfg, out, resume=True)
+
+
+# ---- one writer per output folder ---------------------------------------------------------------------
+@contextmanager
+def _held(folder: Path, command_line: str):
+    """Another process holding ``folder`` (``runs.exclusive``) until the block ends."""
+    code = (
+        "import time\nfrom picie_lib.runs import exclusive\n"
+        f"with exclusive({str(folder)!r}, {command_line!r}):\n    print('held', flush=True)\n    time.sleep(120)"
+    )
+    holder = subprocess.Popen([*command()[:1], "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_second_job_on_a_held_folder_stops_at_once_and_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "held"
+    out.mkdir()
+    (out / "keep.txt").write_text("the other job's")
+    with _held(out, "train --out held") as holder:
+        for argv in (
+            ["train", "--preset", "smoke", "--loss", "ce", "--out", str(out), "--overwrite"],
+            ["compare", "--preset", "smoke", "--out", str(out), "--overwrite"],
+            ["run", "--preset", "smoke", "--out", str(out), "--overwrite"],
+        ):
+            start = time.monotonic()
+            assert main(argv) == 2, argv
+            assert time.monotonic() - start < 10  # at once, without waiting for the holder
+            err = capsys.readouterr().err
+            assert f"{out} is in use by PID {holder.pid} (train --out held)" in err, (argv, err)
+        assert (out / "keep.txt").read_text() == "the other job's"
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "keep.txt"]
+    argv = ["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1", "--out", str(out), "--overwrite"]
+    assert main(argv) == 0  # the holder is gone: its lock went with it
+    with _held(out, "evaluate held") as holder:
+        assert main(["evaluate", str(out)]) == 2
+        assert f"in use by PID {holder.pid} (evaluate held)" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
