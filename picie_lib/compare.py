@@ -111,7 +111,7 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     run_cfg = cfg.replace(seed=seed, loss=method if method in LOSSES else cfg.loss)
     scored = {"ce": None, "focal": None, "ib_focal": None, "linear_probe": Path(out_dir) / f"ce-seed{seed}"}
     weights = _weights_of(scored[method] or run_dir) if method in scored else None
-    if not _evaluated_with(run_dir / "metrics.json", run_cfg, weights):
+    if not _evaluated_with(run_dir / "metrics.json", run_cfg, weights) or (method in scored and weights is None):
         t0 = time.perf_counter()
         if method in LOSSES:
             if not (run_dir / "checkpoint.pt").is_file():
@@ -156,6 +156,8 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = 
     folder per method and seed holding the run and its evaluation. ``resume`` continues a comparison
     of the same configuration: finished runs and their scores are kept, unfinished runs resume.
     """
+    if resume:
+        resumable(out_dir, cfg)  # named before the folder is created or locked
     with exclusive(out_dir):
         return _compare(cfg, Path(out_dir), overwrite, resume)
 

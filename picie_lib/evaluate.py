@@ -30,7 +30,15 @@ from picie_lib.data.base import warn_skipped
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import bn_mode, bn_state
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, exclusive, write_json
+from picie_lib.runs import (
+    atomic_torch_save,
+    atomic_write_text,
+    csv_text,
+    environment,
+    exclusive,
+    weights_digest,
+    write_json,
+)
 from picie_lib.train import (
     TRAINING_RUNTIME_KEYS,
     Batches,
@@ -329,6 +337,20 @@ def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = Fals
         result["checkpoint"] = checkpoint_record(ckpt)
         write_evaluation(run_dir, result, cfg.loss, cfg)
     return result
+
+
+def current_evaluation(run_dir: Path) -> dict:
+    """The scores of the weights now in ``run_dir``: its ``metrics.json`` while that scored these weights
+    with the folder's configuration (a resumed batch run rescores nothing), else ``evaluate_run``."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file() and (run_dir / "centroids.pt").is_file():
+        saved = json.loads(metrics.read_text())
+        cfg, ckpt = scored_checkpoint(run_dir)
+        same_weights = saved.get("checkpoint", {}).get("weights_sha256") == weights_digest(ckpt["model"])
+        if same_weights and not differences(saved.get("config", {}), cfg, TRAINING_RUNTIME_KEYS):
+            return saved
+    return evaluate_run(run_dir)
 
 
 def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:

@@ -16,7 +16,16 @@ from picie_lib.metrics import boundary_errors
 
 def _listed(items: Sequence[str]) -> str:
     items = list(items)
+    if not items:
+        return "none"
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _ends(ranked: Sequence, count: int = 3) -> tuple[list, list]:
+    """The first ``count`` of a ranking and, from the rest, its last ``count`` (last first): never the same
+    item at both ends."""
+    ranked = list(ranked)
+    return ranked[:count], ranked[count:][::-1][:count]
 
 
 def class_frequency(counts: Sequence[float], names: Sequence[str], things: Sequence[int]) -> str:
@@ -72,9 +81,15 @@ def equivariance(agreements: dict[str, dict[str, float]]) -> str:
             "agreement is the network's, before any training; pass a run's folder as `run_dir` to see a "
             "trained one beside it."
         )
+    (before, *_, after) = agreements.values()
+    if after["same"] - after["mirrored"] > before["same"] - before["mirrored"]:
+        return text + (
+            "The gap is the test, not the same-pixel value: after training the two views agree where they show the "
+            "same pixel and much less elsewhere, and their maps show the same layout in the same colours."
+        )
     return text + (
-        "The gap is the test, not the same-pixel value: after training the two views agree where they show the "
-        "same pixel and much less elsewhere, and their maps show the same layout in the same colours."
+        "The gap is the test, not the same-pixel value, and training did not widen it: the trained features do not "
+        "follow the pixel through the crop and flip better than the untrained ones (a run that did not learn?)."
     )
 
 
@@ -92,12 +107,13 @@ def confusion(confusion: np.ndarray, names: Sequence[str], assignment: Sequence[
     seen = np.flatnonzero(totals)
     matched = np.array([confusion[c, k] / max(totals[c], 1) if k >= 0 else 0.0 for c, k in enumerate(assignment)])
     order = seen[np.argsort(-matched[seen])]
-    best = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in order[:3]]
-    worst = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in order[::-1][:3]]
+    top, bottom = _ends(order)
+    best = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in top]
+    worst = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in bottom]
     unmatched = confusion.shape[1] - sum(1 for k in assignment if k >= 0)
     text = (
         f"{method}: the brightest diagonal cells, the share of a class's pixels in its own cluster, are "
-        f"{_listed(best)}; the most scattered classes are {_listed(worst)}"
+        f"{_listed(best)}" + (f"; the most scattered classes are {_listed(worst)}" if worst else "")
     )
     return text + (f"; {unmatched} cluster(s) are matched to no class (right-hand columns)." if unmatched else ".")
 
@@ -143,13 +159,15 @@ def _scored(per_class: Sequence[dict], key: str) -> list[dict]:
 
 def per_class_iou(per_class: Sequence[dict], method: str, key: str = "iou_all") -> str:
     scored = _scored(per_class, key)
-    best = [f"{r['class']} ({r[key]:.0f})" for r in scored[:3]]
-    worst = [f"{r['class']} ({r[key]:.0f})" for r in scored[::-1][:3]]
+    top, bottom = _ends(scored)
+    best = [f"{r['class']} ({r[key]:.0f})" for r in top]
+    worst = [f"{r['class']} ({r[key]:.0f})" for r in bottom]
     means = {kind: np.mean([r[key] for r in scored if r["kind"] == kind] or [np.nan]) for kind in ("thing", "stuff")}
     zero = sum(1 for r in scored if r[key] == 0)
     return (
-        f"{method}: highest IoU {_listed(best)}; lowest {_listed(worst)}. Things average {means['thing']:.1f}, "
-        f"stuff {means['stuff']:.1f}" + (f"; {zero} class(es) at 0 (no cluster of their own)." if zero else ".")
+        f"{method}: highest IoU {_listed(best)}" + (f"; lowest {_listed(worst)}" if worst else "") + ". "
+        f"Things average {means['thing']:.1f}, stuff {means['stuff']:.1f}"
+        + (f"; {zero} class(es) at 0 (no cluster of their own)." if zero else ".")
     )
 
 
@@ -215,6 +233,9 @@ def gains(per_class: dict[str, Sequence[Sequence[dict]]], baseline: str = "ce", 
                     gain.setdefault(r["class"], []).append(r[key] - base[r["class"]])
                     kinds[r["class"]] = r["kind"]
         mean = {c: float(np.mean(v)) for c, v in gain.items()}
+        if not mean:
+            parts.append(f"{METHOD_NAMES[method]}: no class scored in both runs")
+            continue
         up, down = max(mean, key=mean.get), min(mean, key=mean.get)
         by_kind = {k: np.mean([v for c, v in mean.items() if kinds[c] == k] or [np.nan]) for k in ("thing", "stuff")}
         parts.append(

@@ -143,7 +143,8 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
     """Hold ``folder`` for one job: an advisory lock (``fcntl.flock``) on ``folder/.lock``, taken at once
     or refused with the holder's PID and command, and released on any exit, a kill included (the
     operating system drops a dead process's locks). Each job locks the folders it writes into once; a
-    second lock of the same folder, from any process, is refused."""
+    second lock of the same folder, from any process, is refused. A forked data-loader worker shares the
+    lock while it lives; they end with their epoch's iterator."""
     import fcntl
 
     folder = Path(folder)

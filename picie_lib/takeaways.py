@@ -9,7 +9,13 @@ import numpy as np
 
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES
 
-VERDICTS = {"yes": "holds", "no": "fails", "within noise": "within noise", "one seed": "not judged (one seed)"}
+VERDICTS = {
+    "yes": "holds",
+    "no": "fails",
+    "within noise": "within noise",
+    "one seed": "not judged (one seed)",
+    "no data": "not judged (no data)",
+}
 
 
 def bullets(lines: Sequence[str]) -> str:
@@ -33,7 +39,9 @@ def setup(report: Sequence[dict], changed: dict, preset: str) -> str:
 
 def data(counts: np.ndarray, names: Sequence[str], things: Sequence[int], stuff_share: np.ndarray) -> str:
     counts = np.asarray(counts, dtype=float)
-    share = 100 * counts / max(counts.sum(), 1)
+    if counts.sum() == 0:
+        return bullets(["No labelled pixel in the scanned images: nothing to say about the classes."])
+    share = 100 * counts / counts.sum()
     present = np.flatnonzero(counts)
     order = present[np.argsort(-counts[present])]
     labelled = stuff_share[np.isfinite(stuff_share)]
@@ -62,9 +70,13 @@ def views(agreement: dict[str, dict[str, float]], crops) -> str:
         )
     if len(agreement) > 1:
         (before, *_, after) = agreement.values()
+        gaps = before["same"] - before["mirrored"], after["same"] - after["mirrored"]
         lines.append(
-            f"Training widens the gap from {before['same'] - before['mirrored']:.2f} to "
-            f"{after['same'] - after['mirrored']:.2f}: the features follow the pixel through the crop and flip."
+            f"Training widens the gap from {gaps[0]:.2f} to {gaps[1]:.2f}: the features follow the pixel through "
+            "the crop and flip."
+            if gaps[1] > gaps[0]
+            else f"Training did not widen the gap ({gaps[0]:.2f} before, {gaps[1]:.2f} after): this run's features "
+            "do not follow the pixel better than the untrained network's."
         )
     return bullets(lines)
 
@@ -104,6 +116,8 @@ def losses(cfg) -> str:
 
 def training(log: Sequence[dict], summary: dict) -> str:
     kept = [r for r in log if not r.get("discarded")]
+    if not kept:
+        return bullets(["No epoch finished yet."])
     seconds = summary.get("seconds_per_pass", {})
     lines = [
         f"{len(kept)} epochs kept ({LOSS_NAMES[kept[-1]['phase']]} at the end), "
@@ -114,12 +128,17 @@ def training(log: Sequence[dict], summary: dict) -> str:
     for phase in dict.fromkeys(r["phase"] for r in kept):
         points = [r["loss"] for r in kept if r["phase"] == phase]
         lines.append(f"{LOSS_NAMES[phase]} loss: {points[0]:.3g} -> {points[-1]:.3g} over {len(points)} epochs.")
-    if summary.get("switch_epoch"):
+    switch, epochs = summary.get("switch_epoch"), summary.get("epochs", len(kept))
+    if switch is not None and switch > epochs:
+        lines.append("IB-Focal never ran: the switch fell after the last epoch.")
+    elif switch is not None and summary.get("ce_min_epoch") is not None:  # switch: min_loss
+        capped = summary["ce_min_epoch"] == max(1, epochs // 2) and switch == summary["ce_min_epoch"] + 1
         lines.append(
-            f"IB-Focal took over at epoch {summary['switch_epoch']}, after the CE minimum at epoch "
-            f"{summary['switch_epoch'] - 1}"
-            + (" (the cap: half the epochs)." if summary["switch_epoch"] - 1 == summary["epochs"] // 2 else ".")
+            f"IB-Focal took over at epoch {switch}, after the CE minimum at epoch {switch - 1}"
+            + (" (or the cap, half the epochs)." if capped else ".")
         )
+    elif switch is not None:
+        lines.append(f"IB-Focal took over at epoch {switch}, after {switch - 1} CE epochs (a fixed switch).")
     empty = max(max(r["empty_clusters"]) for r in kept)
     lines.append(f"At most {empty} empty cluster(s) in any epoch's k-means.")
     return bullets(lines)
@@ -128,6 +147,8 @@ def training(log: Sequence[dict], summary: dict) -> str:
 def evaluation(result: dict, method: str) -> str:
     s = result["scores"]
     scored = [r for r in result["per_class"] if r["pixels"] > 0 and np.isfinite(r["iou_all"])]
+    if not scored:
+        return bullets([f"{method}: no labelled pixel in the validation split, nothing was scored."])
     best, worst = max(scored, key=lambda r: r["iou_all"]), min(scored, key=lambda r: r["iou_all"])
     return bullets(
         [
@@ -167,7 +188,8 @@ def conclusion(rows: Sequence[dict], claims: Sequence[dict]) -> str:
     for claim in dict.fromkeys(c["claim"] for c in claims):
         parts = [c for c in claims if c["claim"] == claim]
         numbers = ", ".join(
-            f"{p['metric'].split(',')[0]} {p['difference']:+.2f}"
+            f"{p['metric'].split(',')[0]} "
+            + ("-" if p.get("difference") is None else f"{p['difference']:+.2f}")
             + (f" ± {p['se']:.2f} (SE)" if p.get("se") is not None else "")
             for p in parts
         )

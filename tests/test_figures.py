@@ -204,11 +204,17 @@ def test_readings_name_the_best_and_worst_classes_and_skip_absent_ones():
         {"class": "d", "kind": "stuff", "pixels": 10, "iou_all": 0.0, "effective_clusters": 2.0},
     ]
     text = readings.per_class_iou(rows, "CE")
-    assert text.startswith("CE: highest IoU a (50), b (20) and d (0); lowest d (0), b (20) and a (50)")
+    assert text.startswith("CE: highest IoU a (50), b (20) and d (0). Things")  # three classes: no bottom three
     assert "Things average 50.0, stuff 10.0; 1 class(es) at 0" in text and "nan" not in text
     confusion = np.array([[8, 2, 0], [1, 1, 8], [0, 0, 0]])
     text = readings.confusion(confusion, ["a", "b", "c"], [0, 1, -1], "CE")
     assert "are a (80%) and b (10%)" in text and "1 cluster(s) are matched to no class" in text
+    assert "scattered" not in text  # the same classes are never listed at both ends
+    ranked = [dict(rows[0], **{"class": f"k{i}", "iou_all": float(i)}) for i in range(8)]
+    assert "highest IoU k7 (7), k6 (6) and k5 (5); lowest k0 (0), k1 (1) and k2 (2)" in readings.per_class_iou(
+        ranked, "CE"
+    )
+    assert readings.per_class_iou([rows[2]], "CE").startswith("CE: highest IoU none")  # nothing scored: no crash
 
 
 def _rows(values: dict[str, tuple[float, ...]], seeds=(0,), shift: tuple[float, ...] = (0.0, 0.0, 0.0)) -> list[dict]:
@@ -300,3 +306,24 @@ def test_class_pixel_counts_against_the_label_maps():
     stuff = np.isin(labels, scenes.stuff_classes)
     expected = stuff.sum((1, 2)) / (labels >= 0).sum((1, 2))
     assert np.allclose(shares, expected)
+
+
+def test_takeaways_say_what_happened_not_what_should_have():
+    from picie_lib import takeaways
+
+    log = [{"epoch": e, "phase": p, "loss": 3.0 - 0.1 * e, "empty_clusters": [0, 1]} for e, p in
+           ((1, "ce"), (2, "ce"), (3, "ib_focal"), (4, "ib_focal"))]  # fmt: skip
+    fixed = {"epochs": 4, "switch_epoch": 3, "ce_min_epoch": None, "seconds_per_pass": {"train": 60.0}}
+    assert "after 2 CE epochs (a fixed switch)" in takeaways.training(log, fixed)
+    minimum = {**fixed, "ce_min_epoch": 2}
+    assert "after the CE minimum at epoch 2 (or the cap" in takeaways.training(log, minimum)
+    never = {**fixed, "switch_epoch": 5}
+    assert "IB-Focal never ran" in takeaways.training(log[:2], never)
+    assert takeaways.training([], fixed) == "- No epoch finished yet."
+    worse = {"before": {"same": 0.6, "mirrored": 0.3}, "trained": {"same": 0.5, "mirrored": 0.4}}
+    assert "did not widen the gap (0.30 before, 0.10 after)" in takeaways.views(worse, np.array([[0, 0, 0.5]]))
+    assert "training did not widen it" in readings.equivariance(worse)
+    claims = [{"claim": "c", "metric": "Acc All", "difference": None, "se": None, "holds": "no data", "n_seeds": 0}]
+    assert "**c**: not judged (no data) (difference from PiCIE: Acc All -)" in takeaways.conclusion(
+        [{"loss": "ce", "seed": 0, "acc_all": 50.0, "miou_all": 20.0}], claims
+    )
