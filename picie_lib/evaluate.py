@@ -301,14 +301,20 @@ def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> N
     atomic_write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
 
 
+def run_config_path(run_dir: Path) -> Path:
+    """``run_dir/config.json``, or an error that says the folder is not a run's."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.json; expected the folder of a run made by `train`")
+    return path
+
+
 def scored_checkpoint(run_dir: Path, force: bool = False) -> tuple[Config, dict]:
     """The folder's configuration and its checkpoint, once checked to be what the folder's scores may
     describe: the run finished, and the checkpoint was written by the folder's configuration. Either
     failure is refused, naming what is wrong, unless ``force`` (then the scores say what they scored)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.json; expected the folder of a run made by `train`")
-    cfg = load_config(run_dir / "config.json")
+    cfg = load_config(run_config_path(run_dir))
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     problems = differences(ckpt["config"], cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
     if problems and not force:
@@ -328,7 +334,7 @@ def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = Fals
     """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it,
     with the checkpoint they scored (``train.checkpoint_record``: epoch, phase, loss, weights' hash)."""
     run_dir = Path(run_dir)
-    scored_checkpoint(run_dir, force)  # a wrong folder is named before anything is created or locked
+    run_config_path(run_dir)  # a wrong folder is named before exclusive() could create it
     with exclusive(run_dir):
         cfg, ckpt = scored_checkpoint(run_dir, force)
         model = build_model(cfg, resolve_device(cfg.device))
