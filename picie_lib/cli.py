@@ -11,21 +11,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 import time
 from pathlib import Path
 
-from picie_lib.config import LOSSES, load_preset, parse_override
+from picie_lib.config import LOSSES, load_preset, parse_overrides
+from picie_lib.runs import holds_a_run
 
 
 def _config(args: argparse.Namespace, **extra):
-    overrides = dict(parse_override(p) for p in args.param)
-    return load_preset(args.preset, **{**overrides, **extra})
+    return load_preset(args.preset, overrides_source="-p", **{**parse_overrides(args.param), **extra})
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from picie_lib.train import train
 
+    if args.resume and not holds_a_run(Path(args.out)):
+        raise FileNotFoundError(f"{args.out}: no run there to resume; start one without --resume")
     extra = {"loss": args.loss}
     if args.epochs is not None:
         extra[f"epochs_{args.loss}"] = args.epochs
@@ -55,13 +59,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from picie_lib.pipeline import run
+    from picie_lib.pipeline import default_out_dir, run
 
-    overrides = dict(parse_override(p) for p in args.param)
     start = time.perf_counter()
     if args.resume and not args.out:
         raise ValueError("--resume needs the --out of the run to continue")
-    out = run(args.preset, Path(args.out) if args.out else None, overrides, args.overwrite, args.resume)
+    args.out = args.out or str(default_out_dir(args.preset))  # named in the message if it is interrupted
+    out = run(args.preset, Path(args.out), parse_overrides(args.param), args.overwrite, args.resume)
     print((out / "results.md").read_text())
     print(f"wrote {out}/report.md and the executed notebooks in {(time.perf_counter() - start) / 60:.1f} min")
 
@@ -77,6 +81,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from picie_lib.data.prepare import PREPARE
 
     options = {"class_table": args.class_table} if args.dataset == "folder" else {}
+    if args.dataset == "cocostuff":
+        options["curated"] = args.curated
+    elif not args.curated:
+        raise ValueError(f"--no-curated: {args.dataset} has no curated lists (only cocostuff does)")
     report = PREPARE[args.dataset](Path(args.root), verify=args.verify, **options)
     if not report["ok"]:
         raise ValueError(f"{args.root}: {len(report['problems'])} problem(s), listed above")
@@ -115,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one method")
     preset_args(p)
     p.add_argument("--loss", choices=LOSSES, required=True)
-    p.add_argument("--epochs", type=int, help="epochs of this run (default: the preset's for the loss)")
+    p.add_argument("--epochs", type=_positive, help="epochs of this run (default: the preset's for the loss)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="fresh k-means on train, scores on val, for a trained run")
@@ -134,17 +142,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="the data set's root folder (README, 'Real data')")
     p.add_argument("--verify", action="store_true", help="decode every image and label map a run reads (slow)")
     p.add_argument("--class-table", help="folder: the class table file (default ROOT/classes.yaml)")
+    p.add_argument(
+        "--curated",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cocostuff: check the curated images (a run's default) or, with --no-curated, every image, as "
+        "a run with -p curated=false reads them",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
         "pretext", help="pretrain a backbone on built-in texture scenes (no demo class), for -p pretrained="
     )
     p.add_argument("--out", required=True, help="the state dict to write (reused when its parameters match)")
-    p.add_argument("--images", type=int, default=4096)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--images", type=_positive, default=4096)
+    p.add_argument("--epochs", type=_positive, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pretext)
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return int(text)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` runs (temporary files removed, the
+    folder's lock released), as Ctrl-C's KeyboardInterrupt does."""
+
+
+def what_was_saved(args: argparse.Namespace) -> str:
+    """One sentence on what an interrupted command leaves, and how to go on from it."""
+    out = Path(getattr(args, "out", None) or getattr(args, "run_dir", None) or ".")
+    if args.command == "evaluate":
+        return f"nothing written (metrics.json is written whole at the end); run `evaluate {out}` again"
+    if args.command not in ("train", "compare", "run") or not holds_a_run(out):
+        return "nothing to keep"
+    argv = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    if args.command == "run" and "--out" not in argv:
+        argv += ["--out", str(out)]
+    again = f"python -m picie_lib {' '.join(argv)} --resume"
+    if args.command == "train":
+        epoch = _saved_epoch(out / "checkpoint.pt")
+        saved = f"epoch {epoch} is saved in {out / 'checkpoint.pt'}" if epoch else "no epoch had finished"
+    else:
+        finished = sorted(p.parent.name for p in out.glob("*/summary.json"))
+        ongoing = {p.parent.name: _saved_epoch(p) for p in out.glob("*/checkpoint.pt") if p.parent.name not in finished}
+        saved = f"{len(finished)} training(s) finished in {out}" + "".join(
+            f"; {name} saved at epoch {epoch}" for name, epoch in sorted(ongoing.items()) if epoch
+        )
+    return f"{saved}; continue with: {again}"
+
+
+def _saved_epoch(path: Path) -> int | None:
+    import torch
+
+    try:  # mmap: the epoch without reading the weights
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # no checkpoint, or one cut short: nothing to name
+        return None
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a failed read or write, naming the path and what to do."""
+    where = err.filename or "a file"
+    if err.errno == errno.ENOSPC:
+        return (
+            f"no space left on the device holding {where}; free some space (the last complete checkpoint "
+            "is intact) and run the same command again with --resume"
+        )
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {where} ({err.strerror}); choose a writable --out"
+    if err.errno == errno.ENOTDIR or isinstance(err, NotADirectoryError):
+        return str(err) if not err.filename else f"{where}: a path that should be a folder is a file"
+    return f"{where}: {err.strerror or err}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,12 +225,38 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         print("error: --resume continues what --out holds, --overwrite replaces it: choose one", file=sys.stderr)
         return 2
+    stop = {signal.SIGINT: ("interrupted (Ctrl-C)", 130), signal.SIGTERM: ("stopped by SIGTERM", 143)}
+    received: list[int] = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a failed notebook, a non-finite loss: the run stopped
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        received.append(signal.SIGINT)
+    except Terminated:
+        pass
+    except BaseException as err:
+        if received:  # a data-loader worker killed by the same SIGTERM may fail first
+            pass
+        elif isinstance(err, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        elif isinstance(err, OSError):
+            print(f"error: {os_error_line(err)}", file=sys.stderr)
+            return 1
+        elif isinstance(err, RuntimeError):  # a failed notebook, a non-finite loss: the run stopped
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        else:
+            raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        what, code = stop[received[0]]
+        print(f"{what}: {what_was_saved(args)}", file=sys.stderr)
+        return code
     return 0

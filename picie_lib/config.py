@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from picie_lib.runs import atomic_write_text
+from picie_lib.runs import write_json
 
 PRESET_DIR = Path(__file__).parent / "presets"
 LOSSES = ("ce", "focal", "ib_focal")
@@ -36,114 +39,205 @@ DATASETS = ("synthetic", "cocostuff27", "cityscapes27", "folder")
 SYNTHETIC_COLOURS = ("class", "instance")
 
 
+# ---- what each parameter accepts, declared beside it with ``param(default, rule)`` ------------------
+@dataclass(frozen=True)
+class Rule:
+    """What a parameter accepts: ``holds(value)``, and ``expected`` for the message when it does not."""
+
+    expected: str
+    holds: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def integer(at_least: int) -> Rule:
+    return Rule(f"an integer >= {at_least}", lambda v: _is_int(v) and v >= at_least)
+
+
+def multiple_of(step: int, why: str) -> Rule:
+    return Rule(f"a positive multiple of {step} ({why})", lambda v: _is_int(v) and v > 0 and v % step == 0)
+
+
+def _bounds(above=None, at_least=None, at_most=None) -> tuple[str, Callable[[float], bool]]:
+    parts = [f"> {above}" * (above is not None), f">= {at_least}" * (at_least is not None)]
+    parts.append(f"<= {at_most}" * (at_most is not None))
+    text = " and ".join(p for p in parts if p)
+    return (
+        text,
+        lambda v: (
+            (above is None or v > above) and (at_least is None or v >= at_least) and (at_most is None or v <= at_most)
+        ),
+    )
+
+
+def number(above=None, at_least=None, at_most=None) -> Rule:
+    text, within = _bounds(above, at_least, at_most)
+    return Rule(f"a finite number {text}", lambda v: _is_number(v) and within(v))
+
+
+def interval(above=None, at_least=None, at_most=None) -> Rule:
+    text, within = _bounds(above, at_least, at_most)
+    return Rule(
+        f"[low, high], two numbers {text} with low <= high",
+        lambda v: isinstance(v, tuple) and len(v) == 2 and all(_is_number(x) and within(x) for x in v) and v[0] <= v[1],
+    )
+
+
+def choice(*options: str) -> Rule:
+    return Rule(f"one of {', '.join(options)}", lambda v: v in options)
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(f"null or {rule.expected}", lambda v: v is None or rule.holds(v))
+
+
+boolean = Rule("true or false", lambda v: isinstance(v, bool))
+text = Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
+PROBABILITY = Rule("a probability in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
+SEEDS = Rule(
+    "a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]",
+    lambda v: isinstance(v, list) and bool(v) and all(_is_int(s) and s >= 0 for s in v) and len(set(v)) == len(v),
+)
+SWITCH = Rule("'min_loss' or a number of CE epochs >= 0", lambda v: v == "min_loss" or (_is_int(v) and v >= 0))
+DEVICE = Rule(
+    "auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+)
+
+
+def param(default: Any = dataclasses.MISSING, check: Rule | None = None, default_factory: Any = dataclasses.MISSING):
+    """A Config field with the rule its values must meet (``Config.validate`` applies it)."""
+    return field(default=default, default_factory=default_factory, metadata={"rule": check})
+
+
+def rule_error(key: str, value: Any, as_given: Any = None) -> str | None:
+    """``"key=value: expected ..."`` when ``value`` breaks ``key``'s rule, else None; the message shows
+    ``as_given`` (the value before coercion) when there is one."""
+    rule = _FIELDS[key].metadata["rule"]
+    shown = _shown(value if as_given is None else as_given)
+    return None if rule.holds(value) else f"{key}={shown}: expected {rule.expected}"
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it (YAML: lists, null, true)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+
+
 @dataclass
 class Config:
     # --- data ---------------------------------------------------------------------------------
-    dataset: str = "synthetic"
+    dataset: str = param("synthetic", choice(*DATASETS))
     """Data set: "synthetic" (built in, generated from the seed), or on disk at `data_root` (README, "Real
     data"): "cocostuff27" (COCO-Stuff-27), "cityscapes27" (Cityscapes-27) or "folder" (your own images)."""
-    data_root: str | None = None
+    data_root: str | None = param(None, optional(text))
     """Root folder of an on-disk data set (unused by "synthetic")."""
-    base_res: int = 640
+    base_res: int = param(640, integer(1))
     """On-disk data: side of the square base image the training views are cut from (PiCIE --res2):
     shorter side resized to it, then a centre crop. The synthetic scenes use `image_size` instead."""
-    curated: bool = True
+    curated: bool = param(True, boolean)
     """COCO-Stuff-27: only the curated images (IIC's lists, 49,629 train / 2,175 val); false = whole splits."""
-    class_table: str | None = None
+    class_table: str | None = param(None, optional(text))
     """Folder data set: YAML/JSON class table (`names`, `things`); null = `data_root`/classes.yaml."""
-    max_images: int | None = None
+    max_images: int | None = param(None, optional(integer(1)))
     """On-disk data: keep the first N images of each split (quick trials); null = all."""
-    image_size: int = 96
+    image_size: int = param(96, integer(1))
     """Synthetic: side of the generated images (the base resolution the views are cut from)."""
-    n_train: int = 400
+    n_train: int = param(400, integer(1))
     """Synthetic: number of training images."""
-    n_val: int = 100
+    n_val: int = param(100, integer(1))
     """Synthetic: number of validation images."""
-    data_seed: int = 0
+    data_seed: int = param(0, integer(0))
     """Synthetic: seed of the generated scenes (fixed across training seeds)."""
-    synthetic_colours: str = "class"
+    synthetic_colours: str = param("class", choice(*SYNTHETIC_COLOURS))
     """Synthetic: "class" (each class near its own colour) or "instance" (colour a nuisance: each instance
     draws hue, saturation and value within PiCIE's jitter range around its class's; identity lies in
     texture and shape). The layout and textures are the same either way (README, "The built-in demo")."""
-    res: int = 320
+    res: int = param(320, multiple_of(32, "the backbone's stride"))
     """Network input side for both views (PiCIE --res1) and the evaluation crop (--res)."""
 
     # --- model --------------------------------------------------------------------------------
-    pretrained: str | None = None
+    pretrained: str | None = param(None, optional(text))
     """Backbone weights: null (random), "imagenet" (torchvision, needs internet), "pretext" (a backbone
     pretrained on built-in texture scenes whose classes are not the demo's, trained once and cached:
     `picie_lib/pretext.py`) or a state-dict path."""
 
     # --- clustering (picie.md section 2) --------------------------------------------------------
-    n_clusters: int = 27
+    n_clusters: int = param(27, integer(2))
     """K: clusters per k-means (PiCIE K_train = K_test = 27)."""
-    kmeans_init_batches: int = 20
+    kmeans_init_batches: int = param(20, integer(1))
     """Batches whose pixels seed the k-means fit before the running-mean updates (KM_INIT)."""
-    kmeans_iters: int = 20
+    kmeans_iters: int = param(20, integer(1))
     """Lloyd iterations of that initial fit (KM_ITER)."""
-    kmeans_backend: str = "auto"
+    kmeans_backend: str = param("auto", choice(*KMEANS_BACKENDS))
     """"auto" (faiss when importable, torch on a GPU that faiss cannot use), "faiss" or "torch"."""
-    kmeans_max_init_points: int | None = None
+    kmeans_max_init_points: int | None = param(None, optional(integer(1)))
     """Cap on the pixels of the initial fit (subsampled uniformly); null = all pixels, as PiCIE."""
-    batch_size_cluster: int = 256
+    batch_size_cluster: int = param(256, integer(1))
     """Images per batch in the clustering and labelling passes."""
 
     # --- training (design section 3) ------------------------------------------------------------
-    loss: str = "ce"
+    loss: str = param("ce", choice(*LOSSES))
     """"ce" (PiCIE), "focal" (method 1) or "ib_focal" (method 2: CE, then IB-Focal)."""
-    epochs_ce: int = 10
+    epochs_ce: int = param(10, integer(1))
     """Epochs of the CE baseline (PiCIE: 10)."""
-    epochs_focal: int = 15
+    epochs_focal: int = param(15, integer(1))
     """Epochs of method 1 (paper: 15)."""
-    epochs_ib_focal: int = 20
+    epochs_ib_focal: int = param(20, integer(1))
     """Epochs of method 2, both phases (paper: 20)."""
-    batch_size_train: int = 256
+    batch_size_train: int = param(256, integer(1))
     """Images per training batch (paper: 256; PiCIE's script: 128)."""
-    lr: float = 1e-4
+    lr: float = param(1e-4, number(above=0))
     """Adam learning rate, constant (PiCIE on COCO)."""
-    balance: str = "picie"
+    balance: str = param("picie", choice(*BALANCES))
     """Class weights of CE (PiCIE, IB-Focal's CE phase): "picie" (counts/sum, the original's), "inverse", "none".
     The IB authors' CE phase has none (cifar_train.py L179: nn.CrossEntropyLoss(weight=None)); the paper's
     method 2 starts from PiCIE's CE, so IB-Focal's CE phase keeps PiCIE's by default."""
-    focal_balance: str = "none"
+    focal_balance: str = param("none", choice(*BALANCES))
     """Class weights of Focal (method 1): the paper's FL = -(1 - p)^2 log p has none; a drop-in swap of
     PiCIE's CrossEntropyLoss(weight=counts/sum) would keep PiCIE's ("picie"). The paper does not say."""
-    ib_balance: str = "inverse"
+    ib_balance: str = param("inverse", choice(*BALANCES))
     """Class weights of the IB-Focal phase (IB authors: inverse frequency summing to K, cifar_train.py
     L152-156, train_rule IBReweight)."""
-    gamma: float = 2.0
+    gamma: float = param(2.0, number(at_least=0))
     """Focal exponent of method 1 (paper: FL = -(1 - p)^2 log p)."""
-    ib_gamma: float = 2.0
+    ib_gamma: float = param(2.0, number(at_least=0))
     """Focal exponent inside IB-Focal: the paper's FL (gamma 2), which method 2 puts in place of CE. The IB
     authors' scripts use 1 (cifar_train.py L180: IB_FocalLoss(..., alpha=1000, gamma=1))."""
-    ib_alpha: float = 1000.0
+    ib_alpha: float = param(1000.0, number(above=0))
     """IB scale alpha (IB authors' training scripts: 1000, cifar_train.py L180)."""
-    ib_eps: float = 1e-3
+    ib_eps: float = param(1e-3, number(above=0))
     """IB epsilon (IB authors: 1e-3, losses.py L28)."""
-    ib_detach: bool = False
+    ib_detach: bool = param(False, boolean)
     """Detach the IB factor (treat it as a weight). False = the IB authors' code (losses.py L52-56)."""
-    ib_weighted_pt: bool = True
+    ib_weighted_pt: bool = param(True, boolean)
     """p_t of IB-Focal's focal factor from the class-weighted CE, p = exp(-w_t ce) = p_t^w_t, as the IB
     authors' code (losses.py L39: p = exp(-input_values), where L56 passes F.cross_entropy(..., weight=w)).
     False: p_t of the unweighted softmax. The IB factor's ||softmax - onehot||_1 is unweighted either way."""
-    ib_feature: str = "normalized"
+    ib_feature: str = param("normalized", choice(*IB_FEATURES))
     """The feature h whose L1 norm enters the IB factor alpha / (||softmax - y||_1 ||h||_1 + eps):
     "normalized", the classifier's input (PiCIE's unit pixel feature), as the IB authors use the input of
     their last FC layer (models/resnet_cifar.py L130) and as the IB paper's Eq. 2-4 derive the gradient
     norm of that layer; "raw", the FPN's output before the L2 normalisation."""
-    ib_lr_factor: float = 0.01
+    ib_lr_factor: float = param(0.01, number(above=0))
     """Learning rate from the switch on: lr x this. The paper is silent; the IB authors drop their SGD
     rate 100x when the IB phase starts (cifar_train.py L341-356, adjust_learning_rate: lr = args.lr * 0.01
     once epoch > start_ib_epoch), which offsets alpha = 1000. Applied here to Adam's rate as they apply it
     to SGD's. 1 = no drop."""
-    ib_reset_optimizer: bool = False
+    ib_reset_optimizer: bool = param(False, boolean)
     """Reset Adam's moments at the switch. The paper is silent; the IB authors keep one optimizer (SGD with
     momentum) through both phases (cifar_train.py L63-65, created once)."""
-    temperature: float = 1.0
+    temperature: float = param(1.0, number(above=0))
     """Logits are f.c / temperature; 1.0 is PiCIE (bounded cosine logits)."""
-    switch: str | int = "min_loss"
+    switch: str | int = param("min_loss", SWITCH)
     """IB-Focal switch: "min_loss" (at the CE minimum, capped at half the epochs) or the number of CE epochs."""
-    bn_eval: str = "running"
+    bn_eval: str = param("running", choice(*BN_EVALS))
     """BatchNorm in the passes that do not train. "running", PiCIE's code: the clustering passes (each
     epoch's, and the evaluation's fresh k-means) run in train() mode, on batch statistics, and update the
     running statistics; labelling and evaluation run in eval() mode on them (commons.py:
@@ -152,36 +246,36 @@ class Config:
     running statistics untouched (then evaluation scores move a little with eval_batch_size)."""
 
     # --- views (design section 3, picie.md section 4) ---------------------------------------------
-    brightness: tuple[float, float] = (0.7, 1.3)
-    contrast: tuple[float, float] = (0.7, 1.3)
-    saturation: tuple[float, float] = (0.7, 1.3)
-    hue: tuple[float, float] = (-0.1, 0.1)
-    p_jitter: float = 0.8
+    brightness: tuple[float, float] = param((0.7, 1.3), interval(at_least=0))
+    contrast: tuple[float, float] = param((0.7, 1.3), interval(at_least=0))
+    saturation: tuple[float, float] = param((0.7, 1.3), interval(at_least=0))
+    hue: tuple[float, float] = param((-0.1, 0.1), interval(at_least=-0.5, at_most=0.5))
+    p_jitter: float = param(0.8, PROBABILITY)
     """Probability of each of brightness, contrast, saturation and hue, drawn independently."""
-    p_blur: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    p_blur: float = param(0.5, PROBABILITY)
+    blur_sigma: tuple[float, float] = param((0.1, 2.0), interval(above=0))
     """Gaussian blur sigma range, in pixels of the base image."""
-    p_grayscale: float = 0.2
-    min_scale: float = 0.5
+    p_grayscale: float = param(0.2, PROBABILITY)
+    min_scale: float = param(0.5, number(above=0, at_most=1))
     """Smallest crop side, as a fraction of the image side."""
-    p_flip: float = 0.5
+    p_flip: float = param(0.5, PROBABILITY)
 
     # --- runtime ------------------------------------------------------------------------------
-    seed: int = 0
+    seed: int = param(0, integer(0))
     """Seed of the model initialisation, the views, the k-means and the batch order."""
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = param(default_factory=lambda: [0], check=SEEDS)
     """Seeds run by `compare`."""
-    device: str = "auto"
+    device: str = param("auto", DEVICE)
     """"auto" (cuda when available), "cpu" or "cuda"."""
-    num_workers: int = 0
+    num_workers: int = param(0, integer(0))
     """DataLoader worker processes."""
-    channels_last: bool = True
+    channels_last: bool = param(True, boolean)
     """Channels-last memory format (same numbers, faster convolutions)."""
-    amp: bool = False
+    amp: bool = param(False, boolean)
     """bfloat16 autocast for the network (losses stay float32). Off = exact float32."""
-    eval_batch_size: int = 64
+    eval_batch_size: int = param(64, integer(1))
     """Images per batch at evaluation."""
-    probe_epochs: int = 20
+    probe_epochs: int = param(20, integer(0))
     """Epochs of the supervised linear probe (the ceiling reference in `compare`)."""
 
     def __post_init__(self) -> None:
@@ -189,60 +283,13 @@ class Config:
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        def one_of(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-
-        one_of("loss", LOSSES)
-        one_of("balance", BALANCES)
-        one_of("focal_balance", BALANCES)
-        one_of("ib_balance", BALANCES)
-        one_of("ib_feature", IB_FEATURES)
-        one_of("bn_eval", BN_EVALS)
-        one_of("kmeans_backend", KMEANS_BACKENDS)
-        one_of("dataset", DATASETS)
-        one_of("synthetic_colours", SYNTHETIC_COLOURS)
+        """Each field's rule (declared beside it), then the rules that join two fields."""
+        for f in fields(self):
+            problem = rule_error(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(problem)
         if self.dataset != "synthetic" and not self.data_root:
             raise ValueError(f"data_root={self.data_root!r}: dataset={self.dataset} needs the folder of its files")
-        if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
-            raise ValueError(f"max_images={self.max_images!r}: expected a positive integer or null")
-        if not isinstance(self.curated, bool):
-            raise ValueError(f"curated={self.curated!r}: expected true or false")
-        for name in (
-            "image_size",
-            "n_train",
-            "n_val",
-            "res",
-            "base_res",
-            "n_clusters",
-            "kmeans_init_batches",
-            "kmeans_iters",
-            "batch_size_cluster",
-            "batch_size_train",
-            "eval_batch_size",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
-        for name in ("epochs_ce", "epochs_focal", "epochs_ib_focal", "num_workers", "probe_epochs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 0")
-        if self.res % 32:
-            raise ValueError(f"res={self.res}: expected a multiple of 32 (the backbone's stride)")
-        if not (
-            self.temperature > 0 and self.lr > 0 and self.ib_alpha > 0 and self.ib_eps > 0 and self.ib_lr_factor > 0
-        ):
-            raise ValueError("temperature, lr, ib_alpha, ib_eps and ib_lr_factor must be positive")
-        if not (self.gamma >= 0 and self.ib_gamma >= 0):
-            raise ValueError(f"gamma={self.gamma}, ib_gamma={self.ib_gamma}: focal exponents must be >= 0")
-        if self.switch != "min_loss" and not (isinstance(self.switch, int) and self.switch >= 0):
-            raise ValueError(f"switch={self.switch!r}: expected 'min_loss' or a number of CE epochs >= 0")
-        if not 0 < self.min_scale <= 1:
-            raise ValueError(f"min_scale={self.min_scale}: expected a fraction in (0, 1]")
-        for name in ("brightness", "contrast", "saturation", "hue", "blur_sigma"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name}={[lo, hi]}: expected [low, high] with low <= high")
 
     def epochs_for(self, loss: str | None = None) -> int:
         """Epochs of a method, in the paper's 10 : 15 : 20 proportions as the preset scales them."""
@@ -255,48 +302,97 @@ class Config:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-_TUPLE_FIELDS = {f.name for f in fields(Config) if str(f.type).startswith("tuple")}
-_FLOAT_FIELDS = {f.name for f in fields(Config) if f.type == "float"}
+_FIELDS = {f.name: f for f in fields(Config)}
+_TUPLE_FIELDS = {name for name, f in _FIELDS.items() if str(f.type).startswith("tuple")}
+_FLOAT_FIELDS = {name for name, f in _FIELDS.items() if f.type == "float"}
 
 
 def _coerce(key: str, value: Any) -> Any:
+    """YAML's types to the field's: a list to a tuple, an integer or a string such as "1e-4" (YAML 1.1
+    reads it as a string) to a float. Anything else is left for the field's rule to refuse."""
     if key in _TUPLE_FIELDS and isinstance(value, list):
-        return tuple(float(v) for v in value)
-    if key in _FLOAT_FIELDS and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-4" as a string
-        except ValueError:
-            raise ValueError(f"{key}={value!r}: expected a number") from None
+        return tuple(_coerce_float(v) for v in value)
+    if key in _FLOAT_FIELDS:
+        return _coerce_float(value)
     return value
 
 
-def from_dict(values: dict[str, Any], source: str = "parameters") -> Config:
-    """Build a Config, naming the unknown keys and the source they came from."""
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(values) - known)
+def _coerce_float(value: Any) -> Any:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def checked(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` coerced to the fields' types, each checked against its field's rule; the message names
+    ``source`` (a preset file, "-p", a checkpoint) and, for "-p", the mistaken override as typed."""
+    unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+        where = f"-p {unknown[0]}={_shown(values[unknown[0]])}" if source == "-p" else source
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_FIELDS))}")
+    out = {k: _coerce(k, v) for k, v in values.items()}
+    for key, value in out.items():
+        problem = rule_error(key, value, values[key])
+        if problem:
+            raise ValueError(f"-p {problem}" if source == "-p" else f"{source}: {problem}")
+    return out
+
+
+def from_dict(values: dict[str, Any], source: str = "parameters") -> Config:
+    """Build a Config; an unknown key or a value its field's rule refuses is named with its source."""
+    return Config(**checked(values, source))
 
 
 def preset_path(name: str) -> Path:
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"--preset {path}: no such file")
         return path
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise ValueError(f"preset {name!r}: expected one of {available} or the path of a .yaml file")
+        raise ValueError(f"--preset {name!r}: expected one of {available} or the path of a .yaml file")
     return path
 
 
-def load_preset(name: str, **overrides: Any) -> Config:
-    """Paper defaults, then the preset's keys, then ``overrides``."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first_line[key] + 1})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text``; a syntax error or a duplicate key becomes one line naming ``source`` and where."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def load_preset(name: str, overrides_source: str = "parameters", **overrides: Any) -> Config:
+    """Paper defaults, then the preset's keys, then ``overrides``; each checked and named by its source
+    (the preset file, or ``overrides_source``: "-p" on the command line)."""
     path = preset_path(name)
-    values = yaml.safe_load(path.read_text()) or {}
+    values = read_yaml(path.read_text(), str(path)) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of parameter names to values")
-    return from_dict({**values, **overrides}, source=str(path))
+    return Config(**{**checked(values, str(path)), **checked(overrides, overrides_source)})
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -304,7 +400,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"-p {text!r}: expected KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), read_yaml(value, f"-p {text}")
+
+
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """The ``-p`` options in order; a key given twice is refused (which one was meant?)."""
+    pairs = [parse_override(t) for t in texts]
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"-p {', -p '.join(repeated)}: given more than once; keep one")
+    return dict(pairs)
 
 
 # Parameters that change how a run executes, not what it computes.
@@ -324,7 +430,7 @@ def differences(
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_json(path, cfg.to_dict())
 
 
 def load_config(path: Path) -> Config:

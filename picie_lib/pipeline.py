@@ -165,6 +165,11 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
                 print(f"warning: no HTML for {output}: {type(err).__name__}: {err}", file=sys.stderr)
 
 
+def default_out_dir(preset: str) -> Path:
+    """Where ``run`` writes when no ``--out`` is given: outputs/PRESET-YYYYmmdd-HHMMSS."""
+    return Path(f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
 def run(
     preset: str,
     out_dir: Path | None = None,
@@ -177,13 +182,13 @@ def run(
     scores are kept, an unfinished training resumes from its checkpoint, the notebooks run again."""
     overrides = dict(overrides or {})
     as_shipped = preset == "demo" and not overrides  # the committed runtimes are this run's
-    cfg = load_preset(preset, **overrides)  # a bad preset or parameter fails here, before anything is written
+    cfg = load_preset(preset, overrides_source="-p", **overrides)  # fails here, before anything is written
     if Path(preset).suffix in (".yaml", ".yml"):
         preset = str(Path(preset).resolve())
     paths = absolute_paths(cfg, Path.cwd())  # the notebooks run in notebooks/, not here
     overrides.update(paths)
     cfg = cfg.replace(**paths)
-    out_dir = Path(out_dir or f"outputs/{Path(preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out_dir = Path(out_dir or default_out_dir(preset)).resolve()
     if resume and not (out_dir / "config.json").is_file():
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
     with exclusive(out_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -36,19 +37,24 @@ def _temporary_beside(path: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file, and
+    the temporary file is removed on any failure (a full disk, an exception, SIGTERM, Ctrl-C). An
+    ``OSError`` names ``path`` (``write()`` alone names no file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_beside(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_beside(path)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)  # after os.replace there is nothing left to remove
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -56,15 +62,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (RFC 8259): a float that is not finite becomes null, never ``NaN`` or ``Infinity``,
+    which Python writes by default and other JSON readers refuse."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy and torch values
+        return _finite(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return obj
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -77,22 +95,21 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_beside(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``atomic_write_bytes``: serialised in memory first, so that a full disk is
+    an ``OSError(ENOSPC)`` naming ``path`` (torch's own writer reports "unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, default=_json_default) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "a") as fh:
+            fh.write(json_text(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -144,11 +161,13 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
     or refused with the holder's PID and command, and released on any exit, a kill included (the
     operating system drops a dead process's locks). Each job locks the folders it writes into once; a
     second lock of the same folder, from any process, is refused. A forked data-loader worker shares the
-    lock while it lives; they end with their epoch's iterator."""
+    lock while it lives; they end with their epoch's iterator.
+
+    Before anything is computed the folder must be writable (``writable_folder``); once the lock is
+    held, the temporary files a killed job left (``remove_stale_temporaries``) are removed."""
     import fcntl
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = writable_folder(folder)
     handle = open(folder / LOCK_NAME, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -162,9 +181,40 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
         handle.truncate()
         handle.write(f"PID {os.getpid()} ({command or ' '.join(['python', *sys.argv])})\n")
         handle.flush()
+        remove_stale_temporaries(folder)
         yield folder
     finally:
         handle.close()
+
+
+def writable_folder(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove it writable with a file that is removed at once, so that a
+    read-only or full location, or an ``--out`` that is a file, stops a job before its work, not after."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; expected a folder (choose another --out)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except FileExistsError:  # a parent is a file
+        raise NotADirectoryError(f"{folder}: a parent folder is a file; choose another --out") from None
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from None
+    return folder
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the ``.NAME.*.tmp`` files of atomic writes that a killed job (SIGKILL, power loss) left in
+    ``folder`` and its ``figures/``; the caller holds the folder's lock, so none of them is being written."""
+    stale = [*Path(folder).glob(".*.tmp"), *Path(folder).glob("figures/.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def holds_a_run(path: Path) -> bool:

@@ -45,6 +45,7 @@ from picie_lib.runs import (
     atomic_write_text,
     environment,
     exclusive,
+    json_text,
     new_run_dir,
     weights_digest,
     write_json,
@@ -464,8 +465,13 @@ class Schedule:
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by ``train``; read with ``weights_only=True`` (no arbitrary unpickling)."""
+CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "centroids", "schedule", "history")  # checkpoint.pt
+CE_MIN_KEYS = ("epoch", "model", "optimizer")  # ce_min.pt: the weights at the CE minimum
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+    """A checkpoint written by ``train``, holding ``keys``; read with ``weights_only=True`` (no arbitrary
+    unpickling)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (a run writes one at the end of every epoch)")
@@ -477,6 +483,12 @@ def load_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: unreadable, truncated or not a torch file ({err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a picie_lib checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}; it is damaged or was edited. Restore it "
+            "from a copy, or train again with --overwrite"
+        )
     return ckpt
 
 
@@ -524,10 +536,10 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
         schedule.load_state_dict(ckpt["schedule"])
         start = ckpt["epoch"] + 1
         if (out_dir / "ce_min.pt").exists():
-            ce_min_state = load_checkpoint(out_dir / "ce_min.pt")
+            ce_min_state = load_checkpoint(out_dir / "ce_min.pt", CE_MIN_KEYS)
         # the log as the checkpoint saw it: lines of an epoch that did not finish are dropped
         history = list(ckpt["history"])
-        atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        atomic_write_text(out_dir / "log.jsonl", "".join(json_text(r) + "\n" for r in history))
     else:
         # --resume before the first checkpoint: start again, if the folder is this run's
         started = resume and (out_dir / "config.json").is_file()

@@ -1,8 +1,11 @@
 """Parameters: presets, overrides, and clear errors for unknown or malformed ones."""
 
+import re
+from dataclasses import fields
+
 import pytest
 
-from picie_lib.config import Config, from_dict, load_preset, parse_override
+from picie_lib.config import Config, Rule, from_dict, load_preset, parse_override, parse_overrides, read_yaml
 
 
 def test_defaults_are_the_papers_setting():
@@ -42,18 +45,75 @@ def test_unknown_preset_lists_the_known_ones():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"loss": "dice"}, "loss='dice': expected one of ce, focal, ib_focal"),
-        ({"balance": "sqrt"}, "balance='sqrt'"),
-        ({"switch": "soon"}, "switch='soon'"),
-        ({"res": 100}, "res=100: expected a multiple of 32"),
-        ({"n_clusters": 0}, "n_clusters=0"),
-        ({"lr": "fast"}, "lr='fast': expected a number"),
-        ({"brightness": [1.3, 0.7]}, "brightness"),
+        ({"loss": "dice"}, "loss=dice: expected one of ce, focal, ib_focal"),
+        ({"balance": "sqrt"}, "balance=sqrt: expected one of"),
+        ({"switch": "soon"}, "switch=soon: expected 'min_loss' or a number of CE epochs >= 0"),
+        ({"res": 100}, "res=100: expected a positive multiple of 32"),
+        ({"n_clusters": 0}, "n_clusters=0: expected an integer >= 2"),
+        ({"lr": "fast"}, "lr=fast: expected a finite number > 0"),
+        ({"lr": float("inf")}, "lr=.inf: expected a finite number > 0"),
+        ({"brightness": [1.3, 0.7]}, "brightness=[1.3, 0.7]: expected [low, high]"),
+        ({"hue": [0.5]}, "hue=[0.5]: expected [low, high], two numbers >= -0.5 and <= 0.5"),
+        ({"hue": [-0.7, 0.1]}, "hue=[-0.7, 0.1]"),
+        ({"p_flip": 5}, "p_flip=5: expected a probability in [0, 1]"),
+        ({"p_jitter": -0.1}, "p_jitter=-0.1: expected a probability"),
+        ({"gamma": -3}, "gamma=-3: expected a finite number >= 0"),
+        ({"seed": -1}, "seed=-1: expected an integer >= 0"),
+        ({"seed": 1.5}, "seed=1.5: expected an integer"),
+        ({"seeds": "abc"}, "seeds=abc: expected a non-empty list"),
+        ({"seeds": []}, "seeds=[]: expected a non-empty list"),
+        ({"seeds": [0, 0]}, "seeds=[0, 0]: expected a non-empty list of distinct"),
+        ({"epochs_ce": 0}, "epochs_ce=0: expected an integer >= 1"),
+        ({"device": "tpu"}, "device=tpu: expected auto, cpu, cuda or cuda:N"),
+        ({"amp": "maybe"}, "amp=maybe: expected true or false"),
+        ({"min_scale": 0}, "min_scale=0: expected a finite number > 0 and <= 1"),
+        ({"max_images": 0}, "max_images=0: expected null or an integer >= 1"),
     ],
 )
 def test_bad_values_get_clear_errors(bad, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         from_dict(bad)
+    with pytest.raises(ValueError, match=re.escape(message)):  # built directly, as a notebook may
+        Config(**{k: tuple(v) if isinstance(v, list) and k != "seeds" else v for k, v in bad.items()})
+
+
+def test_every_field_declares_its_rule_and_the_defaults_meet_it():
+    for f in fields(Config):
+        assert isinstance(f.metadata.get("rule"), Rule), f"{f.name} has no rule beside it"
+    Config()  # the paper's defaults pass their own rules
+    for name in ("smoke", "demo", "paper"):
+        load_preset(name)
+
+
+def test_a_mistake_in_p_is_named_as_p_and_one_in_a_file_by_its_path(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("-p seed=-1: expected an integer >= 0")):
+        load_preset("smoke", overrides_source="-p", seed=-1)
+    with pytest.raises(ValueError, match=r"^-p bogus=1: unknown key\(s\) bogus"):
+        load_preset("smoke", overrides_source="-p", bogus=1)
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("epochs_ce: 2\np_flip: 5\n")
+    with pytest.raises(ValueError, match=re.escape(f"{preset}: p_flip=5: expected a probability")):
+        load_preset(str(preset), overrides_source="-p", seed=1)
+    with pytest.raises(ValueError, match="given more than once"):
+        parse_overrides(["seed=1", "lr=1e-3", "seed=2"])
+    with pytest.raises(ValueError, match=r"-p hue=\[0.5: not valid YAML"):
+        parse_overrides(["hue=[0.5"])
+
+
+def test_a_key_given_twice_in_a_preset_is_refused_with_both_lines(tmp_path):
+    preset = tmp_path / "twice.yaml"
+    preset.write_text("# a comment\nepochs_ce: 2\nlr: 1.0e-3\nepochs_ce: 3\n")
+    with pytest.raises(
+        ValueError, match=re.escape("not valid YAML at line 4, column 1: duplicate key 'epochs_ce' (first on line 2)")
+    ):
+        load_preset(str(preset))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: [1e-3\n")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(broken))}: not valid YAML at line 2"):
+        load_preset(str(broken))
+    assert read_yaml("a: {b: 1}\nc: 2\n", "x") == {"a": {"b": 1}, "c": 2}
+    with pytest.raises(ValueError, match="duplicate key 'b'"):  # nested mappings too
+        read_yaml("a: {b: 1, b: 2}\n", "x")
 
 
 def test_overrides_read_yaml_values():

@@ -345,7 +345,7 @@ def test_build_dataset_for_every_on_disk_set(tmp_path, coco):
     assert len(build_dataset(cfg, "train", "train")) == 3
     with pytest.raises(ValueError, match="data_root=None: dataset=folder"):
         Config(dataset="folder")
-    with pytest.raises(ValueError, match="dataset='coco'"):
+    with pytest.raises(ValueError, match="dataset=coco: expected one of"):
         Config(dataset="coco", data_root="x")
     with pytest.raises(ValueError, match="base_res=0"):
         Config(base_res=0)

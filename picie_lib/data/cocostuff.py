@@ -407,14 +407,24 @@ def is_curated(fine: np.ndarray) -> bool:
 
 
 def read_curated(path: Path) -> list[str]:
-    """The ids of a curated list (one 12-digit COCO id per line)."""
-    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    bad = [(n, i) for n, i in enumerate(ids, 1) if not (i.isdigit() and len(i) == 12)]
+    """The ids of a curated list (one 12-digit COCO id per line; blank lines are skipped). An id listed
+    twice is refused with both line numbers: it would be trained on and scored twice."""
+    lines = [(n, line.strip()) for n, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    bad = [(n, i) for n, i in lines if not (i.isdigit() and len(i) == 12)]
     if bad:
         raise ValueError(f"{path}: line {bad[0][0]} is {bad[0][1]!r}; expected one 12-digit COCO image id per line")
-    if not ids:
+    if not lines:
         raise ValueError(f"{path}: empty; expected one 12-digit COCO image id per line ({CURATED_SOURCE})")
-    return ids
+    first: dict[str, int] = {}
+    repeats = []
+    for n, i in lines:
+        if i in first:
+            repeats.append(f"{i} on lines {first[i]} and {n}")
+        first.setdefault(i, n)
+    if repeats:
+        shown = "; ".join(repeats[:3]) + (f"; and {len(repeats) - 3} more" if len(repeats) > 3 else "")
+        raise ValueError(f"{path}: {len(repeats)} id(s) listed twice ({shown}); keep each id once")
+    return [i for _, i in lines]
 
 
 def build_curated(root: Path, folder: str, ids: list[str]) -> tuple[list[str], list[str]]:

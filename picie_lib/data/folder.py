@@ -21,8 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
+from picie_lib.config import read_yaml
 from picie_lib.data.images import ImageFiles, find_images, label_table
 
 IGNORE_VALUE = 255
@@ -37,8 +36,8 @@ def load_class_table(path: str | Path) -> tuple[tuple[str, ...], tuple[int, ...]
         raise FileNotFoundError(f"{path}: no class table; expected {TABLE_HELP}")
     text = path.read_text()
     try:
-        table = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        table = json.loads(text) if path.suffix.lower() == ".json" else read_yaml(text, str(path))
+    except (json.JSONDecodeError, ValueError) as err:
         raise ValueError(f"{path}: unreadable ({err}); expected {TABLE_HELP}") from err
     if not isinstance(table, dict) or set(table) - {"names", "things"}:
         extra = sorted(set(table) - {"names", "things"}) if isinstance(table, dict) else []

@@ -75,14 +75,18 @@ def _peek(report: Report, *paths: Path) -> None:
 
 
 # ---- COCO-Stuff-27 ---------------------------------------------------------------------------------
-def prepare_cocostuff(root: str | Path, verify: bool = False) -> dict:
-    """Check the COCO-Stuff layout; draw label PNGs from the JSON and build curated lists where needed."""
+def prepare_cocostuff(root: str | Path, verify: bool = False, curated: bool = True) -> dict:
+    """Check the COCO-Stuff layout; draw label PNGs from the JSON and build curated lists where needed.
+    ``curated`` is the run's setting: True checks (and verifies) the curated images, False every image."""
     root = Path(root)
     report = Report("cocostuff27", root)
     if not root.is_dir():
         report.problem(f"{root}: no such folder; expected the data root holding images/, annotations/, curated/")
     for split, folder in cocostuff.SPLIT_FOLDERS.items():
-        _prepare_coco_split(report, root, split, folder, verify)
+        if curated:
+            _prepare_coco_split(report, root, split, folder, verify)
+        else:
+            _prepare_coco_whole_split(report, root, split, folder, verify)
     return report.finish("cocostuff27")
 
 
@@ -148,6 +152,33 @@ def _prepare_coco_split(report: Report, root: Path, split: str, folder: str, ver
             dataset = cocostuff.CocoStuff27(root, split, "eval")
             _verify(report, f"{folder} images and labels", dataset.load, len(dataset))
     report.count(folder, **counts)
+
+
+def _prepare_coco_whole_split(report: Report, root: Path, split: str, folder: str, verify: bool) -> None:
+    """``curated=false``: a run reads every image of the split and its label map."""
+    image_dir, label_dir = cocostuff.image_dir(root, folder), cocostuff.label_dir(root, folder)
+    images = sorted(cocostuff.stems(image_dir, ".jpg"))
+    if not images:
+        report.problem(f"{image_dir}: no .jpg images; {cocostuff.image_source(folder)}")
+    labels_before = cocostuff.stems(label_dir, ".png")
+    if not labels_before and not cocostuff.has_json(root, folder):
+        report.problem(f"{label_dir}: no .png label maps; {cocostuff.label_source(folder)}")
+        missing = images
+    else:
+        missing = cocostuff.ensure_labels(root, folder, images)
+        if missing:
+            report.problem(str(cocostuff.missing_labels_error(root, folder, missing, len(images))))
+    labels = cocostuff.stems(label_dir, ".png")
+    if len(labels) > len(labels_before):
+        report.note(f"drew {len(labels) - len(labels_before):,} label maps from the COCO JSON into {label_dir}")
+    report.note(f"{folder}: curated=false, so every image of the split is read (the curated list is not used)")
+    if images and not missing:
+        if verify:
+            dataset = cocostuff.CocoStuff27(root, split, "eval", curated=False)
+            _verify(report, f"{folder} images and labels (all, curated=false)", dataset.load, len(dataset))
+        else:
+            _peek(report, image_dir / f"{images[0]}.jpg", label_dir / f"{images[0]}.png")
+    report.count(folder, images=len(images), label_maps=len(labels))
 
 
 # ---- Cityscapes-27 ---------------------------------------------------------------------------------
