@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import shlex
 import signal
 import sys
 import time
@@ -177,30 +178,34 @@ def what_was_saved(args: argparse.Namespace) -> str:
     """One sentence on what an interrupted command leaves, and how to go on from it."""
     out = Path(getattr(args, "out", None) or getattr(args, "run_dir", None) or ".")
     if args.command == "evaluate":
-        return f"nothing written (metrics.json is written whole at the end); run `evaluate {out}` again"
+        return f"nothing written (metrics.json is written whole at the end); again: python -m picie_lib evaluate {out}"
     if args.command not in ("train", "compare", "run") or not holds_a_run(out):
         return "nothing to keep"
-    argv = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+    argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
     if args.command == "run" and "--out" not in argv:
         argv += ["--out", str(out)]
-    again = f"python -m picie_lib {' '.join(argv)} --resume"
+    again = shlex.join(["python", "-m", "picie_lib", *argv, "--resume"])
     if args.command == "train":
         epoch = _saved_epoch(out / "checkpoint.pt")
-        saved = f"epoch {epoch} is saved in {out / 'checkpoint.pt'}" if epoch else "no epoch had finished"
+        saved = f"{epoch} is saved in {out / 'checkpoint.pt'}" if epoch else "no epoch had finished"
     else:
         finished = sorted(p.parent.name for p in out.glob("*/summary.json"))
         ongoing = {p.parent.name: _saved_epoch(p) for p in out.glob("*/checkpoint.pt") if p.parent.name not in finished}
         saved = f"{len(finished)} training(s) finished in {out}" + "".join(
-            f"; {name} saved at epoch {epoch}" for name, epoch in sorted(ongoing.items()) if epoch
+            f"; {name} saved at {epoch}" for name, epoch in sorted(ongoing.items()) if epoch
         )
     return f"{saved}; continue with: {again}"
 
 
-def _saved_epoch(path: Path) -> int | None:
+def _saved_epoch(path: Path) -> str | None:
+    """ "epoch E of N" of the checkpoint at ``path``, or None when there is none to resume from."""
     import torch
 
+    from picie_lib.config import from_dict
+
     try:  # mmap: the epoch without reading the weights
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return f"epoch {ckpt['epoch']} of {from_dict(ckpt['config']).epochs_for()}"
     except Exception:  # no checkpoint, or one cut short: nothing to name
         return None
 
@@ -222,23 +227,29 @@ def os_error_line(err: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         print("error: --resume continues what --out holds, --overwrite replaces it: choose one", file=sys.stderr)
         return 2
     stop = {signal.SIGINT: ("interrupted (Ctrl-C)", 130), signal.SIGTERM: ("stopped by SIGTERM", 143)}
     received: list[int] = []
 
-    def on_sigterm(signum, frame):
+    def on_signal(signum, frame):
+        if received:  # already stopping (timeout and kill send twice, Ctrl-C pressed again): let it finish
+            return
         received.append(signum)
-        raise Terminated
+        if args.command == "run":
+            from picie_lib.pipeline import stop_kernels
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+            stop_kernels()
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+    previous = {s: signal.signal(s, on_signal) for s in stop}
     try:
         args.func(args)
-    except KeyboardInterrupt:
-        received.append(signal.SIGINT)
-    except Terminated:
-        pass
+    except (KeyboardInterrupt, Terminated):
+        if not received:  # a KeyboardInterrupt raised before the handler was in place
+            received.append(signal.SIGINT)
     except BaseException as err:
         if received:  # a data-loader worker killed by the same SIGTERM may fail first
             pass
@@ -254,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if received:
         what, code = stop[received[0]]
         print(f"{what}: {what_was_saved(args)}", file=sys.stderr)

@@ -14,6 +14,7 @@ with which parameters, and collects what they wrote into one folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -112,6 +113,41 @@ def _kernel_config(folder: str):
     return config
 
 
+def stop_kernels(wait: float = 5.0) -> list[int]:
+    """End this process's notebook kernels now (``run`` on Ctrl-C or SIGTERM), before papermill's own
+    clean-up asks a busy kernel to shut down and it prints a traceback on its closed sockets. The kernel
+    gets SIGTERM, then SIGKILL after ``wait`` seconds; what a killed training was writing is a temporary
+    file that the next start removes (``runs.remove_stale_temporaries``). Linux (reads /proc)."""
+    import signal
+
+    kernels = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"ipykernel" in (stat.parent / "cmdline").read_bytes():
+                kernels.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # a process that ended meanwhile
+            continue
+    for pid in kernels:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    for pid in kernels:
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and _is_running(pid):
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return kernels
+
+
+def _is_running(pid: int) -> bool:
+    """False once ``pid`` is a zombie (ended, not yet reaped by its parent) or gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = None) -> None:
     """Run ``cwd/notebook.ipynb`` (default: the repository's notebooks) with papermill into
     ``output``, and render the executed copy to HTML beside it (``html_copy``), failed or not."""
@@ -137,8 +173,6 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
                 progress_bar=False,
                 config=_kernel_config(sockets),
             )
-    except KeyboardInterrupt:
-        raise
     except papermill.PapermillExecutionError as err:
         import nbformat
 
