@@ -201,7 +201,7 @@ def writable_folder(folder: Path) -> Path:
         finally:
             os.close(fd)
             os.unlink(probe)
-    except FileExistsError:  # a parent is a file
+    except (FileExistsError, NotADirectoryError):  # a parent is a file
         raise NotADirectoryError(f"{folder}: a parent folder is a file; choose another --out") from None
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(folder)) from None
