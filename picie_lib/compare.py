@@ -27,6 +27,7 @@ from picie_lib.evaluate import (
     evaluate_rgb,
     evaluate_run,
     linear_probe,
+    read_metrics,
     scored_checkpoint,
     write_evaluation,
 )
@@ -134,7 +135,7 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
                 raise ValueError(f"method={method!r}: expected one of {LOSSES + REFERENCES}")
             result["seconds"] = time.perf_counter() - t0
             write_evaluation(run_dir, result, method, run_cfg)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir / "metrics.json")
     row = {
         "loss": method,
         "seed": seed,
@@ -240,7 +241,7 @@ def _oversegmentation_by_seed(out_dir: Path, rows: list[dict], kind: str, key: s
     for r in rows:
         path = Path(out_dir) / f"ce-seed{r['seed']}" / "metrics.json"
         if r["loss"] == "ce" and path.is_file():
-            values[r["seed"]] = json.loads(path.read_text())["oversegmentation"][kind][key]
+            values[r["seed"]] = read_metrics(path)["oversegmentation"][kind][key]
     return values
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -345,13 +346,30 @@ def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = Fals
     return result
 
 
+def read_metrics(path: Path) -> dict:
+    """A ``metrics.json`` with its numbers as they were computed: JSON has no NaN, so a value that was
+    not a number (a class absent from the split, a subset it is not in) is written as null
+    (``runs.json_text``) and read back here as NaN, in the scores, the per-class rows and the
+    over-segmentation summary."""
+    metrics = json.loads(Path(path).read_text())
+
+    def nan_for_null(values: dict, skip: tuple[str, ...] = ()) -> dict:
+        return {k: (math.nan if v is None and k not in skip else v) for k, v in values.items()}
+
+    metrics["scores"] = nan_for_null(metrics.get("scores", {}))
+    metrics["per_class"] = [nan_for_null(r, ("class", "kind")) for r in metrics.get("per_class", [])]
+    if "oversegmentation" in metrics:
+        metrics["oversegmentation"] = {k: nan_for_null(v) for k, v in metrics["oversegmentation"].items()}
+    return metrics
+
+
 def current_evaluation(run_dir: Path) -> dict:
     """The scores of the weights now in ``run_dir``: its ``metrics.json`` while that scored these weights
     with the folder's configuration (a resumed batch run rescores nothing), else ``evaluate_run``."""
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.json"
     if metrics.is_file() and (run_dir / "centroids.pt").is_file():
-        saved = json.loads(metrics.read_text())
+        saved = read_metrics(metrics)
         cfg, ckpt = scored_checkpoint(run_dir)
         same_weights = saved.get("checkpoint", {}).get("weights_sha256") == weights_digest(ckpt["model"])
         if same_weights and not differences(saved.get("config", {}), cfg, TRAINING_RUNTIME_KEYS):
@@ -363,7 +381,7 @@ def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], 
     """``(images, size) -> (B, H, W)`` class ids predicted by an evaluated run (or reference point):
     its fitted centroids, each cluster named by the run's Hungarian matching (All); -1 = unmatched."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir / "metrics.json")
     if not (run_dir / "centroids.pt").is_file():
         raise FileNotFoundError(f"{run_dir}: no centroids.pt; only clusterings have them (evaluate the run first)")
     saved = torch.load(run_dir / "centroids.pt", map_location="cpu", weights_only=True)

@@ -13,7 +13,7 @@ from picie_lib.data import build_dataset
 from picie_lib.losses import cross_entropy
 from picie_lib.model import batch_statistics
 from picie_lib.runs import read_jsonl
-from picie_lib.train import NonFiniteLoss, Schedule, load_checkpoint, picie_loss, train
+from picie_lib.train import CE_MIN_KEYS, NonFiniteLoss, Schedule, load_checkpoint, picie_loss, train
 from picie_lib.transforms import draw_view_params
 
 
@@ -241,7 +241,7 @@ def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
         (4, "ib_focal", False),
     ]
     assert log[1]["switch"] == {"ib_focal_from_epoch": 2, "weights_from_epoch": 1}
-    ce_min = load_checkpoint(tmp_path / "ce_min.pt")
+    ce_min = load_checkpoint(tmp_path / "ce_min.pt", CE_MIN_KEYS)
     final = load_checkpoint(tmp_path / "checkpoint.pt")
     # three IB-Focal epochs after going back to epoch 1's weights: epoch-1 weights + 3 * 0.01
     key = "decoder.layer1.weight"
