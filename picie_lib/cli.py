@@ -12,18 +12,29 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-from picie_lib.config import LOSSES, load_preset, parse_overrides
+from picie_lib import distributed
+from picie_lib.config import LOSSES, load_config, load_preset, parse_overrides
 from picie_lib.runs import holds_a_run
 
 
 def _config(args: argparse.Namespace, **extra):
-    return load_preset(args.preset, overrides_source="-p", **{**parse_overrides(args.param), **extra})
+    """The command's configuration; under torchrun, this process joins the others here."""
+    cfg = load_preset(args.preset, overrides_source="-p", **{**parse_overrides(args.param), **extra})
+    distributed.setup(cfg.device)
+    return cfg
+
+
+def say(text: str) -> None:
+    """Print a command's result once: under torchrun, from rank 0."""
+    if distributed.is_main():
+        print(text)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -36,18 +47,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         extra[f"epochs_{args.loss}"] = args.epochs
     cfg = _config(args, **extra)
     summary = train(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite)
-    print(
+    say(
         f"trained {cfg.loss} for {summary['epochs']} epochs into {args.out}"
         + (f" (IB-Focal from epoch {summary['switch_epoch']})" if cfg.loss == "ib_focal" else "")
     )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from picie_lib.evaluate import evaluate_run
+    from picie_lib.evaluate import evaluate_run, run_config_path
 
+    distributed.setup(load_config(run_config_path(Path(args.run_dir))).device)
     result = evaluate_run(Path(args.run_dir), force=args.force)
-    print(" ".join(f"{k}={v:.2f}" for k, v in result["scores"].items()))
-    print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    say(" ".join(f"{k}={v:.2f}" for k, v in result["scores"].items()))
+    say(f"wrote {Path(args.run_dir) / 'metrics.json'}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -55,27 +67,29 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     rows = compare(_config(args), Path(args.out), overwrite=args.overwrite, resume=args.resume)
-    print(table2_markdown(rows))
-    print(f"\nwrote {args.out}/results.{{csv,json,md,png}} in {(time.perf_counter() - start) / 60:.1f} min")
+    say(table2_markdown(rows))
+    say(f"\nwrote {args.out}/results.{{csv,json,md,png}} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from picie_lib.pipeline import default_out_dir, run
 
+    if distributed.launched():
+        raise ValueError("run executes notebooks in one process; under torchrun use train, evaluate or compare")
     start = time.perf_counter()
     if args.resume and not args.out:
         raise ValueError("--resume needs the --out of the run to continue")
     args.out = args.out or str(default_out_dir(args.preset))  # named in the message if it is interrupted
     out = run(args.preset, Path(args.out), parse_overrides(args.param), args.overwrite, args.resume)
-    print((out / "results.md").read_text())
-    print(f"wrote {out}/report.md and the executed notebooks in {(time.perf_counter() - start) / 60:.1f} min")
+    say((out / "results.md").read_text())
+    say(f"wrote {out}/report.md and the executed notebooks in {(time.perf_counter() - start) / 60:.1f} min")
 
 
 def cmd_pretext(args: argparse.Namespace) -> None:
     from picie_lib.pretext import pretrain_backbone
 
     path = pretrain_backbone(Path(args.out), n_images=args.images, epochs=args.epochs, seed=args.seed)
-    print(f"use it with -p pretrained={path}")
+    say(f"use it with -p pretrained={path}")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -267,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        distributed.teardown()
     if received:
         what, code = stop[received[0]]
-        print(f"{what}: {what_was_saved(args)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # torchrun stops every process; one says what is left
+            print(f"{what}: {what_was_saved(args)}", file=sys.stderr)
         return code
     return 0

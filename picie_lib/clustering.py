@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from picie_lib import distributed
+
 try:
     import faiss
 except ImportError:  # the torch implementation takes over
@@ -72,16 +74,17 @@ class PointSet:
 
     @property
     def dim(self) -> int:
-        return self.pieces[0].shape[1]
+        return next((p.shape[1] for p in self.pieces if len(p)), 0)
 
     @property
     def device(self) -> torch.device:
-        return self.pieces[0].device
+        return next((p.device for p in self.pieces if len(p)), torch.device("cpu"))
 
     def blocks(self):
-        """Blocks of at most ``ASSIGN_CHUNK`` rows, in order."""
+        """Blocks of at most ``ASSIGN_CHUNK`` rows, in order (empty pieces give none)."""
         for piece in self.pieces:
-            yield from piece.split(ASSIGN_CHUNK)
+            if len(piece):
+                yield from piece.split(ASSIGN_CHUNK)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """The rows at the given global indices."""
@@ -110,7 +113,12 @@ def _points(x: torch.Tensor | PointSet) -> PointSet:
 
 
 def lloyd_kmeans(
-    x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, init: torch.Tensor | None = None
+    x: torch.Tensor | PointSet,
+    k: int,
+    n_iter: int,
+    seed: int,
+    init: torch.Tensor | None = None,
+    across_processes: bool = False,
 ) -> torch.Tensor:
     """Lloyd's k-means in torch, on ``x``'s device, following faiss's ``Clustering``.
 
@@ -120,35 +128,72 @@ def lloyd_kmeans(
     apart symmetrically (faiss's ``split_clusters`` rule, with the largest cluster chosen instead
     of a random one so that the result does not depend on a second random stream).
     ``init`` (k, D) replaces the random start.
+
+    ``across_processes``: ``x`` is this process's share of the points (torchrun). The points are
+    numbered as one process would hold them (``global_rows``), so the random start is the
+    single-process one; each iteration's sums and counts are summed over the processes, and every
+    process ends with the same centroids (equal to one process's up to the order of float additions).
     """
     points = _points(x)
     n, d = len(points), points.dim
+    if across_processes:
+        n, d = int(distributed.sum_scalar(n)), int(_max_over_processes(d))
     if n < k:
         raise ValueError(f"k-means needs at least k={k} points, got {n}")
+    device = points.device
     if init is not None:
-        centroids = init.to(points.device, torch.float32).clone()
+        centroids = init.to(device, torch.float32).clone()
     else:
         gen = torch.Generator().manual_seed(int(seed))
-        centroids = points.rows(torch.randperm(n, generator=gen)[:k])
+        chosen = torch.randperm(n, generator=gen)[:k]
+        centroids = global_rows(points, chosen, d) if across_processes else points.rows(chosen)
     for _ in range(n_iter):
-        counts = torch.zeros(k, dtype=torch.int64, device=points.device)
+        counts = torch.zeros(k, dtype=torch.int64, device=device)
         sums = torch.zeros_like(centroids)
         for block in points.blocks():
             assign, _ = nearest_centroid(block, centroids)
             counts += torch.bincount(assign, minlength=k)
             sums.index_add_(0, assign, block)
+        if across_processes:
+            distributed.all_reduce_(counts)
+            distributed.all_reduce_(sums)
         nonempty = counts > 0
         centroids[nonempty] = sums[nonempty] / counts[nonempty, None].float()
         for empty in torch.nonzero(~nonempty).flatten().tolist():
             big = int(counts.argmax())
             eps = 1.0 / 1024
-            sign = torch.ones(d, device=points.device)
+            sign = torch.ones(d, device=device)
             sign[1::2] = -1
             centroids[empty] = centroids[big] * (1 + sign * eps)
             centroids[big] = centroids[big] * (1 - sign * eps)
             counts[empty] = counts[big] // 2
             counts[big] -= counts[empty]
     return centroids
+
+
+def _max_over_processes(value: int) -> int:
+    return max(distributed.all_gather_objects(value))
+
+
+def global_rows(points: PointSet, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows ``index`` of the points of all processes, numbered as one process holding every step's
+    whole batch would number them: step by step, and within a step process 0's piece, then process
+    1's, ... (each process's pieces are its shares of the steps, ``distributed.rank_batches``). Each
+    process fills the rows it holds; the sum over processes is the full set, the same everywhere."""
+    sizes = distributed.all_gather_objects([len(p) for p in points.pieces])  # [process][step]
+    me = distributed.rank()
+    starts, offset = {}, 0
+    for step in range(len(sizes[0])):
+        for proc, proc_sizes in enumerate(sizes):
+            starts[proc, step] = offset
+            offset += proc_sizes[step]
+    out = torch.zeros(len(index), dim, device=points.device)
+    for i, j in enumerate(index.tolist()):
+        for step, piece in enumerate(points.pieces):
+            start = starts[me, step]
+            if start <= j < start + len(piece):
+                out[i] = piece[j - start]
+    return distributed.all_reduce_(out)
 
 
 def faiss_kmeans(
@@ -181,7 +226,10 @@ def faiss_kmeans(
 
 
 def kmeans(x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, backend: str = "auto") -> torch.Tensor:
-    """Centroids (k, D) of ``x`` (N, D) by Lloyd's algorithm, with faiss or torch."""
+    """Centroids (k, D) of ``x`` (N, D) by Lloyd's algorithm, with faiss or torch. Under torchrun ``x``
+    is this process's share and the fit is torch's, across the processes (faiss sees one process)."""
+    if distributed.world() > 1:
+        return lloyd_kmeans(x, k, n_iter, seed, across_processes=True)
     if resolve_backend(backend, x.device) == "faiss":
         return faiss_kmeans(x, k, n_iter, seed)
     return lloyd_kmeans(x if isinstance(x, PointSet) else x.float(), k, n_iter, seed)
@@ -213,6 +261,7 @@ class MiniBatchKMeans:
         self._batches_kept = 0
         self._gen = torch.Generator().manual_seed(int(seed))
         self.inertia_sum, self.n_points = 0.0, 0
+        self._summed = False  # whether finish() has summed the k-means loss over the processes
 
     @classmethod
     def from_config(cls, cfg, seed: int) -> MiniBatchKMeans:
@@ -226,11 +275,15 @@ class MiniBatchKMeans:
             cfg.kmeans_max_init_points,
         )
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().float()
+    def update(self, x: torch.Tensor | None) -> None:
+        """One batch of pixel features (N, D). Under torchrun every process calls it once per global
+        step with its share, None when it has none (``distributed.rank_batches``): the sums and
+        counts of the step are summed over the processes, so that all hold the same centroids."""
+        shared = distributed.world() > 1
+        x = torch.empty(0, 0) if x is None else x.detach().float()
         if self.centroids is None:
-            if self.max_init_points is not None:
-                per_batch = max(1, self.max_init_points // self.init_batches)
+            if self.max_init_points is not None and len(x):
+                per_batch = max(1, self.max_init_points // (self.init_batches * distributed.world()))
                 if len(x) > per_batch:
                     x = x[torch.randperm(len(x), generator=self._gen)[:per_batch].to(x.device)]
             self._kept.append(x)
@@ -238,10 +291,14 @@ class MiniBatchKMeans:
             if self._batches_kept == self.init_batches:
                 self._fit_initial()
             return
+        x = x.to(self.centroids.device).reshape(-1, self.centroids.shape[1])
         assign, dist = nearest_centroid(x, self.centroids)
         self._record(assign, dist)
         batch_counts = torch.bincount(assign, minlength=self.k).to(self.counts.dtype)
         sums = torch.zeros_like(self.centroids).index_add_(0, assign, x)
+        if shared:
+            distributed.all_reduce_(batch_counts)
+            distributed.all_reduce_(sums)
         hit = batch_counts > 0
         self.counts += batch_counts
         rate = (batch_counts[hit] / self.counts[hit]).float()[:, None]
@@ -256,18 +313,23 @@ class MiniBatchKMeans:
             assign, dist = nearest_centroid(block.to(device), self.centroids)
             self._record(assign, dist)
             counts += torch.bincount(assign, minlength=self.k)
-        self.counts = counts
+        self.counts = distributed.all_reduce_(counts)
 
     def _record(self, assign: torch.Tensor, dist: torch.Tensor) -> None:
         self.inertia_sum += float(dist.double().sum())
         self.n_points += len(dist)
 
     def finish(self) -> torch.Tensor:
-        """The centroids (K, D); fits on what was kept when there were fewer batches than ``init_batches``."""
+        """The centroids (K, D); fits on what was kept when there were fewer batches than ``init_batches``.
+        Under torchrun the k-means loss (``mean_distance``) is summed over the processes here."""
         if self.centroids is None:
             if not self._batches_kept:
                 raise ValueError("MiniBatchKMeans.finish() before any update()")
             self._fit_initial()
+        if distributed.world() > 1 and not self._summed:
+            self.inertia_sum = distributed.sum_scalar(self.inertia_sum)
+            self.n_points = int(distributed.sum_scalar(self.n_points))
+            self._summed = True
         return self.centroids
 
     @property

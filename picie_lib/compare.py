@@ -11,6 +11,7 @@ the global protocol.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from picie_lib import readings
+from picie_lib import distributed, readings
 from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, load_config, save_config
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import (
@@ -159,14 +160,17 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = 
     """
     if resume:
         resumable(out_dir, cfg)  # named before the folder is created or locked
-    with exclusive(out_dir):
+    with exclusive(out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         return _compare(cfg, Path(out_dir), overwrite, resume)
 
 
 def _compare(cfg: Config, out_dir: Path, overwrite: bool, resume: bool) -> list[dict]:
-    out_dir = resumable(out_dir, cfg) if resume else new_run_dir(out_dir, overwrite=overwrite)
-    save_config(cfg, out_dir / "config.json")
-    write_json(out_dir / "environment.json", environment())
+    """Under torchrun every process trains and evaluates together (``train``, ``evaluate``); rank 0
+    writes the folder's files and the results."""
+    if distributed.is_main():
+        out_dir = resumable(out_dir, cfg) if resume else new_run_dir(out_dir, overwrite=overwrite)
+        save_config(cfg, out_dir / "config.json")
+        write_json(out_dir / "environment.json", environment())
     train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
     rows: list[dict] = []
     start = time.perf_counter()
@@ -174,7 +178,8 @@ def _compare(cfg: Config, out_dir: Path, overwrite: bool, resume: bool) -> list[
         if method in LOSSES:
             train(cfg.replace(seed=seed, loss=method), out_dir / f"{method}-seed{seed}", resume, overwrite)
         rows.append(result_row(method, seed, cfg, out_dir, train_set, val_set))
-        write_results(out_dir, rows, cfg, time.perf_counter() - start)
+        if distributed.is_main():
+            write_results(out_dir, rows, cfg, time.perf_counter() - start)
     return rows
 
 

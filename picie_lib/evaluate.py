@@ -13,6 +13,7 @@ RGB pixels, and a supervised linear probe on the network's features (the ceiling
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from picie_lib import distributed
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import Config, differences, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
@@ -69,6 +71,7 @@ def network_feature_fn(model: torch.nn.Module, cfg: Config, bn: str) -> FeatureF
         with bn_mode(model, bn):
             return F.normalize(network_features(model, to_network_input(images, device), cfg), dim=1)
 
+    extract.model = model  # whose BatchNorm statistics a clustering pass may move (``fit_centroids``)
     return extract
 
 
@@ -94,14 +97,25 @@ def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -
 
 def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int) -> torch.Tensor:
     """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation); also the items left
-    out as bad files."""
+    out as bad files. Under torchrun each process reads its share of every batch and the k-means sums
+    over the processes (``MiniBatchKMeans.update``); BatchNorm statistics moved by ``extract`` are averaged."""
     km = MiniBatchKMeans.from_config(cfg, derive_seed(seed, STREAM_EVAL_KMEANS))
     order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
-    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg)
-    for _, images, _ in progress(batches, "eval k-means"):
-        feats = extract(images)
+    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg, keep_empty=distributed.world() > 1)
+    for batch in progress(batches, "eval k-means"):
+        if batch is None:  # this process has no usable item in this step
+            km.update(None)
+            continue
+        feats = extract(batch[1])
         km.update(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-    return km.finish(), batches.skipped_files
+    if getattr(extract, "model", None) is not None:
+        distributed.average_bn_buffers(extract.model)
+    return km.finish(), _all_skipped(batches)
+
+
+def _all_skipped(batches: Batches) -> list[str]:
+    """The files every process left out of a pass (one process's in a single process)."""
+    return sorted({name for names in distributed.all_gather_objects(batches.skipped_files) for name in names})
 
 
 def predict(
@@ -127,7 +141,9 @@ def score_predictions(
     match: bool = True,
 ) -> dict:
     """Run ``predict_batch`` over the val set; returns scores, per-class tables, the confusion matrix
-    and the val items left out as bad files."""
+    and the val items left out as bad files. Under torchrun each process predicts its share (every image
+    once) and the confusion matrix is summed over the processes before the Hungarian matching; the
+    predictions are gathered for the per-object counts."""
     confusion = ConfusionMatrix(dataset.n_classes, num_clusters)
     predictions, targets = [], []
     batches = Batches(dataset, list(range(len(dataset))), cfg.eval_batch_size, cfg)
@@ -136,8 +152,14 @@ def score_predictions(
         confusion.update(pred, labels)
         predictions.append(pred)
         targets.append(labels)
-    result = summarise(confusion.matrix, torch.cat(predictions), torch.cat(targets), dataset, match)
-    result["skipped_files"] = batches.skipped_files
+    matrix = confusion.matrix
+    if distributed.world() > 1:
+        matrix = distributed.all_reduce_(torch.from_numpy(np.ascontiguousarray(matrix))).numpy()
+        shares = distributed.all_gather_objects((predictions, targets))
+        predictions = [p for share, _ in shares for p in share]
+        targets = [t for _, share in shares for t in share]
+    result = summarise(matrix, torch.cat(predictions), torch.cat(targets), dataset, match)
+    result["skipped_files"] = _all_skipped(batches)
     return result
 
 
@@ -282,8 +304,14 @@ def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
 
 def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
     """metrics.json (everything but the centroids), per_class.csv, confusion.csv and, for a
-    clustering, centroids.pt (the fitted classifier, to draw predictions later), atomically."""
-    out_dir = Path(out_dir)
+    clustering, centroids.pt (the fitted classifier, to draw predictions later), atomically. Under
+    torchrun rank 0 writes them and every process waits until they are there."""
+    if distributed.is_main():
+        _write_evaluation(Path(out_dir), result, method, cfg)
+    distributed.barrier()
+
+
+def _write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
     result = dict(result)
     centroids, bn_buffers = result.pop("centroids", None), result.pop("bn_state", None)
     if centroids is not None:
@@ -336,7 +364,7 @@ def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = Fals
     with the checkpoint they scored (``train.checkpoint_record``: epoch, phase, loss, weights' hash)."""
     run_dir = Path(run_dir)
     run_config_path(run_dir)  # a wrong folder is named before exclusive() could create it
-    with exclusive(run_dir):
+    with exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         cfg, ckpt = scored_checkpoint(run_dir, force)
         model = build_model(cfg, resolve_device(cfg.device))
         model.load_state_dict(ckpt["model"])

@@ -22,8 +22,8 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: 
     """A tqdm bar. In a Jupyter kernel a live widget bar; in a terminal a text bar; elsewhere (a CI log)
     plain ASCII lines at most every 30 s. PICIE_PROGRESS=0 turns bars off: ``pipeline.execute`` sets it
     for the notebooks it runs headless, so their saved outputs hold results, not bars."""
-    if os.environ.get("PICIE_PROGRESS", "1") == "0":
-        return iterable
+    if os.environ.get("PICIE_PROGRESS", "1") == "0" or os.environ.get("RANK", "0") != "0":
+        return iterable  # under torchrun only rank 0 draws bars
     if in_notebook():
         from tqdm.notebook import tqdm as notebook_tqdm
 

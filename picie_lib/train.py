@@ -17,6 +17,7 @@ Adam's moments are reset if ``ib_reset_optimizer``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -29,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
+from picie_lib import distributed
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import RUNTIME_KEYS, Config, differences, from_dict, load_config, save_config
 from picie_lib.data import SceneDataset, build_dataset
@@ -229,23 +232,38 @@ class Batches:
     With workers, a batch is not one worker's job: it is cut into chunks of a few items that all
     workers make at once, from the first batch on, and joined here in order. So the batches, their
     order and their content are the same for any ``num_workers``.
+
+    Under torchrun each process reads its share of every global step (``distributed.rank_batches``).
+    ``keep_empty``: a step with no usable item of this process's yields None rather than nothing, so
+    that every process sees every step (the k-means sums each step over the processes).
     """
 
-    def __init__(self, dataset, order: list[int], batch_size: int, cfg: Config, require_usable: bool = True) -> None:
-        self.dataset, self.order, self.require_usable = dataset, order, require_usable
+    def __init__(
+        self,
+        dataset,
+        order: list[int],
+        batch_size: int,
+        cfg: Config,
+        require_usable: bool = True,
+        keep_empty: bool = False,
+    ) -> None:
+        self.dataset, self.require_usable, self.keep_empty = dataset, require_usable, keep_empty
+        batches = distributed.rank_batches(order, batch_size)
+        self.order = [i for batch in batches for i in batch]  # this process's items
         workers = cfg.num_workers
         # two chunks per worker per batch: every worker busy, and a batch ready as soon as possible
         chunk = batch_size if workers == 0 else max(1, math.ceil(batch_size / (2 * workers)))
         self.chunks_per_batch, chunks = [], []
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in batches:
             pieces = [batch[i : i + chunk] for i in range(0, len(batch), chunk)]
             self.chunks_per_batch.append(len(pieces))
             chunks += pieces
         extra = {}
-        if workers:  # enough chunks in flight for about two batches
+        if workers and chunks:  # enough chunks in flight for about two batches
             extra["prefetch_factor"] = max(2, math.ceil(2 * batch_size / (chunk * workers)))
-        self.loader = DataLoader(dataset, batch_sampler=chunks, num_workers=workers, collate_fn=collate_usable, **extra)
+        self.loader = DataLoader(
+            dataset, batch_sampler=chunks, num_workers=workers if chunks else 0, collate_fn=collate_usable, **extra
+        )
         self.pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
         self.skipped: list[SkippedItem] = []
 
@@ -254,7 +272,7 @@ class Batches:
 
     def __iter__(self):
         self.skipped = []
-        chunks = iter(self.loader)
+        chunks = iter(self.loader) if self.order else iter(())
         for count in self.chunks_per_batch:
             parts = []
             for _ in range(count):
@@ -264,6 +282,8 @@ class Batches:
                     parts.append(part)
             if parts:
                 yield _concatenate(parts, self.pin)
+            elif self.keep_empty:
+                yield None
         if self.require_usable:
             require_usable(self.dataset, len(self.order), self.skipped)
 
@@ -287,43 +307,71 @@ def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, se
     of float32 per view at the paper's settings). So that one view's set is in memory at a time, those
     batches are read twice, once per view; then the remaining batches update both views' running
     means. Each k-means sees the same pixels in the same order as in a single joint pass.
+
+    Under torchrun a batch is a global step (every process's share, ``distributed.rank_batches``); the
+    k-means sums over the processes and BatchNorm's running statistics, which this pass moves in
+    ``bn_eval: running``, are averaged over them afterwards (``distributed.average_bn_buffers``).
     """
     kms = [MiniBatchKMeans.from_config(cfg, derive_seed(seed, view)) for view in (1, 2)]
-    size = cfg.batch_size_cluster
-    head, rest = order[: cfg.kmeans_init_batches * size], order[cfg.kmeans_init_batches * size :]
+    size, shared = cfg.batch_size_cluster, distributed.world() > 1
+    step = size * distributed.world()
+    head, rest = order[: cfg.kmeans_init_batches * step], order[cfg.kmeans_init_batches * step :]
     with bn_mode(model, clustering_bn(cfg)):
         for view in (0, 1):
-            head_batches = Batches(dataset, head, size, cfg, require_usable=False)
-            for idx, views in progress(head_batches, f"cluster: view {view + 1}'s initial fit"):
+            head_batches = Batches(dataset, head, size, cfg, require_usable=False, keep_empty=shared)
+            for batch in progress(head_batches, f"cluster: view {view + 1}'s initial fit"):
+                if batch is None:  # this process has no usable item in this step
+                    kms[view].update(None)
+                    continue
+                idx, views = batch
                 (f,) = batch_features(model, dataset, idx, views, cfg, which=(view,))
                 kms[view].update(_flat(f))
-        batches = Batches(dataset, rest, size, cfg, require_usable=False)
-        for idx, views in progress(batches, "cluster"):
+        batches = Batches(dataset, rest, size, cfg, require_usable=False, keep_empty=shared)
+        for batch in progress(batches, "cluster"):
+            if batch is None:
+                kms[0].update(None)
+                kms[1].update(None)
+                continue
+            idx, views = batch
             f1, f2 = batch_features(model, dataset, idx, views, cfg)
             kms[0].update(_flat(f1))
             kms[1].update(_flat(f2))
+    if clustering_bn(cfg) == "update":
+        distributed.average_bn_buffers(model)
     skipped = head_batches.skipped + batches.skipped
-    require_usable(dataset, len(order), skipped)
+    require_usable(dataset, len(head_batches.order) + len(batches.order), skipped)
     centroids = torch.stack([km.finish() for km in kms])
-    return centroids, [km.mean_distance for km in kms], sorted({item.path for item in skipped})
+    names = sorted({name for names in distributed.all_gather_objects([i.path for i in skipped]) for name in names})
+    return centroids, [km.mean_distance for km in kms], names
 
 
 @torch.no_grad()
 def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.Tensor, cfg: Config):
-    """Nearest-centroid labels of every pixel of both views, (2, N, h, w), and counts (2, K)."""
+    """Nearest-centroid labels of every pixel of both views, (2, N, h, w), and counts (2, K). Under
+    torchrun each process labels its share and the labels are summed over the processes (each image
+    is labelled by one process, zeros elsewhere), so that every process holds every label: the
+    training pass visits the images in another order."""
     labels = None
     counts = torch.zeros((2, cfg.n_clusters), dtype=torch.int64)
     with bn_mode(model, labelling_bn(cfg)):
         for idx, views in progress(Batches(dataset, order, cfg.batch_size_cluster, cfg), "label"):
             f1, f2 = batch_features(model, dataset, idx, views, cfg)
             if labels is None:
-                dtype = torch.uint8 if cfg.n_clusters <= 256 else torch.int32
-                labels = torch.zeros((2, len(dataset), *f1.shape[-2:]), dtype=dtype)
+                labels = _label_tensor(len(dataset), f1.shape[-2:], cfg)
             for view, (f, c) in enumerate(((f1, centroids[0]), (f2, centroids[1]))):
                 assigned = assign_labels(f, c).cpu()
                 labels[view, idx] = assigned.to(labels.dtype)
                 counts[view] += torch.bincount(assigned.flatten().long(), minlength=cfg.n_clusters)
+    if distributed.world() > 1:
+        shape = next(s for s in distributed.all_gather_objects(None if labels is None else labels.shape) if s)
+        labels = distributed.all_reduce_(labels if labels is not None else _label_tensor(shape[1], shape[2:], cfg))
+        distributed.all_reduce_(counts)
     return labels, counts
+
+
+def _label_tensor(n_images: int, size, cfg: Config) -> torch.Tensor:
+    dtype = torch.uint8 if cfg.n_clusters <= 256 else torch.int32
+    return torch.zeros((2, n_images, *size), dtype=dtype)
 
 
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -378,38 +426,48 @@ def picie_loss(f1, f2, labels1, labels2, centroids, weights, criterion, temperat
     return (across + within) / 2, terms
 
 
+TERMS = ("across_1", "across_2", "within_1", "within_2")
+
+
 def train_pass(model, optimizer, dataset, order, labels, centroids, weights, criterion, cfg, epoch) -> dict:
-    """One optimisation pass; returns the epoch's mean loss and mean of each term."""
+    """One optimisation pass; returns the epoch's mean loss and mean of each term (over every image of
+    the pass: under torchrun summed over the processes). ``model`` may be a DistributedDataParallel:
+    each process takes its share of every step and DDP averages the gradients; a process whose share
+    ends earlier (bad files, the last step) joins the others' gradient sums with zeros (``join``)."""
     device = next(model.parameters()).device
     centroids = centroids.to(device)
     weights = [None if w is None else w.to(device) for w in weights]
     model.train()
-    sums, names, seen = None, None, 0  # sums stay on the device: one wait for the GPU per batch, not six
-    for batch, (idx, views) in enumerate(
-        progress(Batches(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
-    ):
-        r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
-        f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
-        y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
-        raw = cfg.ib_feature == "raw"
-        loss, terms = picie_loss(
-            f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
-        )
-        if not torch.isfinite(loss):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-            raise NonFiniteLoss(
-                f"non-finite loss at epoch {epoch}, batch {batch + 1}, term(s) {', '.join(bad)}; "
-                "the last checkpoint is from the end of the previous epoch"
+    sums = torch.zeros(1 + len(TERMS), dtype=torch.float64, device=device)  # one wait for the GPU per batch
+    seen = torch.zeros((), dtype=torch.float64, device=device)
+    uneven = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    with uneven:
+        for batch, (idx, views) in enumerate(
+            progress(Batches(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
+        ):
+            r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
+            f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
+            y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
+            raw = cfg.ib_feature == "raw"
+            loss, terms = picie_loss(
+                f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n = len(idx)
-        seen += n
-        names = ["loss", *terms]
-        values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).double() * n
-        sums = values if sums is None else sums + values
-    return dict(zip(names, (sums / seen).tolist(), strict=True))
+            if not torch.isfinite(loss):
+                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+                raise NonFiniteLoss(
+                    f"non-finite loss at epoch {epoch}, batch {batch + 1}, term(s) {', '.join(bad)}; "
+                    "the last checkpoint is from the end of the previous epoch"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(idx)
+            seen += n
+            sums += torch.stack([loss.detach(), *(terms[k].detach() for k in TERMS)]).double() * n
+    if distributed.world() > 1:
+        distributed.all_reduce_(sums)
+        distributed.all_reduce_(seen)
+    return dict(zip(("loss", *TERMS), (sums / seen).tolist(), strict=True))
 
 
 # ---- the IB-Focal schedule -----------------------------------------------------------------------
@@ -513,12 +571,13 @@ def train(
     the scores of earlier weights (``invalidate_evaluation``)."""
     resolve_device(cfg.device)  # a bad device or data set stops here, before --out exists
     dataset = build_dataset(cfg, "train", mode="train")
-    with exclusive(out_dir):
+    with exclusive(out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         return _train(cfg, dataset, Path(out_dir), resume, overwrite, on_epoch)
 
 
 def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, overwrite: bool, on_epoch) -> dict:
     device = resolve_device(cfg.device)
+    main = distributed.is_main()  # under torchrun rank 0 writes every file; all read the checkpoint
     epochs = cfg.epochs_for()
     model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -530,7 +589,8 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
     if resume and (out_dir / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out_dir / "checkpoint.pt")
         _check_same_config(ckpt["config"], cfg, out_dir / "checkpoint.pt")
-        _warn_on_changed_environment(out_dir / "environment.json")
+        if main:
+            _warn_on_changed_environment(out_dir / "environment.json")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
@@ -539,19 +599,27 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
             ce_min_state = load_checkpoint(out_dir / "ce_min.pt", CE_MIN_KEYS)
         # the log as the checkpoint saw it: lines of an epoch that did not finish are dropped
         history = list(ckpt["history"])
-        atomic_write_text(out_dir / "log.jsonl", "".join(json_text(r) + "\n" for r in history))
+        if main:
+            atomic_write_text(out_dir / "log.jsonl", "".join(json_text(r) + "\n" for r in history))
     else:
         # --resume before the first checkpoint: start again, if the folder is this run's
         started = resume and (out_dir / "config.json").is_file()
         if started:
             _check_same_config(load_config(out_dir / "config.json").to_dict(), cfg, out_dir / "config.json")
-        new_run_dir(out_dir, overwrite=overwrite or started)
-        for name in RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-    if start <= epochs:  # these weights will change: no score of the earlier ones may stay beside them
-        invalidate_evaluation(out_dir)
-    save_config(cfg, out_dir / "config.json")
-    write_json(out_dir / "environment.json", environment())
+        if main:
+            new_run_dir(out_dir, overwrite=overwrite or started)
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+    if main:
+        if start <= epochs:  # these weights will change: no score of the earlier ones may stay beside them
+            invalidate_evaluation(out_dir)
+        save_config(cfg, out_dir / "config.json")
+        write_json(out_dir / "environment.json", environment())
+    # DDP for the training step (gradients averaged over the processes); the passes without gradients
+    # use the model itself
+    trained = model
+    if distributed.world() > 1:
+        trained = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
     run_start = time.perf_counter()
     upcoming = {"epoch": start}  # the min_loss switch sends the loop back to the minimum's epoch
@@ -586,7 +654,7 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
         weights = [class_weights(c, balance) for c in counts]
         with timer("train"):
             stats = train_pass(
-                model,
+                trained,
                 optimizer,
                 dataset,
                 permutation(len(dataset), derive_seed(cfg.seed, epoch, STREAM_TRAIN_ORDER)),
@@ -605,7 +673,8 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
                 "model": copy.deepcopy(model.state_dict()),
                 "optimizer": copy.deepcopy(optimizer.state_dict()),
             }
-            atomic_torch_save(ce_min_state, out_dir / "ce_min.pt")
+            if main:
+                atomic_torch_save(ce_min_state, out_dir / "ce_min.pt")
         elif action == "restore":
             model.load_state_dict(ce_min_state["model"])
             optimizer.load_state_dict(ce_min_state["optimizer"])
@@ -632,26 +701,28 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
                 "weights_from_epoch": schedule.switch_epoch - 1,
             }
         # the log line first: a run killed in between redoes this epoch and drops the line on resume
-        append_jsonl(out_dir / "log.jsonl", record)
         history.append(record)
-        atomic_torch_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": cfg.to_dict(),
-                "epoch": upcoming["epoch"] - 1,  # the epoch whose weights these are
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "centroids": centroids.cpu(),
-                "schedule": schedule.state_dict(),
-                "history": history,
-            },
-            out_dir / "checkpoint.pt",
-        )
-        if on_epoch is not None:
-            on_epoch(record)
+        if main:
+            append_jsonl(out_dir / "log.jsonl", record)
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": cfg.to_dict(),
+                    "epoch": upcoming["epoch"] - 1,  # the epoch whose weights these are
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "centroids": centroids.cpu(),
+                    "schedule": schedule.state_dict(),
+                    "history": history,
+                },
+                out_dir / "checkpoint.pt",
+            )
+            if on_epoch is not None:
+                on_epoch(record)
 
     skipped = sorted({name for r in history for name in r.get("skipped_files", [])})
-    warn_skipped(skipped, "were left out of training (each epoch's are in log.jsonl)")
+    if main:
+        warn_skipped(skipped, "were left out of training (each epoch's are in log.jsonl)")
     summary = {
         "loss": cfg.loss,
         "seed": cfg.seed,
@@ -661,5 +732,7 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
         "seconds_per_pass": {k: sum(r["seconds"].get(k, 0.0) for r in history) for k in ("cluster", "label", "train")},
         "skipped_files": skipped,
     }
-    write_json(out_dir / "summary.json", summary)
+    if main:
+        write_json(out_dir / "summary.json", summary)
+    distributed.barrier()  # what rank 0 wrote is there for every process (evaluate reads it next)
     return summary

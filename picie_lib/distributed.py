@@ -1,0 +1,134 @@
+"""Several processes under ``torchrun`` (README, "Several GPUs"): who this process is, how a pass is split
+between the processes, and the sums they share.
+
+Every pass is split the same way (``rank_batches``): global step ``s`` takes the next ``world x batch``
+images of the pass's order (a function of ``(seed, epoch, purpose)``, the same in every process) and
+process ``r`` takes its ``batch`` of them. So a batch per process has the single-process size: BatchNorm
+sees as many images per batch as in one process, and the global batch is ``world`` times larger. The
+last step is split evenly; an image is never given to two processes and never dropped.
+
+What the processes must agree on is summed across them (``all_reduce_``): the k-means' sums and counts,
+the cluster labels, the class counts, the confusion matrix. In one process every function here is the
+identity, so the single-process code path is the same code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+BACKEND_ENV = "PICIE_DIST_BACKEND"  # "gloo" or "nccl"; default nccl on GPUs (one per process), else gloo
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 writes every file (checkpoints, logs, scores) and holds the output folder's lock."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher) started several processes for this job."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str) -> None:
+    """Join the process group that torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``/``PORT``); nothing in a single process. A process on a GPU machine uses GPU
+    ``LOCAL_RANK`` (modulo the GPUs there are, so that two processes may share one GPU with gloo)."""
+    if not launched() or dist.is_initialized():
+        return
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_gpu:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    default = "nccl" if on_gpu and local_world <= torch.cuda.device_count() else "gloo"
+    backend = os.environ.get(BACKEND_ENV, default)
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"{BACKEND_ENV}={backend!r}: expected gloo or nccl")
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (e.g. until rank 0 has written what the others read next)."""
+    if world() > 1:
+        dist.barrier()
+
+
+def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    """This process's batches of a pass over ``order``: one per global step, in step order, each
+    ``batch_size`` long except in the last step (split evenly, so possibly empty). Every process gets
+    the same number of batches, which the steps that sum across processes need."""
+    n_proc, me = world(), rank()
+    if n_proc == 1:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    step = n_proc * batch_size
+    batches = []
+    for start in range(0, len(order), step):
+        items = order[start : start + step]
+        if len(items) == step:
+            batches.append(items[me * batch_size : (me + 1) * batch_size])
+        else:  # the last step: an even split
+            batches.append(items[me * len(items) // n_proc : (me + 1) * len(items) // n_proc])
+    return batches
+
+
+def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the processes, in place, and return it. NCCL reduces only GPU tensors: a CPU
+    tensor goes through the GPU there, in blocks of at most 256 MB."""
+    if world() == 1:
+        return tensor
+    if dist.get_backend() != "nccl" or tensor.is_cuda:
+        dist.all_reduce(tensor)
+        return tensor
+    flat = tensor.view(-1)
+    block = max(1, (256 << 20) // max(1, flat.element_size()))
+    for start in range(0, len(flat), block):
+        part = flat[start : start + block].cuda()
+        dist.all_reduce(part)
+        flat[start : start + block] = part.cpu()
+    return tensor
+
+
+def sum_scalar(value: float) -> float:
+    """A float summed over the processes (float64)."""
+    if world() == 1:
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return float(all_reduce_(torch.tensor([value], dtype=torch.float64, device=device)).item())
+
+
+def all_gather_objects(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (pickled: for small things, and CPU tensors)."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average_bn_buffers(model: torch.nn.Module) -> None:
+    """BatchNorm running statistics averaged over the processes, after a pass in which each process
+    moved its own (PiCIE's clustering pass runs in train() mode): afterwards every process holds the
+    same model, and rank 0's checkpoint is every process's."""
+    if world() == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            for buffer in (module.running_mean, module.running_var):
+                all_reduce_(buffer.data).div_(world())

@@ -1,0 +1,178 @@
+"""Several processes (torchrun), tested with 2 local processes and the gloo backend on the CPU (README,
+"Several GPUs"). What is equal to one process, and how:
+
+- the k-means of a pass split over the processes equals one process's k-means fed each global step
+  whole, from the same start: counts exactly, centroids within float tolerance (the sums are added in
+  another order);
+- the confusion matrix of an evaluation split over the processes equals one process's exactly
+  (integer counts; every image scored once, also when the split is uneven);
+- a 2-process run repeats its own numbers bit for bit, and a 2-process run killed and resumed gives
+  the uninterrupted 2-process run's weights and scores bit for bit.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from commands import ENV
+
+from picie_lib import distributed
+from picie_lib.clustering import MiniBatchKMeans
+from picie_lib.config import load_preset
+from picie_lib.data import build_dataset
+from picie_lib.evaluate import score_predictions
+from picie_lib.runs import weights_digest
+from picie_lib.train import load_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+WORLD = 2
+
+
+def _join(rank: int, store: str) -> None:
+    os.environ["RANK"] = str(rank)  # bars off outside rank 0, as under torchrun
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+
+
+def _spawn(worker, tmp_path: Path, *args) -> list[dict]:
+    """Run ``worker(rank, store, out, *args)`` in WORLD processes; their saved results, by rank."""
+    mp.start_processes(worker, (str(tmp_path / "store"), str(tmp_path), *args), nprocs=WORLD, start_method="spawn")
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+# ---- the k-means -----------------------------------------------------------------------------------------
+def _pixels(n_images: int, pixels: int, dim: int) -> torch.Tensor:
+    """Features (images, pixels, dim) around a few centres, half of them one repeated point: the random
+    start draws it more than once, so Lloyd's empty-cluster rule runs."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, dim, generator=gen) * 3
+    x = centres[torch.randint(0, 5, (n_images, pixels), generator=gen)] + 0.3 * torch.randn(
+        n_images, pixels, dim, generator=gen
+    )
+    x[:, : pixels // 2] = centres[0]
+    return x
+
+
+KMEANS = {"k": 7, "init_batches": 2, "n_iter": 10, "seed": 5, "backend": "torch"}
+
+
+def _kmeans_worker(rank: int, store: str, out: str, data: torch.Tensor, batch: int) -> None:
+    _join(rank, store)
+    km = MiniBatchKMeans(**KMEANS)
+    shares = distributed.rank_batches(list(range(len(data))), batch)
+    for share in shares:
+        km.update(data[share].reshape(-1, data.shape[-1]) if share else None)
+    centroids = km.finish()
+    torch.save(
+        {"centroids": centroids, "counts": km.counts, "loss": km.mean_distance, "items": shares},
+        Path(out) / f"rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def test_distributed_kmeans_equals_one_process_fed_the_whole_steps(tmp_path):
+    data, batch = _pixels(13, 20, 8), 3  # steps of 2 x 3 images: 6, 6, 6 and a last step of 1 (one share empty)
+    ranks = _spawn(_kmeans_worker, tmp_path, data, batch)
+
+    items = [i for r in ranks for share in r["items"] for i in share]
+    assert sorted(items) == list(range(13))  # every image in one share, none twice, none dropped
+    assert [len(r["items"]) for r in ranks] == [3, 3]  # one batch per step in every process
+    assert ranks[0]["items"][-1] == [] and ranks[1]["items"][-1] == [12]
+
+    single = MiniBatchKMeans(**KMEANS)
+    for start in range(0, 13, WORLD * batch):
+        single.update(data[start : start + WORLD * batch].reshape(-1, 8))
+    expected = single.finish()
+    assert int((single.counts == 0).sum()) == 0 and len(expected) == 7
+    for r in ranks:
+        assert torch.equal(r["centroids"], ranks[0]["centroids"])  # every process holds the same centroids
+        assert torch.allclose(r["centroids"], expected, atol=1e-5)
+        assert torch.equal(r["counts"], single.counts)
+        # ||x||^2 - 2 x.c + ||c||^2 in float32 cancels to a small distance: other blockings of the matrix
+        # product move it by ~1e-5 of itself
+        assert r["loss"] == pytest.approx(single.mean_distance, rel=1e-4)
+
+
+# ---- the confusion matrix ---------------------------------------------------------------------------------
+def _quantised(images: torch.Tensor, size) -> torch.Tensor:
+    """A fixed prediction: the mean intensity in 8 bins, at the label size."""
+    grey = images.float().mean(1, keepdim=True)
+    return torch.nn.functional.interpolate(grey, size=size).squeeze(1).div(32).long().clamp(0, 7)
+
+
+def _confusion_worker(rank: int, store: str, out: str) -> None:
+    _join(rank, store)
+    cfg = load_preset("smoke", n_val=7, eval_batch_size=3)  # 7 images in batches of 3: an uneven split
+    result = score_predictions(_quantised, build_dataset(cfg, "val", mode="eval"), cfg, 8)
+    torch.save(
+        {"confusion": torch.tensor(result["confusion"]), "scores": result["scores"]}, Path(out) / f"rank{rank}.pt"
+    )
+    dist.destroy_process_group()
+
+
+def test_distributed_confusion_matrix_equals_one_process(tmp_path):
+    ranks = _spawn(_confusion_worker, tmp_path)
+    cfg = load_preset("smoke", n_val=7, eval_batch_size=3)
+    val_set = build_dataset(cfg, "val", mode="eval")
+    single = score_predictions(_quantised, val_set, cfg, 8)
+    for r in ranks:
+        assert np.array_equal(r["confusion"].numpy(), np.asarray(single["confusion"]))
+        np.testing.assert_equal(r["scores"], single["scores"])  # NaN (no thing matched) equals NaN
+    labelled = sum(int((val_set[i][2] >= 0).sum()) for i in range(len(val_set)))
+    assert int(ranks[0]["confusion"].sum()) == labelled  # every labelled pixel of the 7 images, once
+
+
+# ---- train and evaluate under torchrun -------------------------------------------------------------------
+SMOKE = ["--preset", "smoke", "-p", "n_train=48"]
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}", *args]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(torchrun("-m", "picie_lib", *args), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
+    first, again, killed = tmp_path / "first", tmp_path / "again", tmp_path / "killed"
+    for out in (first, again):
+        _run("train", *SMOKE, "--loss", "ce", "--out", str(out))
+        printed = _run("evaluate", str(out)).stdout
+        assert printed.count("wrote") == 1  # rank 0 speaks for both
+    weights = [load_checkpoint(d / "checkpoint.pt")["model"] for d in (first, again)]
+    assert weights_digest(weights[0]) == weights_digest(weights[1])  # a 2-process run repeats itself
+    scores = [json.loads((d / "metrics.json").read_text())["scores"] for d in (first, again)]
+    assert scores[0] == scores[1]
+    log = [json.loads(line) for line in (first / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # one writer: no line twice
+
+    proc = subprocess.Popen(
+        torchrun("-m", "picie_lib", "train", *SMOKE, "--loss", "ce", "--out", str(killed)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches torchrun and both workers
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 2
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
+    _run("train", *SMOKE, "--loss", "ce", "--out", str(killed), "--resume")
+    _run("evaluate", str(killed))
+    assert weights_digest(load_checkpoint(killed / "checkpoint.pt")["model"]) == weights_digest(weights[0])
+    assert json.loads((killed / "metrics.json").read_text())["scores"] == scores[0]
