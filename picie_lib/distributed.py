@@ -132,3 +132,20 @@ def average_bn_buffers(model: torch.nn.Module) -> None:
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             for buffer in (module.running_mean, module.running_var):
                 all_reduce_(buffer.data).div_(world())
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel for the training step: gradients averaged over the
+    processes. Buffers are not broadcast from rank 0 at each forward pass: each process's BatchNorm
+    statistics follow its own batches (of the single-process size) and ``average_bn_buffers`` joins them
+    after each pass."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    options = {"device_ids": [device.index or 0] if device.type == "cuda" else None}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        options["forward_sync_buffers"] = False  # newer torch; broadcast_buffers is deprecated there
+    else:
+        options["broadcast_buffers"] = False
+    return DistributedDataParallel(model, **options)

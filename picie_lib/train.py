@@ -39,7 +39,7 @@ from picie_lib.config import RUNTIME_KEYS, Config, differences, from_dict, load_
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import SkippedItem, warn_skipped
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
-from picie_lib.model import PanopticFPN, bn_mode
+from picie_lib.model import PanopticFPN, bn_mode, bn_state
 from picie_lib.progress import progress
 from picie_lib.runs import (
     Timer,
@@ -432,42 +432,58 @@ TERMS = ("across_1", "across_2", "within_1", "within_2")
 def train_pass(model, optimizer, dataset, order, labels, centroids, weights, criterion, cfg, epoch) -> dict:
     """One optimisation pass; returns the epoch's mean loss and mean of each term (over every image of
     the pass: under torchrun summed over the processes). ``model`` may be a DistributedDataParallel:
-    each process takes its share of every step and DDP averages the gradients; a process whose share
-    ends earlier (bad files, the last step) joins the others' gradient sums with zeros (``join``)."""
+    each process takes its share of every step and DDP averages the gradients; a process with no usable
+    item in a step (the last step's even split, bad files) takes part with a zero gradient
+    (``_empty_step``), so that every process takes every step."""
     device = next(model.parameters()).device
     centroids = centroids.to(device)
     weights = [None if w is None else w.to(device) for w in weights]
     model.train()
     sums = torch.zeros(1 + len(TERMS), dtype=torch.float64, device=device)  # one wait for the GPU per batch
     seen = torch.zeros((), dtype=torch.float64, device=device)
-    uneven = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
-    with uneven:
-        for batch, (idx, views) in enumerate(
-            progress(Batches(dataset, order, cfg.batch_size_train, cfg), f"train {epoch}")
-        ):
-            r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
-            f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
-            y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
-            raw = cfg.ib_feature == "raw"
-            loss, terms = picie_loss(
-                f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
+    shared = isinstance(model, DistributedDataParallel)
+    batches = Batches(dataset, order, cfg.batch_size_train, cfg, keep_empty=shared)
+    for batch_number, batch in enumerate(progress(batches, f"train {epoch}")):
+        if batch is None:
+            _empty_step(model, optimizer, cfg)
+            continue
+        idx, views = batch
+        r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
+        f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
+        y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
+        raw = cfg.ib_feature == "raw"
+        loss, terms = picie_loss(
+            f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
+        )
+        if not torch.isfinite(loss):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {epoch}, batch {batch_number + 1}, term(s) {', '.join(bad)}; "
+                "the last checkpoint is from the end of the previous epoch"
             )
-            if not torch.isfinite(loss):
-                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-                raise NonFiniteLoss(
-                    f"non-finite loss at epoch {epoch}, batch {batch + 1}, term(s) {', '.join(bad)}; "
-                    "the last checkpoint is from the end of the previous epoch"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = len(idx)
-            seen += n
-            sums += torch.stack([loss.detach(), *(terms[k].detach() for k in TERMS)]).double() * n
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(idx)
+        seen += n
+        sums += torch.stack([loss.detach(), *(terms[k].detach() for k in TERMS)]).double() * n
     if distributed.world() > 1:
         distributed.all_reduce_(sums)
         distributed.all_reduce_(seen)
     return dict(zip(("loss", *TERMS), (sums / seen).tolist(), strict=True))
+
+
+def _empty_step(model, optimizer, cfg: Config) -> None:
+    """This process's part of a training step in which it has no image: a forward pass through DDP on one
+    blank image, times zero, with the BatchNorm running statistics put back afterwards. DDP then sums a
+    zero gradient from here, and the step is the same in every process."""
+    device = next(model.parameters()).device
+    running = bn_state(model)
+    blank = network_features(model, torch.zeros(1, 3, cfg.res, cfg.res, device=device), cfg)
+    optimizer.zero_grad(set_to_none=True)
+    (blank.sum() * 0.0).backward()
+    optimizer.step()
+    model.load_state_dict(running, strict=False)
 
 
 # ---- the IB-Focal schedule -----------------------------------------------------------------------
@@ -616,10 +632,11 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
         save_config(cfg, out_dir / "config.json")
         write_json(out_dir / "environment.json", environment())
     # DDP for the training step (gradients averaged over the processes); the passes without gradients
-    # use the model itself
+    # use the model itself. Each process's BatchNorm statistics follow its own batches and are averaged
+    # after every pass that moves them.
     trained = model
     if distributed.world() > 1:
-        trained = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        trained = distributed.data_parallel(model, device)
 
     run_start = time.perf_counter()
     upcoming = {"epoch": start}  # the min_loss switch sends the loop back to the minimum's epoch
@@ -665,6 +682,7 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
                 cfg,
                 epoch,
             )
+        distributed.average_bn_buffers(model)
         action = schedule.end_of_epoch(epoch, stats["loss"])
         if action == "new_min":
             ce_min_state = {
