@@ -17,7 +17,6 @@ and ``runs.csv`` (every run's numbers, the IB-Focal switch epoch, the largest tr
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 
 from picie_lib.compare import COLUMNS, HEADERS
 from picie_lib.config import RUNTIME_KEYS, differences, load_preset, parse_override
-from picie_lib.evaluate import evaluate_model, evaluate_rgb, evaluate_run, write_evaluation
+from picie_lib.evaluate import evaluate_model, evaluate_rgb, evaluate_run, read_metrics, write_evaluation
 from picie_lib.runs import atomic_write_text, csv_text, environment, read_jsonl, write_json
 from picie_lib.train import build_model, resolve_device, train
 
@@ -55,7 +54,7 @@ def run(cfg, out: Path, method: str) -> dict:
     """Train (unless done) and evaluate one run; returns its metrics and training summary."""
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
-        saved = json.loads(metrics_path.read_text())
+        saved = read_metrics(metrics_path)
         if not differences(saved.get("config", {}), cfg, RUNTIME_KEYS):
             return saved | {"log": read_jsonl(out / "log.jsonl")}
     if method in ("untrained", "rgb_kmeans"):
@@ -65,10 +64,10 @@ def run(cfg, out: Path, method: str) -> dict:
         else:
             result = evaluate_rgb(cfg)
         write_evaluation(out, result, method, cfg)
-        return json.loads(metrics_path.read_text()) | {"log": []}
+        return read_metrics(metrics_path) | {"log": []}
     train(cfg, out, resume=True)
     evaluate_run(out)
-    return json.loads(metrics_path.read_text()) | {"log": read_jsonl(out / "log.jsonl")}
+    return read_metrics(metrics_path) | {"log": read_jsonl(out / "log.jsonl")}
 
 
 def summarise(name: str, runs: list[dict], seeds: list[int], data_seeds: list[int]) -> dict:

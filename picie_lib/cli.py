@@ -224,14 +224,16 @@ def _saved_epoch(path: Path) -> str | None:
         return None
 
 
-def os_error_line(err: OSError) -> str:
+def os_error_line(err: OSError, command: str = "train") -> str:
     """One line for a failed read or write, naming the path and what to do."""
     where = err.filename or "a file"
     if err.errno == errno.ENOSPC:
-        return (
-            f"no space left on the device holding {where}; free some space (the last complete checkpoint "
-            "is intact) and run the same command again with --resume"
-        )
+        if command in ("train", "compare", "run"):
+            return (
+                f"no space left on the device holding {where}; free some space (the last complete checkpoint "
+                "is intact) and run the same command again with --resume"
+            )
+        return f"no space left on the device holding {where}; free some space and run the same command again"
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write {where} ({err.strerror}); choose a writable --out"
     if err.errno == errno.ENOTDIR or isinstance(err, NotADirectoryError):
@@ -259,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
     previous = {s: signal.signal(s, on_signal) for s in stop}
+    prefix = ""  # under torchrun, "[rank R] " for the processes other than rank 0
     try:
+        if distributed.launched() and os.environ.get("RANK", "0") != "0":
+            prefix = f"[rank {os.environ['RANK']}] "
         args.func(args)
     except (KeyboardInterrupt, Terminated):
         if not received:  # a KeyboardInterrupt raised before the handler was in place
@@ -268,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         if received:  # a data-loader worker killed by the same SIGTERM may fail first
             pass
         elif isinstance(err, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"{prefix}error: {err}", file=sys.stderr)
             return 2
         elif isinstance(err, OSError):
-            print(f"error: {os_error_line(err)}", file=sys.stderr)
+            print(f"{prefix}error: {os_error_line(err, args.command)}", file=sys.stderr)
             return 1
         elif isinstance(err, RuntimeError):  # a failed notebook, a non-finite loss: the run stopped
-            print(f"error: {err}", file=sys.stderr)
+            print(f"{prefix}error: {err}", file=sys.stderr)
             return 1
         else:
             raise
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown()
     if received:
         what, code = stop[received[0]]
-        if os.environ.get("RANK", "0") == "0":  # torchrun stops every process; one says what is left
+        if not prefix:  # torchrun stops every process; rank 0 says what is left
             print(f"{what}: {what_was_saved(args)}", file=sys.stderr)
         return code
     return 0

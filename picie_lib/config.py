@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
@@ -49,11 +50,11 @@ class Rule:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def integer(at_least: int) -> Rule:
@@ -127,7 +128,10 @@ def _shown(value: Any) -> str:
     """A value as the user wrote it (YAML: lists, null, true)."""
     if isinstance(value, tuple):
         value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+    except yaml.YAMLError:  # a Path, a numpy number: no YAML for it
+        return repr(value)
 
 
 @dataclass
@@ -279,6 +283,9 @@ class Config:
     """Epochs of the supervised linear probe (the ceiling reference in `compare`)."""
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a path given from Python: stored as the text JSON and YAML hold
+            if isinstance(getattr(self, f.name), PurePath):
+                setattr(self, f.name, str(getattr(self, f.name)))
         self.validate()
 
     # ---------------------------------------------------------------------------------------------
@@ -366,6 +373,9 @@ class _StrictLoader(yaml.SafeLoader):
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                problem = "a key must be a name, not a list or a mapping"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             if key in first_line:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first on line {first_line[key] + 1})", key_node.start_mark

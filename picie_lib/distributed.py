@@ -143,7 +143,7 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 
     from torch.nn.parallel import DistributedDataParallel
 
-    options = {"device_ids": [device.index or 0] if device.type == "cuda" else None}
+    options = {"device_ids": [device.index] if device.type == "cuda" else None}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
         options["forward_sync_buffers"] = False  # newer torch; broadcast_buffers is deprecated there
     else:

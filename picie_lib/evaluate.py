@@ -259,9 +259,9 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
     """Reference (the ceiling): a supervised 1x1 linear classifier on the frozen, normalised features.
 
     Trained with Adam and plain cross-entropy (as STEGO's probe) for ``cfg.probe_epochs`` epochs on
-    the train split, against the label at
-    each feature pixel's centre (the features are computed once); scored on val at the label
-    resolution, without matching (class i = output i).
+    the train split, against the label at each feature pixel's centre (the features are computed once);
+    scored on val at the label resolution, without matching (class i = output i). Under torchrun every
+    process reads every train image and trains the same head (same seed); the scoring is split.
     """
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
@@ -269,7 +269,7 @@ def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=No
     device = next(model.parameters()).device
     start = time.perf_counter()
     feats, labels = [], []
-    batches = Batches(train_set, list(range(len(train_set))), cfg.eval_batch_size, cfg)
+    batches = Batches(train_set, list(range(len(train_set))), cfg.eval_batch_size, cfg, split=False)
     for _, images, target in progress(batches, "probe features"):
         f = extract(images)
         stride = target.shape[-1] // f.shape[-1]

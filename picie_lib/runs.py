@@ -149,6 +149,7 @@ def environment() -> dict[str, Any]:
 
 
 LOCK_NAME = ".lock"  # in every output folder a job holds (``exclusive``)
+PROBE_PREFIX = ".probe."  # the file ``writable_folder`` writes and removes at once
 
 
 class FolderInUse(FileExistsError):
@@ -195,7 +196,7 @@ def writable_folder(folder: Path) -> Path:
         raise NotADirectoryError(f"{folder} is a file; expected a folder (choose another --out)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=PROBE_PREFIX, suffix=".tmp")
         try:
             os.write(fd, b"0")
         finally:
@@ -212,6 +213,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the ``.NAME.*.tmp`` files of atomic writes that a killed job (SIGKILL, power loss) left in
     ``folder`` and its ``figures/``; the caller holds the folder's lock, so none of them is being written."""
     stale = [*Path(folder).glob(".*.tmp"), *Path(folder).glob("figures/.*.tmp")]
+    stale = [p for p in stale if not p.name.startswith(PROBE_PREFIX)]  # another job's probe, gone at once
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -110,10 +110,16 @@ def _warn_on_changed_environment(saved_path: Path) -> None:
 
 # ---- small helpers -----------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
+    """The device of ``cfg.device``; under torchrun "auto" and "cuda" are this process's GPU
+    (``distributed.setup`` chose it), and a fixed "cuda:N" is refused (every process would use it)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch sees no GPU; use device='cpu' or 'auto'")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but torch sees no GPU; use device='cpu' or 'auto'")
+    if distributed.launched() and name.startswith("cuda"):
+        if name != "cuda":
+            raise ValueError(f"device={name}: under torchrun each process takes its own GPU; use auto or cuda")
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -132,7 +138,11 @@ def permutation(n: int, seed: int) -> list[int]:
 
 def build_model(cfg: Config, device: torch.device) -> PanopticFPN:
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
+    if distributed.world() > 1 and cfg.pretrained and not distributed.is_main():
+        distributed.barrier()  # rank 0 first trains or downloads the backbone, once; the others read it
     model = PanopticFPN(pretrained=cfg.pretrained).to(device)
+    if distributed.world() > 1 and cfg.pretrained and distributed.is_main():
+        distributed.barrier()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -203,9 +213,14 @@ def collate_usable(items: list):
 
 
 def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
-    """A pass over ``n_items`` items of which every one was skipped as a bad file is an error."""
-    if n_items and len({item.index for item in skipped}) == n_items:
-        names = ", ".join(item.path for item in skipped[:3])
+    """A pass over ``n_items`` items of which every one was skipped as a bad file is an error. Under
+    torchrun the items and the skipped ones are counted over the processes (every process decides alike)."""
+    bad = len({item.index for item in skipped})
+    if distributed.world() > 1:
+        counts = distributed.all_gather_objects((n_items, bad))
+        n_items, bad = sum(n for n, _ in counts), sum(b for _, b in counts)
+    if n_items and bad == n_items:
+        names = ", ".join(item.path for item in skipped[:3]) or "in another process"
         raise ValueError(
             f"no usable item among the {n_items} of {type(dataset).__name__}: every "
             f"file was bad (e.g. {names}); see the warnings above"
@@ -233,7 +248,8 @@ class Batches:
     workers make at once, from the first batch on, and joined here in order. So the batches, their
     order and their content are the same for any ``num_workers``.
 
-    Under torchrun each process reads its share of every global step (``distributed.rank_batches``).
+    Under torchrun each process reads its share of every global step (``distributed.rank_batches``),
+    or with ``split=False`` the whole pass (the linear probe, trained alike in every process).
     ``keep_empty``: a step with no usable item of this process's yields None rather than nothing, so
     that every process sees every step (the k-means sums each step over the processes).
     """
@@ -246,9 +262,13 @@ class Batches:
         cfg: Config,
         require_usable: bool = True,
         keep_empty: bool = False,
+        split: bool = True,
     ) -> None:
         self.dataset, self.require_usable, self.keep_empty = dataset, require_usable, keep_empty
-        batches = distributed.rank_batches(order, batch_size)
+        if split:
+            batches = distributed.rank_batches(order, batch_size)
+        else:
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.order = [i for batch in batches for i in batch]  # this process's items
         workers = cfg.num_workers
         # two chunks per worker per batch: every worker busy, and a batch ready as soon as possible
@@ -444,19 +464,19 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
     shared = isinstance(model, DistributedDataParallel)
     batches = Batches(dataset, order, cfg.batch_size_train, cfg, keep_empty=shared)
     for batch_number, batch in enumerate(progress(batches, f"train {epoch}")):
-        if batch is None:
-            _empty_step(model, optimizer, cfg)
-            continue
-        idx, views = batch
-        r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
-        f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
-        y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
-        raw = cfg.ib_feature == "raw"
-        loss, terms = picie_loss(
-            f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
-        )
-        if not torch.isfinite(loss):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        if batch is None:  # the same collectives in the same order as a step with images
+            loss, terms = _empty_step(model, cfg)
+        else:
+            idx, views = batch
+            r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
+            f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
+            y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
+            raw = cfg.ib_feature == "raw"
+            loss, terms = picie_loss(
+                f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
+            )
+        if not _finite_everywhere(loss, shared):
+            bad = [k for k, v in terms.items() if k in TERMS and not torch.isfinite(v)] or ["of another process"]
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {epoch}, batch {batch_number + 1}, term(s) {', '.join(bad)}; "
                 "the last checkpoint is from the end of the previous epoch"
@@ -464,6 +484,9 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if batch is None:
+            model.load_state_dict(terms, strict=False)  # the blank images' BatchNorm statistics are not kept
+            continue
         n = len(idx)
         seen += n
         sums += torch.stack([loss.detach(), *(terms[k].detach() for k in TERMS)]).double() * n
@@ -473,17 +496,23 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
     return dict(zip(("loss", *TERMS), (sums / seen).tolist(), strict=True))
 
 
-def _empty_step(model, optimizer, cfg: Config) -> None:
-    """This process's part of a training step in which it has no image: a forward pass through DDP on one
-    blank image, times zero, with the BatchNorm running statistics put back afterwards. DDP then sums a
-    zero gradient from here, and the step is the same in every process."""
+def _finite_everywhere(loss: torch.Tensor, shared: bool) -> bool:
+    """Whether the step's loss is finite in every process: one stops, all stop (none waits in DDP)."""
+    if not shared:
+        return bool(torch.isfinite(loss))
+    bad = distributed.all_reduce_((~torch.isfinite(loss.detach())).to(torch.int64).reshape(1))
+    return int(bad) == 0
+
+
+def _empty_step(model, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """This process's part of a training step in which it has no image: a forward pass through DDP on two
+    blank images (BatchNorm needs two values per channel at res 32) whose loss is zero, so that DDP sums
+    a zero gradient from here and every process takes every step with the same collectives. Returns the
+    loss and, in place of the terms, the BatchNorm running statistics to put back after the step."""
     device = next(model.parameters()).device
     running = bn_state(model)
-    blank = network_features(model, torch.zeros(1, 3, cfg.res, cfg.res, device=device), cfg)
-    optimizer.zero_grad(set_to_none=True)
-    (blank.sum() * 0.0).backward()
-    optimizer.step()
-    model.load_state_dict(running, strict=False)
+    blank = network_features(model, torch.zeros(2, 3, cfg.res, cfg.res, device=device), cfg)
+    return blank.sum() * 0.0, running
 
 
 # ---- the IB-Focal schedule -----------------------------------------------------------------------

@@ -140,9 +140,24 @@ def torchrun(*args: str) -> list[str]:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(torchrun("-m", "picie_lib", *args), env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """torchrun in its own process group, killed whole if it outlives the timeout (a process waiting in
+    a collective for another would otherwise outlive torchrun)."""
+    proc = subprocess.Popen(
+        torchrun("-m", "picie_lib", *args),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun {' '.join(args)} did not finish in 600 s: {stderr[-2000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):

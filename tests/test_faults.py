@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from commands import ENV, command, picie
@@ -119,6 +120,29 @@ def test_presets_with_bad_yaml_or_a_key_given_twice_are_one_line(tmp_path):
     )
     code, err = cli("train", "--preset", str(tmp_path / "absent.yaml"), "--loss", "ce", "--out", str(tmp_path / "c"))
     assert code == 2 and one_line(err) == f"error: --preset {tmp_path / 'absent.yaml'}: no such file"
+
+
+def test_odd_values_from_python_or_yaml_get_the_rules_message():
+    from picie_lib.config import Config, parse_overrides
+
+    assert Config(dataset="folder", data_root=tmp_root()).data_root == str(tmp_root())  # a Path is its text
+    assert Config(seed=np.int64(3)).seed == 3  # a numpy integer is an integer
+    with pytest.raises(ValueError, match=re.escape("seed=np.int64(-1): expected an integer >= 0")):
+        Config(seed=np.int64(-1))  # no YAML for a numpy number: shown as Python shows it
+    with pytest.raises(ValueError, match="-p x={\\[1\\]: 2}: not valid YAML at line 1, column 2: a key must be a name"):
+        parse_overrides(["x={[1]: 2}"])
+
+
+def tmp_root() -> Path:
+    return Path(tempfile.gettempdir())
+
+
+def test_a_full_disk_advice_fits_the_command():
+    from picie_lib.cli import os_error_line
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/metrics.json")
+    assert "--resume" in os_error_line(full, "train") and "--resume" not in os_error_line(full, "evaluate")
+    assert os_error_line(full, "evaluate").startswith("no space left on the device holding /x/metrics.json")
 
 
 def test_strict_json_writes_null_for_values_that_are_not_finite(tmp_path):
