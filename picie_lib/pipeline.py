@@ -118,8 +118,10 @@ def stop_kernels(wait: float = 5.0) -> list[int]:
     clean-up asks a busy kernel to shut down and it prints a traceback on its closed sockets. The kernel
     gets SIGTERM, then SIGKILL after ``wait`` seconds; what a killed training was writing is a temporary
     file that the next start removes (``runs.remove_stale_temporaries``). Linux (reads /proc)."""
+    import logging
     import signal
 
+    logging.disable(logging.ERROR)  # the job is stopping: nbclient's "Kernel died ..." is no news
     kernels = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
