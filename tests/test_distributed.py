@@ -195,9 +195,9 @@ def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
 
 def test_an_uneven_split_with_an_empty_share_trains_and_scores(tmp_path):
     """17 images in training steps of 2 x 8: the last step gives process 0 nothing (a zero-gradient step)
-    and the clustering steps of 2 x 12 split 8 / 9; IB-Focal's switch and a data-loader worker too."""
+    and the clustering steps of 2 x 12 split 8 / 9; IB-Focal's switch too."""
     out = tmp_path / "uneven"
-    uneven = ["-p", "n_train=17", "-p", "num_workers=1"]
+    uneven = ["-p", "n_train=17"]
     _run("train", "--preset", "smoke", *uneven, "--loss", "ib_focal", "--out", str(out))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if not r.get("discarded")] == [1, 2, 3, 4]
