@@ -113,6 +113,19 @@ def _kernel_config(folder: str):
     return config
 
 
+def kernels_of(pid: int) -> list[int]:
+    """The notebook kernels (ipykernel processes) whose parent is ``pid``. Linux (reads /proc)."""
+    kernels = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"ipykernel" in (stat.parent / "cmdline").read_bytes():
+                kernels.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # a process that ended meanwhile
+            continue
+    return kernels
+
+
 def stop_kernels(wait: float = 5.0) -> list[int]:
     """End this process's notebook kernels now (``run`` on Ctrl-C or SIGTERM), before papermill's own
     clean-up asks a busy kernel to shut down and it prints a traceback on its closed sockets. The kernel
@@ -122,14 +135,7 @@ def stop_kernels(wait: float = 5.0) -> list[int]:
     import signal
 
     logging.disable(logging.ERROR)  # the job is stopping: nbclient's "Kernel died ..." is no news
-    kernels = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == os.getpid() and b"ipykernel" in (stat.parent / "cmdline").read_bytes():
-                kernels.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):  # a process that ended meanwhile
-            continue
+    kernels = kernels_of(os.getpid())
     for pid in kernels:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

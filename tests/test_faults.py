@@ -30,6 +30,7 @@ from picie_lib.cli import main
 from picie_lib.config import load_config
 from picie_lib.data.cocostuff import CocoStuff27
 from picie_lib.data.prepare import prepare_cocostuff
+from picie_lib.pipeline import kernels_of
 from picie_lib.train import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -187,23 +188,11 @@ def test_a_signal_during_training_says_what_was_saved_and_how_to_continue(tmp_pa
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
-def _kernels_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                if b"ipykernel" in (stat.parent / "cmdline").read_bytes():
-                    found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
 def test_ctrl_c_during_a_batch_run_stops_its_kernel_without_a_traceback(tmp_path):
     out = tmp_path / "batch"
     proc = _start("run", "--preset", "smoke", "--out", str(out))
     _wait_for(out / "ce-seed0" / "checkpoint.pt", proc)  # the kernel of 05_train is training CE
-    kernels = _kernels_of(proc.pid)
+    kernels = kernels_of(proc.pid)
     assert kernels, "the training kernel should be a child of run"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
