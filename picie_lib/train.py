@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import math
+import multiprocessing
 import pickle
 import time
 import warnings
@@ -227,6 +228,20 @@ def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
         )
 
 
+def worker_context():
+    """How data-loader workers start: forked from a fork server (a single-threaded process started once
+    per job, with the library imported), not from this process. This process runs other threads (gloo's
+    under torchrun, tqdm's monitor, the feeder threads of a pass's queues); a worker forked while one of
+    them holds a lock waits for that lock forever. That hung 1 of 12 two-process runs with one worker
+    each, in the worker's first instant. A worker then starts as fast as a fork (about 60 ms here), after
+    2-3 s once per job for the server. Without a fork server (Windows), spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["picie_lib.train"])
+    return context
+
+
 def _concatenate(parts: list, pin: bool):
     """Chunks of a batch (tuples of tensors) joined along the batch dimension; into page-locked
     memory when a GPU will take them (the copy to it can then overlap the next batch)."""
@@ -281,6 +296,7 @@ class Batches:
         extra = {}
         if workers and chunks:  # enough chunks in flight for about two batches
             extra["prefetch_factor"] = max(2, math.ceil(2 * batch_size / (chunk * workers)))
+            extra["multiprocessing_context"] = worker_context()
         self.loader = DataLoader(
             dataset, batch_sampler=chunks, num_workers=workers if chunks else 0, collate_fn=collate_usable, **extra
         )

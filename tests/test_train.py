@@ -1,6 +1,7 @@
 """Training: the four-term loss, the IB-Focal switch, determinism, checkpoints, guards."""
 
 import json
+import threading
 
 import pytest
 import torch
@@ -145,6 +146,44 @@ def test_batches_are_the_same_with_and_without_workers_and_every_worker_has_a_sh
     shared = list(workers)
     assert [b[0].tolist() for b in alone] == [order[0:8], order[8:16], order[16:22]]
     assert all(torch.equal(x, y) for a, b in zip(alone, shared, strict=True) for x, y in zip(a, b, strict=True))
+
+
+LOCK_OF_ANOTHER_THREAD = threading.Lock()
+
+
+class NeedsTheLock(torch.utils.data.Dataset):
+    """Items that take a lock which, in this process, another thread holds throughout the pass."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        with LOCK_OF_ANOTHER_THREAD:
+            return index, torch.full((2,), float(index))
+
+
+@pytest.mark.timeout(60)  # a worker that inherited the lock waits for ever
+def test_workers_do_not_inherit_a_lock_that_another_thread_holds():
+    """A worker forked from this process would start with the lock held and wait for it forever (as a
+    worker of a torchrun process did on a lock of one of its threads); started by the fork server, it
+    has its own."""
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with LOCK_OF_ANOTHER_THREAD:
+            held.set()
+            done.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    try:
+        batches = list(train_module.Batches(NeedsTheLock(), [3, 1, 0, 2], 2, _cfg(num_workers=1)))
+    finally:
+        done.set()
+        holder.join()
+    assert [b[0].tolist() for b in batches] == [[3, 1], [0, 2]]
+    assert torch.equal(batches[1][1], torch.tensor([[0.0, 0.0], [2.0, 2.0]]))
 
 
 def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
