@@ -481,7 +481,8 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
     batches = Batches(dataset, order, cfg.batch_size_train, cfg, keep_empty=shared)
     for batch_number, batch in enumerate(progress(batches, f"train {epoch}")):
         if batch is None:  # the same collectives in the same order as a step with images
-            loss, terms = _empty_step(model, cfg)
+            running = bn_state(model)  # before the blank pass moves it
+            loss, terms = _empty_step(model, cfg), {}
         else:
             idx, views = batch
             r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
@@ -501,7 +502,7 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
         loss.backward()
         optimizer.step()
         if batch is None:
-            model.load_state_dict(terms, strict=False)  # the blank images' BatchNorm statistics are not kept
+            model.load_state_dict(running, strict=False)  # the blank images' BatchNorm statistics are not kept
             continue
         n = len(idx)
         seen += n
@@ -520,15 +521,14 @@ def _finite_everywhere(loss: torch.Tensor, shared: bool) -> bool:
     return int(bad) == 0
 
 
-def _empty_step(model, cfg: Config) -> tuple[torch.Tensor, dict]:
-    """This process's part of a training step in which it has no image: a forward pass through DDP on two
-    blank images (BatchNorm needs two values per channel at res 32) whose loss is zero, so that DDP sums
-    a zero gradient from here and every process takes every step with the same collectives. Returns the
-    loss and, in place of the terms, the BatchNorm running statistics to put back after the step."""
+def _empty_step(model, cfg: Config) -> torch.Tensor:
+    """This process's loss in a training step in which it has no image: a forward pass through DDP on two
+    blank images (BatchNorm needs two values per channel at res 32) times zero, so that DDP sums a zero
+    gradient from here and every process takes every step with the same collectives. The pass moves
+    BatchNorm's running statistics: the caller puts them back."""
     device = next(model.parameters()).device
-    running = bn_state(model)
     blank = network_features(model, torch.zeros(2, 3, cfg.res, cfg.res, device=device), cfg)
-    return blank.sum() * 0.0, running
+    return blank.sum() * 0.0
 
 
 # ---- the IB-Focal schedule -----------------------------------------------------------------------

@@ -6,10 +6,13 @@
   another order);
 - the confusion matrix of an evaluation split over the processes equals one process's exactly
   (integer counts; every image scored once, also when the split is uneven);
+- a process with no image in a training step takes the other processes' step exactly (the averaged
+  gradient) and keeps its BatchNorm statistics exactly;
 - a 2-process run repeats its own numbers bit for bit, and a 2-process run killed and resumed gives
   the uninterrupted 2-process run's weights and scores bit for bit.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -30,8 +34,10 @@ from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import score_predictions
+from picie_lib.model import bn_state
 from picie_lib.runs import weights_digest
-from picie_lib.train import load_checkpoint
+from picie_lib.train import build_model, load_checkpoint, make_criterion, train_pass
+from picie_lib.transforms import draw_view_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 WORLD = 2
@@ -131,6 +137,39 @@ def test_distributed_confusion_matrix_equals_one_process(tmp_path):
     assert int(ranks[0]["confusion"].sum()) == labelled  # every labelled pixel of the 7 images, once
 
 
+# ---- a training step in which a process has no image ------------------------------------------------------
+def _empty_share_worker(rank: int, store: str, out: str) -> None:
+    _join(rank, store)
+    cfg = load_preset("smoke", device="cpu")
+    dataset = build_dataset(cfg, "train", mode="train")
+    dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0)))
+    model = build_model(cfg, torch.device("cpu"))
+    before = bn_state(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    labels = torch.randint(0, cfg.n_clusters, (2, len(dataset), 16, 16), generator=torch.Generator().manual_seed(1))
+    centroids = torch.nn.functional.normalize(torch.randn(2, cfg.n_clusters, 128), dim=2)
+    stats = train_pass(
+        distributed.data_parallel(model, torch.device("cpu")), optimizer, dataset, [5], labels.to(torch.uint8),
+        centroids, [None, None], make_criterion(cfg, "ce"), cfg, 1,
+    )  # fmt: skip
+    torch.save(
+        {"before": before, "after": bn_state(model), "weights": model.state_dict(), "loss": stats["loss"]},
+        Path(out) / f"rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def test_a_process_with_no_image_in_a_step_takes_the_same_step_and_keeps_its_batchnorm(tmp_path):
+    """One image in a step of 2 x 8: process 0 has none; it steps on the averaged gradient (its zero one
+    and process 1's), and the blank images it ran forward leave no trace in its BatchNorm statistics."""
+    empty, full = _spawn(_empty_share_worker, tmp_path)
+    assert all(torch.equal(empty["after"][k], empty["before"][k]) for k in empty["before"])
+    assert not all(torch.equal(full["after"][k], full["before"][k]) for k in full["before"])  # it saw an image
+    params = [k for k in empty["weights"] if k not in empty["before"]]
+    assert all(torch.equal(empty["weights"][k], full["weights"][k]) for k in params)  # the same step everywhere
+    assert empty["loss"] == full["loss"] and np.isfinite(full["loss"])  # the pass's loss is over its one image
+
+
 # ---- train and evaluate under torchrun -------------------------------------------------------------------
 SMOKE = ["--preset", "smoke", "-p", "n_train=48"]
 
@@ -139,21 +178,26 @@ def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}", *args]
 
 
+def _kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every process under it: its workers lead sessions of their own, so a
+    signal to torchrun's process group does not reach them, nor their data-loader workers."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+    proc.kill()
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
-    """torchrun in its own process group, killed whole if it outlives the timeout (a process waiting in
-    a collective for another would otherwise outlive torchrun)."""
+    """torchrun, killed with everything under it if it outlives the timeout (a process waiting in a
+    collective for another would otherwise outlive torchrun)."""
     proc = subprocess.Popen(
-        torchrun("-m", "picie_lib", *args),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        torchrun("-m", "picie_lib", *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         stdout, stderr = proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_job(proc)
         stdout, stderr = proc.communicate()
         pytest.fail(f"torchrun {' '.join(args)} did not finish in 600 s: {stderr[-2000:]}")
     assert proc.returncode == 0, stderr[-3000:]
@@ -178,13 +222,12 @@ def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill reaches torchrun and both workers
     )
     deadline = time.monotonic() + 300
     while not (killed / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # into epoch 2
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_job(proc)  # as a machine that goes down: nothing of the job gets to clean up
     proc.wait()
     assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
     _run("train", *SMOKE, "--loss", "ce", "--out", str(killed), "--resume")
@@ -195,9 +238,9 @@ def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
 
 def test_an_uneven_split_with_an_empty_share_trains_and_scores(tmp_path):
     """17 images in training steps of 2 x 8: the last step gives process 0 nothing (a zero-gradient step)
-    and the clustering steps of 2 x 12 split 8 / 9; IB-Focal's switch too."""
+    and the clustering steps of 2 x 12 split 8 / 9; IB-Focal's switch and a data-loader worker too."""
     out = tmp_path / "uneven"
-    uneven = ["-p", "n_train=17"]
+    uneven = ["-p", "n_train=17", "-p", "num_workers=1"]
     _run("train", "--preset", "smoke", *uneven, "--loss", "ib_focal", "--out", str(out))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if not r.get("discarded")] == [1, 2, 3, 4]
