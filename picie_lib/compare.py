@@ -30,6 +30,7 @@ from picie_lib.evaluate import (
     linear_probe,
     read_metrics,
     scored_checkpoint,
+    stored_scores,
     write_evaluation,
 )
 from picie_lib.plots import METHOD_COLOURS, save_figure
@@ -73,18 +74,6 @@ def method_steps(cfg: Config) -> list[tuple[int, str]]:
     return [(seed, m) for seed in cfg.seeds for m in methods]
 
 
-def _evaluated_with(metrics: Path, cfg: Config, weights: str | None = None) -> bool:
-    """Whether ``metrics`` exists and was computed with ``cfg`` (up to the parameters that do not
-    change results) and, for trained weights, with these weights (``weights``: their SHA-256): an
-    evaluation of another configuration or of earlier weights is recomputed, never reused."""
-    if not metrics.is_file():
-        return False
-    saved = json.loads(metrics.read_text())
-    if weights is not None and saved.get("checkpoint", {}).get("weights_sha256") != weights:
-        return False
-    return not differences(saved.get("config", {}), cfg, RUNTIME_KEYS | {"loss"})  # the folder names the method
-
-
 def _weights_of(run_dir: Path) -> str | None:
     """The SHA-256 of the weights in ``run_dir/checkpoint.pt``, None where there is none."""
     path = Path(run_dir) / "checkpoint.pt"
@@ -113,7 +102,8 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     run_cfg = cfg.replace(seed=seed, loss=method if method in LOSSES else cfg.loss)
     scored = {"ce": None, "focal": None, "ib_focal": None, "linear_probe": Path(out_dir) / f"ce-seed{seed}"}
     weights = _weights_of(scored[method] or run_dir) if method in scored else None
-    if not _evaluated_with(run_dir / "metrics.json", run_cfg, weights) or (method in scored and weights is None):
+    stored = stored_scores(run_dir / "metrics.json", run_cfg, weights, RUNTIME_KEYS | {"loss"})  # folder: method
+    if stored is None or (method in scored and weights is None):
         t0 = time.perf_counter()
         if method in LOSSES:
             if not (run_dir / "checkpoint.pt").is_file():

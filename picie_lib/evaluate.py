@@ -391,16 +391,26 @@ def read_metrics(path: Path) -> dict:
     return metrics
 
 
+def stored_scores(metrics: Path, cfg: Config, weights: str | None, ignore: frozenset[str]) -> dict | None:
+    """``metrics`` (read as ``read_metrics`` reads it) when it exists and was computed with ``cfg`` up to
+    the keys in ``ignore`` and, for trained weights, from ``weights`` (their SHA-256); else None: an
+    evaluation of another configuration or of earlier weights is recomputed, never reused."""
+    if not Path(metrics).is_file():
+        return None
+    saved = read_metrics(metrics)
+    if weights is not None and saved.get("checkpoint", {}).get("weights_sha256") != weights:
+        return None
+    return None if differences(saved.get("config", {}), cfg, ignore) else saved
+
+
 def current_evaluation(run_dir: Path) -> dict:
     """The scores of the weights now in ``run_dir``: its ``metrics.json`` while that scored these weights
     with the folder's configuration (a resumed batch run rescores nothing), else ``evaluate_run``."""
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file() and (run_dir / "centroids.pt").is_file():
-        saved = read_metrics(metrics)
+    if (run_dir / "centroids.pt").is_file():
         cfg, ckpt = scored_checkpoint(run_dir)
-        same_weights = saved.get("checkpoint", {}).get("weights_sha256") == weights_digest(ckpt["model"])
-        if same_weights and not differences(saved.get("config", {}), cfg, TRAINING_RUNTIME_KEYS):
+        saved = stored_scores(run_dir / "metrics.json", cfg, weights_digest(ckpt["model"]), TRAINING_RUNTIME_KEYS)
+        if saved is not None:
             return saved
     return evaluate_run(run_dir)
 
