@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(err, OSError):
             print(f"{prefix}error: {os_error_line(err, args.command)}", file=sys.stderr)
             return 1
+        elif distributed.lost_another_process(err):
+            print(f"{prefix}{distributed.lost_process_line(err)}", file=sys.stderr)
+            return 1
         elif isinstance(err, RuntimeError):  # a failed notebook, a non-finite loss: the run stopped
             print(f"{prefix}error: {err}", file=sys.stderr)
             return 1

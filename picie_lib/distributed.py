@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -62,6 +63,21 @@ def setup(device: str) -> None:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def lost_another_process(err: BaseException) -> bool:
+    """Whether ``err`` is this process's side of another process's end: gloo or NCCL lost its peer (it
+    failed with its own error, e.g. rank 0's "already holds a run") or a collective timed out."""
+    from_gloo = isinstance(err, RuntimeError) and "/gloo/" in str(err).split("]")[0]  # gloo's are plain
+    return launched() and (isinstance(err, dist.DistError) or from_gloo)
+
+
+def lost_process_line(err: BaseException) -> str:
+    """One line for ``lost_another_process``, with the backend's words in short (their first line,
+    without the source file of gloo's message)."""
+    first = (str(err).splitlines() or [""])[0]
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]
+    return f"stopped: lost another process of this job; its error, if it had one, is above ({detail})"
 
 
 def barrier() -> None:

@@ -188,9 +188,9 @@ def _kill_job(proc: subprocess.Popen) -> None:
     proc.kill()
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     """torchrun, killed with everything under it if it outlives the timeout (a process waiting in a
-    collective for another would otherwise outlive torchrun)."""
+    collective for another would otherwise outlive torchrun); ``ok``: it must succeed."""
     proc = subprocess.Popen(
         torchrun("-m", "picie_lib", *args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -200,7 +200,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         _kill_job(proc)
         stdout, stderr = proc.communicate()
         pytest.fail(f"torchrun {' '.join(args)} did not finish in 600 s: {stderr[-2000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 0 or not ok, stderr[-3000:]
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
@@ -247,3 +247,16 @@ def test_an_uneven_split_with_an_empty_share_trains_and_scores(tmp_path):
     assert all(np.isfinite([r["loss"], *r["kmeans_loss"]]).all() for r in log)
     _run("evaluate", str(out))
     assert json.loads((out / "metrics.json").read_text())["checkpoint"]["finished"]
+
+
+def test_a_refusal_by_rank_0_is_one_error_line(tmp_path):
+    """Rank 0 alone checks the output folder; the other process, left without it, says so in short and
+    does not add gloo's connection error as an error of its own."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    stderr = _run("train", *SMOKE, "--loss", "ce", "--out", str(taken), ok=False).stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {taken} already holds a run"), stderr[-2000:]
+    assert all("stopped: lost another process" in line for line in stderr.splitlines() if "[rank 1]" in line)
+    assert (taken / "notes.txt").read_text() == "mine"
