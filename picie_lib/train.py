@@ -22,7 +22,10 @@ import copy
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
+import os
 import pickle
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -242,6 +245,22 @@ def worker_context():
     return context
 
 
+def exit_with_the_training_process(worker_id: int) -> None:
+    """A data-loader worker's first act: a thread that ends the worker when the process that started it
+    ends, however it ends. torch's own check watches the worker's parent, which is the fork server, not
+    the training process; and the fork server lives as long as any worker does. Without this, the
+    workers of a killed run would wait for work forever."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # ready once the training process is gone
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-the-training-process", daemon=True).start()
+
+
 def _concatenate(parts: list, pin: bool):
     """Chunks of a batch (tuples of tensors) joined along the batch dimension; into page-locked
     memory when a GPU will take them (the copy to it can then overlap the next batch)."""
@@ -297,6 +316,7 @@ class Batches:
         if workers and chunks:  # enough chunks in flight for about two batches
             extra["prefetch_factor"] = max(2, math.ceil(2 * batch_size / (chunk * workers)))
             extra["multiprocessing_context"] = worker_context()
+            extra["worker_init_fn"] = exit_with_the_training_process
         self.loader = DataLoader(
             dataset, batch_sampler=chunks, num_workers=workers if chunks else 0, collate_fn=collate_usable, **extra
         )

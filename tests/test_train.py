@@ -1,8 +1,12 @@
 """Training: the four-term loss, the IB-Focal switch, determinism, checkpoints, guards."""
 
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 
+import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,6 +188,51 @@ def test_workers_do_not_inherit_a_lock_that_another_thread_holds():
         holder.join()
     assert [b[0].tolist() for b in batches] == [[3, 1], [0, 2]]
     assert torch.equal(batches[1][1], torch.tensor([[0.0, 0.0], [2.0, 2.0]]))
+
+
+WORKER_OF_A_RUN_THAT_IS_KILLED = """
+import os, sys, time
+import torch
+from picie_lib.config import load_preset
+from picie_lib.train import Batches
+
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, index):
+        time.sleep(0.2)
+        return index, torch.tensor([os.getpid(), os.getppid()])
+
+
+if __name__ == "__main__":
+    cfg = load_preset("smoke", device="cpu", num_workers=1)
+    for index, pids in Batches(Slow(), list(range(1000)), 2, cfg):
+        print(*pids[0].tolist(), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_the_workers_of_a_killed_training_process_end_with_it(tmp_path):
+    """SIGKILL leaves a process no last word: its workers (children of the fork server, which lives
+    as long as they do) must notice on their own that it is gone, rather than wait for work forever."""
+    script = tmp_path / "run.py"
+    script.write_text(WORKER_OF_A_RUN_THAT_IS_KILLED)
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    left = []
+    try:
+        left = [psutil.Process(int(pid)) for pid in run.stdout.readline().split()]  # worker, fork server
+        assert left[1].pid != run.pid  # the worker is not the training process's child
+        run.kill()
+        run.wait(timeout=10)
+        _, left = psutil.wait_procs(left, timeout=20)
+        assert not left, f"still running after the training process was killed: {left}"
+    finally:
+        for process in [run, *left]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        run.stdout.close()
 
 
 def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
