@@ -65,18 +65,31 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+# how gloo and NCCL word the loss of a peer (its process ended, or a collective waited too long for it)
+PEER_LOST = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "timed out",
+    "remote process exited",
+    "communicator was aborted",
+)
+
+
 def lost_another_process(err: BaseException) -> bool:
     """Whether ``err`` is this process's side of another process's end: gloo or NCCL lost its peer (it
-    failed with its own error, e.g. rank 0's "already holds a run") or a collective timed out."""
+    failed with its own error, e.g. rank 0's "already holds a run") or a collective timed out. Any
+    other error of the backend is an error of its own."""
     from_gloo = isinstance(err, RuntimeError) and "/gloo/" in str(err).split("]")[0]  # gloo's are plain
-    return launched() and (isinstance(err, dist.DistError) or from_gloo)
+    text = str(err).lower()
+    return launched() and (isinstance(err, dist.DistError) or from_gloo) and any(p in text for p in PEER_LOST)
 
 
 def lost_process_line(err: BaseException) -> str:
-    """One line for ``lost_another_process``, with the backend's words in short (their first line,
-    without the source file of gloo's message)."""
+    """One line for ``lost_another_process``, with the backend's first line (without the source file
+    of gloo's message)."""
     first = (str(err).splitlines() or [""])[0]
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", first)
     return f"stopped: lost another process of this job; its error, if it had one, is above ({detail})"
 
 
