@@ -25,6 +25,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import sys
 import threading
 import time
 import warnings
@@ -232,12 +233,12 @@ def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
 
 
 def worker_context():
-    """How data-loader workers start: forked from a fork server (a single-threaded process started once
-    per job, with the library imported), not from this process. This process runs other threads (gloo's
-    under torchrun, tqdm's monitor, the feeder threads of a pass's queues); a worker forked while one of
-    them holds a lock waits for that lock forever. That hung 1 of 12 two-process runs with one worker
-    each, in the worker's first instant. A worker then starts as fast as a fork (about 60 ms here), after
-    2-3 s once per job for the server. Without a fork server (Windows), spawn."""
+    """How data-loader workers start: forked from a fork server (a single-threaded process, with the library
+    imported, started once per training process, so once per rank under torchrun), not from this process.
+    This process runs other threads (gloo's under torchrun, tqdm's monitor, the feeder threads of a pass's
+    queues); a worker forked while one of them holds a lock waits for that lock forever. That hung 1 of 12
+    two-process runs with one worker each, in the worker's first instant. A worker then starts as fast as a
+    fork (about 60 ms here), after 2-3 s once for the server. Without a fork server (Windows), spawn."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -259,6 +260,18 @@ def exit_with_the_training_process(worker_id: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-the-training-process", daemon=True).start()
+
+
+def _require_importable(dataset, workers: int) -> None:
+    """Workers started by the fork server import the data set's class by name; one defined in a notebook
+    cell or typed into an interpreter has no module to import it from, and the worker would only die."""
+    cls = type(dataset)
+    if cls.__module__ == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
+        raise ValueError(
+            f"num_workers={workers}: the data set class {cls.__qualname__} is defined in a notebook or an "
+            "interactive session, where data-loader workers cannot import it; define it in a module, or set "
+            "num_workers to 0"
+        )
 
 
 def _concatenate(parts: list, pin: bool):
@@ -314,6 +327,7 @@ class Batches:
             chunks += pieces
         extra = {}
         if workers and chunks:  # enough chunks in flight for about two batches
+            _require_importable(dataset, workers)
             extra["prefetch_factor"] = max(2, math.ceil(2 * batch_size / (chunk * workers)))
             extra["multiprocessing_context"] = worker_context()
             extra["worker_init_fn"] = exit_with_the_training_process

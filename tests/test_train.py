@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import threading
+import types
 
 import psutil
 import pytest
@@ -233,6 +234,17 @@ def test_the_workers_of_a_killed_training_process_end_with_it(tmp_path):
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
         run.stdout.close()
+
+
+def test_a_data_set_class_of_a_notebook_with_workers_is_a_clear_error(monkeypatch):
+    """A notebook's ``__main__`` has no file for the workers to import the class from: say so and name
+    the parameter, rather than let a worker die with an unpickling error."""
+    notebook_class = type("CellDataset", (NeedsTheLock,), {"__module__": "__main__"})
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # as in a kernel: no __file__
+    with pytest.raises(ValueError, match=r"num_workers=1: the data set class CellDataset .* notebook"):
+        train_module.Batches(notebook_class(), [0, 1], 2, _cfg(num_workers=1))
+    batches = list(train_module.Batches(notebook_class(), [0, 1], 2, _cfg(num_workers=0)))  # no worker: fine
+    assert batches[0][0].tolist() == [0, 1]
 
 
 def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
