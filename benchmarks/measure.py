@@ -52,8 +52,8 @@ class Peaks:
     def _watch_descendants(self) -> None:
         me = psutil.Process()
         while not self._stop.wait(0.1):
-            with contextlib.suppress(psutil.Error):
-                for child in me.children(recursive=True):
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error, OSError):  # a worker may end while it is read
                     command = " ".join(child.cmdline())  # a worker has its fork server's command line
                     helper = child.ppid() == me.pid and ("forkserver" in command or "resource_tracker" in command)
                     if not helper:

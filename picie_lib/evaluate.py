@@ -407,7 +407,7 @@ def current_evaluation(run_dir: Path) -> dict:
     """The scores of the weights now in ``run_dir``: its ``metrics.json`` while that scored these weights
     with the folder's configuration (a resumed batch run rescores nothing), else ``evaluate_run``."""
     run_dir = Path(run_dir)
-    if (run_dir / "centroids.pt").is_file():
+    if (run_dir / "centroids.pt").is_file() and (run_dir / "metrics.json").is_file():
         cfg, ckpt = scored_checkpoint(run_dir)
         saved = stored_scores(run_dir / "metrics.json", cfg, weights_digest(ckpt["model"]), TRAINING_RUNTIME_KEYS)
         if saved is not None:
