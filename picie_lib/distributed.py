@@ -65,14 +65,20 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-# how gloo and NCCL word the loss of a peer (its process ended, or a collective waited too long for it)
+# how gloo, NCCL and the c10d store word the loss of a peer (its process ended, or a collective or the
+# store waited too long for it)
 PEER_LOST = (
     "connection closed by peer",
     "connection reset by peer",
     "broken pipe",
     "timed out",
+    "timing out",
+    "pair closure",
     "remote process exited",
     "communicator was aborted",
+    "connection was likely closed",
+    "socket timeout",
+    "wait timeout",
 )
 
 

@@ -260,8 +260,9 @@ def test_a_refusal_by_rank_0_is_one_error_line(tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    # torchrun looks at its processes every 5 s, not 0.1 s: rank 1 meets rank 0's end before it is stopped
-    launcher = ("--monitor-interval", "5")
+    # torchrun looks at its processes every 30 s, not 0.1 s: rank 1 meets rank 0's end before it is
+    # stopped (both end on their own, well within the first look)
+    launcher = ("--monitor-interval", "30")
     stderr = _run("train", *SMOKE, "--loss", "ce", "--out", str(taken), ok=False, launcher=launcher).stderr
     errors = [line for line in stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(f"error: {taken} already holds a run"), stderr[-2000:]
@@ -279,7 +280,22 @@ GLOO = "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] "
         (RuntimeError(GLOO + "Connection closed by peer [127.0.0.1]:5847"), True),
         (RuntimeError(GLOO + "Read error [127.0.0.1]:3355: Connection reset by peer"), True),
         (RuntimeError(GLOO + "Timed out waiting 1800000ms for recv operation to complete"), True),
+        (RuntimeError(GLOO + "Application timeout caused pair closure"), True),
         (dist.DistBackendError("NCCL error in: x.cpp:1970, remote process exited or there was a network error"), True),
+        (
+            dist.DistBackendError(
+                "[Rank 1] Watchdog caught collective operation timeout: ran 600000 milliseconds before timing out."
+            ),
+            True,
+        ),
+        (
+            dist.DistNetworkError(
+                "Failed to recv, got 0 bytes. Connection was likely closed. Did the remote server shutdown or crash?"
+            ),
+            True,
+        ),
+        (dist.DistStoreError("Socket Timeout"), True),
+        (dist.DistStoreError("wait timeout after 300000ms, keys: /rank1"), True),
         (RuntimeError(GLOO + "Invalid argument: sizes differ"), False),  # gloo's own error, not a lost peer
         (dist.DistBackendError("NCCL error in: x.cpp:1970, unhandled cuda error"), False),
         (RuntimeError("the run stopped: timed out waiting for a reader"), False),  # not the backend's
