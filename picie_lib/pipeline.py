@@ -104,12 +104,21 @@ def html_copy(notebook: Path) -> str:
 
 def _kernel_config(folder: str):
     """Local kernels over IPC sockets in ``folder``: no TCP port, so ipykernel has no unencrypted TCP to
-    warn about; and no progress bars (``PICIE_PROGRESS=0``) in outputs that are kept."""
+    warn about; and no progress bars (``PICIE_PROGRESS=0``) in outputs that are kept. Kernels log only
+    what is fatal: at a notebook's end the clean-up interrupts the kernel before it shuts it down, and a
+    kernel still finishing a message logs that interrupt as an error on the job's terminal. A cell's
+    error is in the executed notebook and in the run's own error line."""
+    from jupyter_client.manager import AsyncKernelManager
     from traitlets.config import Config
+
+    class QuietKernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            return super().format_kernel_cmd([*(extra_arguments or []), "--IPKernelApp.log_level=CRITICAL"])
 
     config = Config()
     config.KernelManager.transport = "ipc"
     config.KernelManager.ip = str(Path(folder) / "kernel")
+    config.NotebookClient.kernel_manager_class = QuietKernelManager
     return config
 
 

@@ -206,6 +206,25 @@ def test_ctrl_c_during_a_batch_run_stops_its_kernel_without_a_traceback(tmp_path
     ]
 
 
+def test_a_notebook_kernels_error_log_stays_off_the_jobs_terminal(tmp_path):
+    """The kernel's stderr is the job's: a kernel interrupted by the clean-up at a notebook's end while
+    it finishes a message logs that as an error, a line from nowhere in ``run``'s output. Kernels log
+    only what is fatal; the cell's own output still reaches the executed notebook."""
+    import nbformat
+
+    cell = "from ipykernel.kernelapp import IPKernelApp\nIPKernelApp.instance().log.error('kernel noise')\nprint('ran')"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), tmp_path / "noise.ipynb")
+    script = (
+        "from pathlib import Path\nfrom picie_lib.pipeline import execute\n"
+        f"execute('noise', Path({str(tmp_path / 'noise-out.ipynb')!r}), {{}}, cwd=Path({str(tmp_path)!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernel noise" not in done.stderr, done.stderr[-2000:]
+    executed = nbformat.read(tmp_path / "noise-out.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "ran\n"
+
+
 def test_a_killed_jobs_temporary_files_are_removed_at_the_next_start(tmp_path):
     folder = tmp_path / "run"
     (folder / "figures").mkdir(parents=True)
