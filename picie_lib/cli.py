@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import shlex
 import signal
 import sys
 import time
@@ -198,7 +197,8 @@ def what_was_saved(args: argparse.Namespace) -> str:
     argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
     if args.command == "run" and "--out" not in argv:
         argv += ["--out", str(out)]
-    again = shlex.join(["python", "-m", "picie_lib", *argv, "--resume"])
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun, continued by torchrun with as many processes
+    again = distributed.command_line(world, distributed.processes_per_node(), [*argv, "--resume"])
     if args.command == "train":
         epoch = _saved_epoch(out / "checkpoint.pt")
         saved = f"{epoch} is saved in {out / 'checkpoint.pt'}" if epoch else "no epoch had finished"
@@ -236,12 +236,22 @@ def os_error_line(err: OSError, command: str = "train") -> str:
         return f"no space left on the device holding {where}; free some space and run the same command again"
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write {where} ({err.strerror}); choose a writable --out"
+    if err.errno == errno.ELOOP:
+        return f"{where} is a symbolic link; a run writes its own files, never through a link: remove the link"
     if err.errno == errno.ENOTDIR or isinstance(err, NotADirectoryError):
         return str(err) if not err.filename else f"{where}: a path that should be a folder is a file"
     return f"{where}: {err.strerror or err}"
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: ``warning: TEXT`` on one line, without the source line
+    Python quotes (often torch's own, which says nothing to the reader)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
@@ -261,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
     previous = {s: signal.signal(s, on_signal) for s in stop}
+    formatwarning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     prefix = ""  # under torchrun, "[rank R] " for the processes other than rank 0
     try:
         if distributed.launched() and os.environ.get("RANK", "0") != "0":
@@ -289,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        warnings.formatwarning = formatwarning
         distributed.teardown()
     if received:
         what, code = stop[received[0]]

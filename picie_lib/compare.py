@@ -38,13 +38,14 @@ from picie_lib.progress import progress
 from picie_lib.runs import (
     atomic_write_text,
     csv_text,
-    environment,
     exclusive,
     new_run_dir,
+    record_in_manifest,
+    record_session,
     weights_digest,
     write_json,
 )
-from picie_lib.train import build_model, checkpoint_record, load_checkpoint, resolve_device, train
+from picie_lib.train import build_model, check_data, checkpoint_record, load_checkpoint, resolve_device, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -150,6 +151,7 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = 
     """
     if resume:
         resumable(out_dir, cfg)  # named before the folder is created or locked
+    check_data(cfg, build_dataset(cfg, "train", mode="eval"))
     with exclusive(out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         return _compare(cfg, Path(out_dir), overwrite, resume)
 
@@ -160,7 +162,10 @@ def _compare(cfg: Config, out_dir: Path, overwrite: bool, resume: bool) -> list[
     if distributed.is_main():
         out_dir = resumable(out_dir, cfg) if resume else new_run_dir(out_dir, overwrite=overwrite)
         save_config(cfg, out_dir / "config.json")
-        write_json(out_dir / "environment.json", environment())
+        record_session(out_dir, world_size=distributed.world())
+        for seed, method in method_steps(cfg):  # the training folders this comparison makes are its own
+            if method in LOSSES:
+                record_in_manifest(out_dir, f"{method}-seed{seed}")
     train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
     rows: list[dict] = []
     start = time.perf_counter()

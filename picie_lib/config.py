@@ -61,8 +61,13 @@ def integer(at_least: int) -> Rule:
     return Rule(f"an integer >= {at_least}", lambda v: _is_int(v) and v >= at_least)
 
 
-def multiple_of(step: int, why: str) -> Rule:
-    return Rule(f"a positive multiple of {step} ({why})", lambda v: _is_int(v) and v > 0 and v % step == 0)
+SEED_MAX = 2**32 - 1  # what every generator a run seeds takes (torch, NumPy's SeedSequence, faiss after masking)
+SEED = Rule(f"an integer in [0, {SEED_MAX}]", lambda v: _is_int(v) and 0 <= v <= SEED_MAX)
+
+
+def multiple_of(step: int, why: str, at_least: int | None = None) -> Rule:
+    at_least = at_least or step
+    return Rule(f"a multiple of {step} >= {at_least} ({why})", lambda v: _is_int(v) and v >= at_least and v % step == 0)
 
 
 def _bounds(above=None, at_least=None, at_most=None) -> tuple[str, Callable[[float], bool]]:
@@ -102,8 +107,8 @@ boolean = Rule("true or false", lambda v: isinstance(v, bool))
 text = Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
 PROBABILITY = Rule("a probability in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
 SEEDS = Rule(
-    "a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]",
-    lambda v: isinstance(v, list) and bool(v) and all(_is_int(s) and s >= 0 for s in v) and len(set(v)) == len(v),
+    f"a non-empty list of distinct integers in [0, {SEED_MAX}], e.g. [0, 1, 2]",
+    lambda v: isinstance(v, list) and bool(v) and all(SEED.holds(s) for s in v) and len(set(v)) == len(v),
 )
 SWITCH = Rule("'min_loss' or a number of CE epochs >= 0", lambda v: v == "min_loss" or (_is_int(v) and v >= 0))
 DEVICE = Rule(
@@ -157,13 +162,15 @@ class Config:
     """Synthetic: number of training images."""
     n_val: int = param(100, integer(1))
     """Synthetic: number of validation images."""
-    data_seed: int = param(0, integer(0))
+    data_seed: int = param(0, SEED)
     """Synthetic: seed of the generated scenes (fixed across training seeds)."""
     synthetic_colours: str = param("class", choice(*SYNTHETIC_COLOURS))
     """Synthetic: "class" (each class near its own colour) or "instance" (colour a nuisance: each instance
     draws hue, saturation and value within PiCIE's jitter range around its class's; identity lies in
     texture and shape). The layout and textures are the same either way (README, "The built-in demo")."""
-    res: int = param(320, multiple_of(32, "the backbone's stride"))
+    res: int = param(
+        320, multiple_of(32, "the backbone's stride; at 32 its last stage is 1 x 1, too small for BatchNorm", 64)
+    )
     """Network input side for both views (PiCIE --res1) and the evaluation crop (--res)."""
 
     # --- model --------------------------------------------------------------------------------
@@ -265,7 +272,7 @@ class Config:
     p_flip: float = param(0.5, PROBABILITY)
 
     # --- runtime ------------------------------------------------------------------------------
-    seed: int = param(0, integer(0))
+    seed: int = param(0, SEED)
     """Seed of the model initialisation, the views, the k-means and the batch order."""
     seeds: list[int] = param(default_factory=lambda: [0], check=SEEDS)
     """Seeds run by `compare`."""
@@ -297,6 +304,22 @@ class Config:
                 raise ValueError(problem)
         if self.dataset != "synthetic" and not self.data_root:
             raise ValueError(f"data_root={self.data_root!r}: dataset={self.dataset} needs the folder of its files")
+        if self.kmeans_max_init_points is not None and self.kmeans_max_init_points < self.n_clusters:
+            raise ValueError(
+                f"kmeans_max_init_points={self.kmeans_max_init_points}: expected at least n_clusters="
+                f"{self.n_clusters} points for the k-means' initial fit"
+            )
+        epochs = self.epochs_ib_focal
+        if self.switch == "min_loss" and epochs < 2:
+            raise ValueError(
+                f"epochs_ib_focal={epochs} with switch=min_loss: IB-Focal would never train (the switch follows at "
+                "least one CE epoch); expected epochs_ib_focal >= 2, or switch=0 for IB-Focal from the start"
+            )
+        if self.switch != "min_loss" and self.switch >= epochs:
+            raise ValueError(
+                f"switch={self.switch} with epochs_ib_focal={epochs}: IB-Focal would start at epoch {self.switch + 1}, "
+                f"after the last; expected a switch below {epochs} (or min_loss)"
+            )
 
     def epochs_for(self, loss: str | None = None) -> int:
         """Epochs of a method, in the paper's 10 : 15 : 20 proportions as the preset scales them."""
@@ -399,7 +422,11 @@ def load_preset(name: str, overrides_source: str = "parameters", **overrides: An
     """Paper defaults, then the preset's keys, then ``overrides``; each checked and named by its source
     (the preset file, or ``overrides_source``: "-p" on the command line)."""
     path = preset_path(name)
-    values = read_yaml(path.read_text(), str(path)) or {}
+    try:
+        content = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; expected a YAML file of parameters") from None
+    values = read_yaml(content, str(path)) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of parameter names to values")
     return Config(**{**checked(values, str(path)), **checked(overrides, overrides_source)})
@@ -444,4 +471,11 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def load_config(path: Path) -> Config:
-    return from_dict(json.loads(Path(path).read_text()), source=str(path))
+    """The configuration a run saved (``config.json``); a damaged file is named."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); restore it from a copy, or start the run again") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values")
+    return from_dict(values, source=str(path))

@@ -42,12 +42,58 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def processes_per_node() -> int:
+    """Processes torchrun started on this machine (``--nproc-per-node``); 1 without torchrun."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))) if launched() else 1
+
+
+def command_line(world_size: int, per_node: int, argv: list[str] | None = None) -> str:
+    """The command that runs ``python -m picie_lib ARGV`` in ``world_size`` processes (``per_node`` a
+    machine): plain python for one, torchrun with its process count for several. ``argv`` defaults to this
+    process's arguments when it was started as ``python -m picie_lib``, else to a placeholder."""
+    import shlex
+    import sys
+
+    if argv is None:
+        from_cli = sys.argv[0].endswith(os.path.join("picie_lib", "__main__.py"))
+        argv = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")] if from_cli else ["train", "..."]
+        argv = [*argv, "--resume"]
+    if world_size == 1:
+        return shlex.join(["python", "-m", "picie_lib", *argv])
+    launcher = ["torchrun", "--nproc-per-node", str(per_node)]
+    if world_size != per_node:
+        launcher[1:1] = ["--nnodes", str(world_size // max(1, per_node))]
+    text = shlex.join([*launcher, "-m", "picie_lib", *argv])
+    return text + (" (on every node, with its rendezvous options)" if world_size != per_node else "")
+
+
+def end_with_the_launcher() -> None:
+    """Under torchrun: this process gets SIGTERM when the launcher that started it ends, however it ends
+    (Linux's parent-death signal). A SIGKILLed torchrun would otherwise leave its processes running,
+    the output folder's lock held."""
+    import ctypes
+    import signal
+    import sys
+
+    if not launched() or not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher:  # it ended before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def setup(device: str) -> None:
     """Join the process group that torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``PORT``); nothing in a single process. A process on a GPU machine uses GPU
     ``LOCAL_RANK`` (modulo the GPUs there are, so that two processes may share one GPU with gloo)."""
     if not launched() or dist.is_initialized():
         return
+    end_with_the_launcher()
     on_gpu = device != "cpu" and torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:

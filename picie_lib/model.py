@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from picie_lib.runs import first_line, load_tensors
+
 FEATURE_DIM = 128
 FEATURE_STRIDE = 4
 
@@ -79,7 +81,11 @@ class PanopticFPN(nn.Module):
         self.backbone = ResNet18Backbone()
         self.decoder = FPNDecoder()
         if pretrained is not None:
-            self.backbone.load_state_dict(load_backbone_state_dict(pretrained))
+            state = load_backbone_state_dict(pretrained)
+            try:
+                self.backbone.load_state_dict(state)
+            except RuntimeError as err:  # a tensor of another shape
+                raise ValueError(f"pretrained={str(pretrained)!r} does not fit ResNet-18 ({first_line(err)})") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.backbone(x))
@@ -105,7 +111,7 @@ def load_backbone_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
                 f"pretrained={str(source)!r}: no such file; expected None, 'imagenet', 'pretext' or the path "
                 "of a ResNet-18 state dict saved with torch.save"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -126,8 +132,19 @@ def load_backbone_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
 
 
 def imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights (the same file PiCIE's ``--pretrain`` loads)."""
-    return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    """torchvision's ImageNet weights (the same file PiCIE's ``--pretrain`` loads); torchvision keeps them
+    in its cache (``TORCH_HOME``) after the first download."""
+    import urllib.error
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=True)
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", None) or first_line(err)
+        raise ValueError(
+            f"pretrained='imagenet': torchvision could not download {weights.url} ({reason}); on a machine "
+            "without internet, copy that file here and pass -p pretrained=PATH"
+        ) from None
 
 
 def count_trainable_parameters(model: nn.Module) -> int:

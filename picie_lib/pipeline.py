@@ -15,17 +15,25 @@ with which parameters, and collects what they wrote into one folder:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config, load_preset, save_config
 from picie_lib.progress import progress
-from picie_lib.runs import atomic_write_text, environment, exclusive, new_run_dir, write_json
+from picie_lib.runs import (
+    atomic_write_text,
+    exclusive,
+    new_run_dir,
+    record_in_manifest,
+    record_session,
+    record_written,
+    write_json,
+)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 SHARED = ("00_setup", "01_data", "02_views", "03_clustering", "04_losses")
@@ -177,6 +185,9 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
     if not source.is_file():
         raise FileNotFoundError(f"{source}: notebook not found (the notebooks live in the repository's notebooks/)")
     output.parent.mkdir(parents=True, exist_ok=True)
+    record_written(output)  # papermill writes it itself, cell by cell
+    if output.is_symlink():
+        raise OSError(errno.ELOOP, "a symbolic link", str(output))
     quiet = os.environ.get("PICIE_PROGRESS")
     os.environ["PICIE_PROGRESS"] = "0"  # the kernel inherits it
     try:
@@ -242,6 +253,10 @@ def run(
     out_dir = Path(out_dir or default_out_dir(preset)).resolve()
     if resume and not (out_dir / "config.json").is_file():
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
+    from picie_lib.data import build_dataset
+    from picie_lib.train import check_data
+
+    check_data(cfg, build_dataset(cfg, "train", mode="eval"))
     with exclusive(out_dir):
         return _run(cfg, preset, out_dir, overrides, overwrite, resume, as_shipped)
 
@@ -251,18 +266,13 @@ def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bo
 
     if resume:
         resumable(out_dir, cfg)
-    else:
+    else:  # with overwrite, what earlier runs wrote there goes, and nothing else (runs.clear_run)
         new_run_dir(out_dir, overwrite=overwrite)
-    if overwrite and not resume:  # replace what an earlier run wrote there, so that nothing of it is reused
-        for path in [*out_dir.glob("*-seed*"), out_dir / "notebooks", out_dir / "figures"]:
-            if path.is_dir():
-                with exclusive(path):  # never a folder another job is writing
-                    shutil.rmtree(path)
-        for name in ("results", "claims", "report", "timings"):
-            for path in out_dir.glob(f"{name}.*"):
-                path.unlink()
     save_config(cfg, out_dir / "config.json")
-    write_json(out_dir / "environment.json", environment())
+    record_session(out_dir)
+    for _, _, extra in plan(cfg, out_dir):  # the training folders the notebooks make are this run's
+        if "loss" in extra:
+            record_in_manifest(out_dir, Path(extra["run_dir"]).name)
     if cfg.pretrained == "pretext":  # once, here, rather than inside the first notebook that builds a model
         from picie_lib.pretext import pretext_backbone
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -39,11 +41,14 @@ def _temporary_beside(path: Path) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it over: readers never see half a file, and
     the temporary file is removed on any failure (a full disk, an exception, SIGTERM, Ctrl-C). An
-    ``OSError`` names ``path`` (``write()`` alone names no file)."""
+    ``OSError`` names ``path`` (``write()`` alone names no file). The rename replaces a symbolic link at
+    ``path`` itself, never the file it points to; the file is listed in its run's manifest first
+    (``record_written``)."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        record_written(path)
         tmp = _temporary_beside(path)
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -103,13 +108,37 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one line to ``path``, never through a symbolic link (``O_NOFOLLOW``)."""
+    path = Path(path)
     try:
-        with open(path, "a") as fh:
+        record_written(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "a") as fh:
             fh.write(json_text(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(path)) from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text (torch's are often several, with a stack)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load(path)`` with ``weights_only=True`` (tensors and plain containers, never arbitrary
+    objects); a refused or unreadable file is a ``ValueError`` of one line naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
+        raise ValueError(
+            f"{path}: refused, it holds objects other than tensors and plain data ({first_line(err)})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable, truncated or not a torch file ({first_line(err)})") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -148,12 +177,62 @@ def environment() -> dict[str, Any]:
     }
 
 
+ENVIRONMENT_FILE = "environment.json"
+
+
+def record_session(folder: Path, **facts: Any) -> list[dict[str, Any]]:
+    """Append this job's ``environment()`` (with the time, the command line and ``facts``) to
+    ``folder/environment.json``, a list with one entry per session that worked on the folder: a resumed
+    run keeps the versions its first part ran with. Returns the sessions before this one."""
+    path = Path(folder) / ENVIRONMENT_FILE
+    earlier = read_sessions(path)
+    now = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python", *sys.argv]),
+        **facts,
+        **environment(),
+    }
+    write_json(path, [*earlier, now])
+    return earlier
+
+
+def read_sessions(path: Path) -> list[dict[str, Any]]:
+    """The sessions ``environment.json`` records; one written before sessions were kept is one session."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); remove it or restore it from a copy") from None
+    return saved if isinstance(saved, list) else [saved]
+
+
+def environment_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two sessions in what may change the numbers: the git commit, torch's version."""
+    changed = []
+    if before.get("git_commit") != now.get("git_commit"):
+        changed.append(f"git commit {before.get('git_commit')} -> {now.get('git_commit')}")
+    torch_before, torch_now = (e.get("versions", {}).get("torch") for e in (before, now))
+    if torch_before != torch_now:
+        changed.append(f"torch {torch_before} -> {torch_now}")
+    return changed
+
+
 LOCK_NAME = ".lock"  # in every output folder a job holds (``exclusive``)
 PROBE_PREFIX = ".probe."  # the file ``writable_folder`` writes and removes at once
+# In every folder a job made for a run: what it wrote there, one path (relative to the folder) a line,
+# listed before the file is written. ``--overwrite`` removes only what is listed (``clear_run``).
+MANIFEST_NAME = ".picie_lib-run"
+BOOKKEEPING = (LOCK_NAME, MANIFEST_NAME)
 
 
 class FolderInUse(FileExistsError):
     """Another job holds the output folder (``exclusive``)."""
+
+
+class NotARunFolder(FileExistsError):
+    """``--overwrite`` on a folder that no picie_lib job made: it is not ours to clear."""
 
 
 @contextmanager
@@ -161,23 +240,36 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
     """Hold ``folder`` for one job: an advisory lock (``fcntl.flock``) on ``folder/.lock``, taken at once
     or refused with the holder's PID and command, and released on any exit, a kill included (the
     operating system drops a dead process's locks). Each job locks the folders it writes into once; a
-    second lock of the same folder, from any process, is refused. A forked data-loader worker shares the
-    lock while it lives; they end with their epoch's iterator.
+    second lock of the same folder, from any process, is refused.
 
-    Before anything is computed the folder must be writable (``writable_folder``); once the lock is
-    held, the temporary files a killed job left (``remove_stale_temporaries``) are removed."""
+    The lock file is opened without following a symbolic link (``O_NOFOLLOW``) and written only once
+    the lock is held. Before anything is computed the folder must be writable (``writable_folder``);
+    once the lock is held, the temporary files a killed job left (``remove_stale_temporaries``) are
+    removed. A job that ends without having made the folder a run (no manifest) leaves it as it found
+    it: the lock file it created is removed, and so is the folder if it created it and left it empty."""
     import fcntl
+    import stat
 
+    folder = Path(folder)
+    made_folder = not os.path.lexists(folder)
     folder = writable_folder(folder)
-    handle = open(folder / LOCK_NAME, "a+")
+    lock = folder / LOCK_NAME
+    made_lock = not os.path.lexists(lock)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise FolderInUse(f"{folder} is in use by {holder}; wait for it to finish or choose another --out") from None
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(lock)) from None
+    handle = os.fdopen(fd, "r+")
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileExistsError(f"{lock} is not a plain file; a job locks its folder with a file of that name")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise FolderInUse(
+                f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"PID {os.getpid()} ({command or ' '.join(['python', *sys.argv])})\n")
@@ -185,6 +277,12 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
         remove_stale_temporaries(folder)
         yield folder
     finally:
+        if not is_run_folder(folder):  # never made a run: leave no trace
+            if made_lock:
+                Path(lock).unlink(missing_ok=True)
+            if made_folder:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
         handle.close()
 
 
@@ -192,6 +290,8 @@ def writable_folder(folder: Path) -> Path:
     """Create ``folder`` if needed and prove it writable with a file that is removed at once, so that a
     read-only or full location, or an ``--out`` that is a file, stops a job before its work, not after."""
     folder = Path(folder)
+    if os.path.lexists(folder) and not folder.exists():
+        raise NotADirectoryError(f"{folder} is a symbolic link that leads nowhere (a loop or a missing target)")
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file; expected a folder (choose another --out)")
     try:
@@ -220,9 +320,129 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def holds_a_run(path: Path) -> bool:
-    """Whether ``path`` holds anything but its lock file."""
+    """Whether ``path`` holds anything but a job's bookkeeping (its lock and manifest)."""
     path = Path(path)
-    return path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir())
+    return path.is_dir() and any(p.name not in BOOKKEEPING for p in path.iterdir())
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether a picie_lib job made ``path`` for a run (it holds a manifest, not a link to one)."""
+    manifest = Path(path) / MANIFEST_NAME
+    return manifest.is_file() and not manifest.is_symlink()
+
+
+# ---- what a run wrote (its manifest) --------------------------------------------------------------------------
+def _manifest_of(path: Path) -> Path | None:
+    """The run folder ``path`` belongs to: its parent or grandparent (``figures/``, ``notebooks/``) if that
+    holds a manifest. A file deeper down, or in a folder no job made, belongs to no run."""
+    for folder in (path.parent, path.parent.parent):
+        if is_run_folder(folder):
+            return folder
+    return None
+
+
+def record_written(path: Path) -> None:
+    """List ``path`` in its run's manifest (``_manifest_of``) before it is written, so that a file cut
+    short by a kill is listed too. Refuses to write into a folder of the run that is a symbolic link
+    (the run's files stay in the run's folder)."""
+    path = Path(path)
+    folder = _manifest_of(path)
+    if folder is None:
+        return
+    if path.parent != folder and path.parent.is_symlink():
+        raise OSError(errno.ELOOP, "a folder of the run is a symbolic link", str(path.parent))
+    record_in_manifest(folder, path.relative_to(folder).as_posix())
+
+
+def record_in_manifest(folder: Path, relative: str) -> None:
+    """Add ``relative`` (a file, or a run folder inside ``folder`` made by a job of this run) to
+    ``folder``'s manifest, once. Appends of one short line: safe from several processes."""
+    manifest = Path(folder) / MANIFEST_NAME
+    if relative in manifest_entries(folder):
+        return
+    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.write(fd, (relative + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def manifest_entries(folder: Path) -> list[str]:
+    """The paths ``folder``'s manifest lists, in order, once each; an entry that would leave the folder
+    (absolute, ``..``) is ignored: a hand-edited manifest cannot send ``--overwrite`` elsewhere."""
+    manifest = Path(folder) / MANIFEST_NAME
+    if not is_run_folder(folder):
+        return []
+    entries = []
+    for line in manifest.read_text(errors="replace").splitlines():
+        parts = Path(line).parts
+        if line and not Path(line).is_absolute() and ".." not in parts and line not in entries:
+            entries.append(line)
+    return entries
+
+
+def start_manifest(folder: Path) -> None:
+    """Make ``folder`` a run folder: an empty manifest (kept if there is one)."""
+    manifest = Path(folder) / MANIFEST_NAME
+    if not is_run_folder(folder):
+        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        os.close(fd)
+
+
+def clear_run(folder: Path) -> list[Path]:
+    """Remove what ``folder``'s manifest lists, and nothing else: files (a symbolic link itself, never its
+    target), run folders a job of this run made (each cleared by the same rule under its own lock, then
+    removed once empty), and the folders the listed files were in once they are empty. A file someone
+    added is kept, and so is the folder holding it. Returns what was kept. The manifest is emptied."""
+    folder = Path(folder)
+    for relative in manifest_entries(folder):
+        path = folder / relative
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        elif is_run_folder(path):
+            with exclusive(path):  # never a folder another job is writing
+                clear_run(path)
+            for name in BOOKKEEPING:
+                (path / name).unlink(missing_ok=True)
+        for parent in [path, *path.parents]:  # the empty folders it leaves, up to the run's own
+            if parent == folder or folder not in parent.parents:
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+    os.truncate(folder / MANIFEST_NAME, 0)
+    return sorted(p for p in folder.rglob("*") if p.name not in BOOKKEEPING and not p.is_dir())
+
+
+def discard_run(folder: Path) -> None:
+    """Undo a run that failed before it saved anything worth keeping: what it wrote and its manifest go,
+    so that the corrected command may use the same ``--out``."""
+    clear_run(folder)
+    (Path(folder) / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def new_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Make ``path`` a new run's folder (``start_manifest``). A folder holding anything is an error, unless
+    ``overwrite`` and a picie_lib job made it: then what its runs wrote is removed (``clear_run``) and
+    whatever else it holds is kept."""
+    path = Path(path)
+    if holds_a_run(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already holds a run; choose a new --out, pass --resume to continue it or --overwrite to "
+                "replace it"
+            )
+        if not is_run_folder(path):
+            raise NotARunFolder(
+                f"{path} holds files no picie_lib run wrote (no {MANIFEST_NAME} there); --overwrite replaces only "
+                "a folder a run made: choose a new --out, or move those files away yourself"
+            )
+        kept = clear_run(path)
+        if kept:
+            shown = ", ".join(str(p.relative_to(path)) for p in kept[:5]) + (" ..." if len(kept) > 5 else "")
+            print(f"--overwrite kept {len(kept)} file(s) in {path} that no run wrote: {shown}", file=sys.stderr)
+    path.mkdir(parents=True, exist_ok=True)
+    start_manifest(path)
+    return path
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -235,17 +455,6 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def new_run_dir(path: Path, overwrite: bool = False) -> Path:
-    """Create ``path`` for a new run. An existing non-empty folder is an error unless ``overwrite``."""
-    path = Path(path)
-    if holds_a_run(path) and not overwrite:
-        raise FileExistsError(
-            f"{path} already holds a run; choose a new --out, pass --resume to continue it or --overwrite to replace it"
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class Timer:

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import sys
 import threading
 import time
@@ -51,10 +49,16 @@ from picie_lib.runs import (
     append_jsonl,
     atomic_torch_save,
     atomic_write_text,
+    discard_run,
     environment,
+    environment_changes,
     exclusive,
+    first_line,
     json_text,
+    load_tensors,
     new_run_dir,
+    read_sessions,
+    record_session,
     weights_digest,
     write_json,
 )
@@ -93,24 +97,6 @@ def checkpoint_record(ckpt: dict) -> dict:
         "loss": kept[-1]["loss"] if kept else None,
         "weights_sha256": weights_digest(ckpt["model"]),
     }
-
-
-def _warn_on_changed_environment(saved_path: Path) -> None:
-    """On --resume: name a changed git commit or torch version (the numbers may then differ)."""
-    if not saved_path.is_file():
-        return
-    saved, now = json.loads(saved_path.read_text()), environment()
-    changed = []
-    if saved.get("git_commit") != now["git_commit"]:
-        changed.append(f"git commit {saved.get('git_commit')} -> {now['git_commit']}")
-    if saved.get("versions", {}).get("torch") != now["versions"]["torch"]:
-        changed.append(f"torch {saved.get('versions', {}).get('torch')} -> {now['versions']['torch']}")
-    if changed:
-        warnings.warn(
-            f"{saved_path.parent}: resuming with {'; '.join(changed)}: the epochs from here may not repeat the "
-            "numbers an uninterrupted run would give",
-            stacklevel=3,
-        )
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -623,32 +609,81 @@ CE_MIN_KEYS = ("epoch", "model", "optimizer")  # ce_min.pt: the weights at the C
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
-    """A checkpoint written by ``train``, holding ``keys``; read with ``weights_only=True`` (no arbitrary
-    unpickling)."""
+    """A checkpoint written by ``train``, holding ``keys`` of the types ``train`` writes; read with
+    ``weights_only=True`` (no arbitrary unpickling). Anything else is a ``ValueError`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (a run writes one at the end of every epoch)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
-        raise ValueError(f"{path}: refused, it holds objects other than tensors and plain data ({err})") from None
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: unreadable, truncated or not a torch file ({err})") from None
+    ckpt = load_tensors(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a picie_lib checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    damaged = "it is damaged or was edited. Restore it from a copy, or train again with --overwrite"
     missing = [k for k in keys if k not in ckpt]
     if missing:
-        raise ValueError(
-            f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}; it is damaged or was edited. Restore it "
-            "from a copy, or train again with --overwrite"
-        )
+        raise ValueError(f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}; {damaged}")
+    for key, (expected, holds) in CHECKPOINT_TYPES.items():
+        if key in ckpt and not holds(ckpt[key]):
+            raise ValueError(f"{path}: the checkpoint's {key!r} is not {expected}; {damaged}")
     return ckpt
+
+
+CHECKPOINT_TYPES = {  # what ``train`` writes under each key
+    "epoch": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "world_size": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "config": ("a mapping of parameters", lambda v: isinstance(v, dict)),
+    "model": ("a state dict", lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
+    "optimizer": ("an optimizer state", lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v)),
+    "history": ("a list of epoch records", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+    "schedule": (
+        "a schedule with best_loss, ce_min_epoch and switch_epoch",
+        lambda v: isinstance(v, dict) and {"best_loss", "ce_min_epoch", "switch_epoch"} <= set(v),
+    ),
+}
+
+
+def _load_state(module, state: dict, path: Path) -> None:
+    """``module.load_state_dict(state)``; a mismatch is one line naming the checkpoint."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: does not fit ({first_line(err)}); it is damaged or of another model") from None
+
+
+def processes_line(world_size: int) -> str:
+    return "1 process" if world_size == 1 else f"{world_size} processes (torchrun)"
+
+
+def _check_same_processes(ckpt: dict, path: Path) -> None:
+    """A run's steps are split by the number of processes (``distributed.rank_batches``), so a resume with
+    another number would change its result: refused, with the command that continues it."""
+    saved, now = ckpt.get("world_size", 1), distributed.world()
+    if saved != now:
+        raise ValueError(
+            f"{path} was written by {processes_line(saved)}; this job is {processes_line(now)}, and the split of "
+            f"every step, so the result, depends on it. Continue with: "
+            f"{distributed.command_line(saved, ckpt.get('processes_per_node', saved))}"
+        )
 
 
 def _check_same_config(saved: dict, cfg: Config, path: Path) -> None:
     diff = differences(saved, cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
     if diff:
         raise ValueError(f"{path} was written by a different configuration ({'; '.join(diff)})")
+
+
+def _record_session(out_dir: Path, trains: bool) -> None:
+    """Add this session to ``environment.json``; when it will train, warn if the git commit or torch
+    version changed since the last session (the epochs from here may then not repeat the numbers)."""
+    now = environment()
+    earlier = [e for e in read_sessions(out_dir / "environment.json") if "versions" in e]
+    changed = environment_changes(earlier[-1], now) if earlier else []
+    record_session(out_dir, world_size=distributed.world(), changed_since_last_session=changed)
+    if changed and trains:
+        warnings.warn(
+            f"{out_dir}: resuming with {'; '.join(changed)}: the epochs from here may not repeat the numbers an "
+            "uninterrupted run would give (environment.json keeps every session's versions)",
+            stacklevel=3,
+        )
 
 
 # ---- the training loop ---------------------------------------------------------------------------
@@ -666,11 +701,52 @@ def train(
     the scores of earlier weights (``invalidate_evaluation``)."""
     resolve_device(cfg.device)  # a bad device or data set stops here, before --out exists
     dataset = build_dataset(cfg, "train", mode="train")
-    with exclusive(out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
-        return _train(cfg, dataset, Path(out_dir), resume, overwrite, on_epoch)
+    check_data(cfg, dataset)
+    out_dir, main = Path(out_dir), distributed.is_main()
+    with exclusive(out_dir) if main else contextlib.nullcontext():  # rank 0 writes
+        from_checkpoint = resume and (out_dir / "checkpoint.pt").exists()
+        made_here = not from_checkpoint and _start_run_folder(cfg, out_dir, resume, overwrite)
+        try:
+            return _train(cfg, dataset, out_dir, from_checkpoint, on_epoch)
+        except Exception:
+            if made_here and main and not (out_dir / "checkpoint.pt").is_file():
+                discard_run(out_dir)  # nothing worth keeping: the corrected command may use the same --out
+            raise
 
 
-def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, overwrite: bool, on_epoch) -> dict:
+def _start_run_folder(cfg: Config, out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Make ``out_dir`` a new run's folder (``new_run_dir``) and return True; or, for ``--resume`` before
+    the run's first checkpoint (same configuration), start that run again in its folder and return False."""
+    if resume and (out_dir / "config.json").is_file():
+        _check_same_config(load_config(out_dir / "config.json").to_dict(), cfg, out_dir / "config.json")
+        if distributed.is_main():
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        return False
+    if distributed.is_main():
+        new_run_dir(out_dir, overwrite=overwrite)
+    return True
+
+
+def check_data(cfg: Config, dataset) -> None:
+    """What a run's data must allow, checked before anything is written: images to train on, and at
+    least ``n_clusters`` pixels in the k-means' initial fit (training's, and the evaluation's, which
+    takes the same number of batches of the same size from the train split)."""
+    if len(dataset) == 0:
+        raise ValueError(f"dataset={cfg.dataset}: its train split holds no image ({cfg.data_root or 'built in'})")
+    images = min(cfg.kmeans_init_batches * cfg.batch_size_cluster * distributed.world(), len(dataset))
+    points = images * (cfg.res // 4) ** 2
+    if cfg.kmeans_max_init_points is not None:
+        points = min(points, cfg.kmeans_max_init_points)
+    if points < cfg.n_clusters:
+        raise ValueError(
+            f"n_clusters={cfg.n_clusters}: the k-means' initial fit holds {points} pixels ({images} images of "
+            f"{cfg.res // 4} x {cfg.res // 4} features), fewer than the clusters; expected n_clusters <= {points}, "
+            "or more kmeans_init_batches, batch_size_cluster or res"
+        )
+
+
+def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, from_checkpoint: bool, on_epoch) -> dict:
     device = resolve_device(cfg.device)
     main = distributed.is_main()  # under torchrun rank 0 writes every file; all read the checkpoint
     epochs = cfg.epochs_for()
@@ -681,13 +757,13 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
     start = 1
     history: list[dict] = []  # log.jsonl's lines, also kept in every checkpoint
 
-    if resume and (out_dir / "checkpoint.pt").exists():
-        ckpt = load_checkpoint(out_dir / "checkpoint.pt")
-        _check_same_config(ckpt["config"], cfg, out_dir / "checkpoint.pt")
-        if main:
-            _warn_on_changed_environment(out_dir / "environment.json")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+    if from_checkpoint:
+        path = out_dir / "checkpoint.pt"
+        ckpt = load_checkpoint(path)
+        _check_same_config(ckpt["config"], cfg, path)
+        _check_same_processes(ckpt, path)
+        _load_state(model, ckpt["model"], path)
+        _load_state(optimizer, ckpt["optimizer"], path)
         schedule.load_state_dict(ckpt["schedule"])
         start = ckpt["epoch"] + 1
         if (out_dir / "ce_min.pt").exists():
@@ -696,20 +772,11 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
         history = list(ckpt["history"])
         if main:
             atomic_write_text(out_dir / "log.jsonl", "".join(json_text(r) + "\n" for r in history))
-    else:
-        # --resume before the first checkpoint: start again, if the folder is this run's
-        started = resume and (out_dir / "config.json").is_file()
-        if started:
-            _check_same_config(load_config(out_dir / "config.json").to_dict(), cfg, out_dir / "config.json")
-        if main:
-            new_run_dir(out_dir, overwrite=overwrite or started)
-            for name in RUN_FILES:
-                (out_dir / name).unlink(missing_ok=True)
     if main:
         if start <= epochs:  # these weights will change: no score of the earlier ones may stay beside them
             invalidate_evaluation(out_dir)
         save_config(cfg, out_dir / "config.json")
-        write_json(out_dir / "environment.json", environment())
+        _record_session(out_dir, trains=start <= epochs)
     # DDP for the training step (gradients averaged over the processes); the passes without gradients
     # use the model itself. Each process's BatchNorm statistics follow its own batches and are averaged
     # after every pass that moves them.
@@ -811,6 +878,8 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, resume: bool, over
                     "centroids": centroids.cpu(),
                     "schedule": schedule.state_dict(),
                     "history": history,
+                    "world_size": distributed.world(),
+                    "processes_per_node": distributed.processes_per_node(),
                 },
                 out_dir / "checkpoint.pt",
             )

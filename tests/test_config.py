@@ -48,7 +48,8 @@ def test_unknown_preset_lists_the_known_ones():
         ({"loss": "dice"}, "loss=dice: expected one of ce, focal, ib_focal"),
         ({"balance": "sqrt"}, "balance=sqrt: expected one of"),
         ({"switch": "soon"}, "switch=soon: expected 'min_loss' or a number of CE epochs >= 0"),
-        ({"res": 100}, "res=100: expected a positive multiple of 32"),
+        ({"res": 100}, "res=100: expected a multiple of 32 >= 64"),
+        ({"res": 32}, "res=32: expected a multiple of 32 >= 64 (the backbone's stride; at 32 its last stage is 1 x 1"),
         ({"n_clusters": 0}, "n_clusters=0: expected an integer >= 2"),
         ({"lr": "fast"}, "lr=fast: expected a finite number > 0"),
         ({"lr": float("inf")}, "lr=.inf: expected a finite number > 0"),
@@ -58,7 +59,12 @@ def test_unknown_preset_lists_the_known_ones():
         ({"p_flip": 5}, "p_flip=5: expected a probability in [0, 1]"),
         ({"p_jitter": -0.1}, "p_jitter=-0.1: expected a probability"),
         ({"gamma": -3}, "gamma=-3: expected a finite number >= 0"),
-        ({"seed": -1}, "seed=-1: expected an integer >= 0"),
+        ({"seed": -1}, "seed=-1: expected an integer in [0, 4294967295]"),
+        ({"seed": 2**32}, "seed=4294967296: expected an integer in [0, 4294967295]"),
+        ({"seeds": [0, 10**23]}, "seeds=[0, 100000000000000000000000]: expected a non-empty list of distinct"),
+        ({"kmeans_max_init_points": 1}, "kmeans_max_init_points=1: expected at least n_clusters=27 points"),
+        ({"switch": 20}, "switch=20 with epochs_ib_focal=20: IB-Focal would start at epoch 21, after the last"),
+        ({"epochs_ib_focal": 1}, "epochs_ib_focal=1 with switch=min_loss: IB-Focal would never train"),
         ({"seed": 1.5}, "seed=1.5: expected an integer"),
         ({"seeds": "abc"}, "seeds=abc: expected a non-empty list"),
         ({"seeds": []}, "seeds=[]: expected a non-empty list"),
@@ -86,7 +92,7 @@ def test_every_field_declares_its_rule_and_the_defaults_meet_it():
 
 
 def test_a_mistake_in_p_is_named_as_p_and_one_in_a_file_by_its_path(tmp_path):
-    with pytest.raises(ValueError, match=re.escape("-p seed=-1: expected an integer >= 0")):
+    with pytest.raises(ValueError, match=re.escape("-p seed=-1: expected an integer in [0, 4294967295]")):
         load_preset("smoke", overrides_source="-p", seed=-1)
     with pytest.raises(ValueError, match=r"^-p bogus=1: unknown key\(s\) bogus"):
         load_preset("smoke", overrides_source="-p", bogus=1)

@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from commands import ENV
+from commands import ENV, picie
 
 from picie_lib import distributed
 from picie_lib.clustering import MiniBatchKMeans
@@ -35,7 +35,7 @@ from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import score_predictions
 from picie_lib.model import bn_state
-from picie_lib.runs import weights_digest
+from picie_lib.runs import exclusive, weights_digest
 from picie_lib.train import build_model, load_checkpoint, make_criterion, train_pass
 from picie_lib.transforms import draw_view_params
 
@@ -234,7 +234,15 @@ def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
     time.sleep(0.3)  # into epoch 2
     _kill_job(proc)  # as a machine that goes down: nothing of the job gets to clean up
     proc.wait()
-    assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
+    ckpt = load_checkpoint(killed / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and ckpt["world_size"] == WORLD
+    # resumed by one process, the steps would be split otherwise: refused, with the command that continues it
+    alone = picie("train", *SMOKE, "--loss", "ce", "--out", str(killed), "--resume", timeout=300)
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines() == [
+        f"error: {killed / 'checkpoint.pt'} was written by {WORLD} processes (torchrun); this job is 1 process, and "
+        f"the split of every step, so the result, depends on it. Continue with: torchrun --nproc-per-node {WORLD} "
+        f"-m picie_lib train {' '.join(SMOKE)} --loss ce --out {killed} --resume"
+    ]
     _run("train", *SMOKE, "--loss", "ce", "--out", str(killed), "--resume")
     _run("evaluate", str(killed))
     assert weights_digest(load_checkpoint(killed / "checkpoint.pt")["model"]) == weights_digest(weights[0])
@@ -269,6 +277,34 @@ def test_a_refusal_by_rank_0_is_one_error_line(tmp_path):
     rank_1 = [line for line in stderr.splitlines() if line.startswith("[rank 1]")]
     assert rank_1 and all("stopped: lost another process" in line for line in rank_1), stderr[-2000:]
     assert (taken / "notes.txt").read_text() == "mine"
+
+
+def test_processes_end_with_a_killed_launcher_and_free_the_folder(tmp_path):
+    """SIGKILL to torchrun alone (as a lost terminal or a scheduler may send): its processes, which lead
+    sessions of their own, end too (parent-death signal) and the output folder's lock is free again."""
+    out = tmp_path / "orphaned"
+    proc = subprocess.Popen(
+        torchrun("-m", "picie_lib", "train", *SMOKE, "--loss", "ce", "--out", str(out)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "log.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= WORLD
+        proc.kill()  # torchrun alone
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, [p.pid for p in alive]
+        with exclusive(out):  # the lock went with rank 0
+            pass
+    finally:
+        _kill_job(proc)
+        proc.stderr.close()
 
 
 GLOO = "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] "

@@ -5,6 +5,7 @@ import pickle
 import signal
 import subprocess
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -300,11 +301,20 @@ def test_resuming_with_another_torch_version_says_so(tmp_path):
     cfg, out = _smoke().replace(loss="ce", epochs_ce=2), tmp_path / "run"
     with pytest.raises(_Stop):
         train(cfg, out, on_epoch=_stop_after_epoch(1))
-    environment = json.loads((out / "environment.json").read_text())
-    environment["versions"]["torch"], environment["git_commit"] = "1.0.0", "0123abc"
-    (out / "environment.json").write_text(json.dumps(environment))
+    (first,) = json.loads((out / "environment.json").read_text())
+    first["versions"]["torch"], first["git_commit"] = "1.0.0", "0123abc"
+    (out / "environment.json").write_text(json.dumps([first]))
     with pytest.warns(UserWarning, match=r"git commit 0123abc -> .*; torch 1.0.0 -> "):
         train(cfg, out, resume=True)
+    sessions = json.loads((out / "environment.json").read_text())  # each session's versions are kept
+    assert [s["versions"]["torch"] for s in sessions] == ["1.0.0", torch.__version__]
+    assert sessions[1]["changed_since_last_session"][1] == f"torch 1.0.0 -> {torch.__version__}"
+    with warnings.catch_warnings():  # a finished run that trains no more: no warning
+        warnings.simplefilter("error")
+        sessions[-1]["versions"]["torch"] = "2.0.0"
+        (out / "environment.json").write_text(json.dumps(sessions))
+        train(cfg, out, resume=True)
+    assert len(json.loads((out / "environment.json").read_text())) == 3
 
 
 # ---- one writer per output folder ---------------------------------------------------------------------
@@ -343,7 +353,11 @@ def test_a_second_job_on_a_held_folder_stops_at_once_and_touches_nothing(tmp_pat
         assert (out / "keep.txt").read_text() == "the other job's"
         assert sorted(p.name for p in out.iterdir()) == [".lock", "keep.txt"]
     argv = ["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1", "--out", str(out), "--overwrite"]
-    assert main(argv) == 0  # the holder is gone: its lock went with it
+    assert main(argv) == 2  # the holder is gone, its lock with it; but keep.txt is no run's to replace
+    assert "holds files no picie_lib run wrote" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "the other job's"
+    (out / "keep.txt").unlink()
+    assert main(argv) == 0
     with _held(out, "evaluate held") as holder:
         assert main(["evaluate", str(out)]) == 2
         assert f"in use by PID {holder.pid} (evaluate held)" in capsys.readouterr().err
