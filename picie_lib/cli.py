@@ -252,6 +252,7 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    distributed.end_with_the_launcher()  # first: a launcher killed from here on takes this process with it
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):

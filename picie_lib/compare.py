@@ -45,7 +45,15 @@ from picie_lib.runs import (
     weights_digest,
     write_json,
 )
-from picie_lib.train import build_model, check_data, checkpoint_record, load_checkpoint, resolve_device, train
+from picie_lib.train import (
+    build_model,
+    check_backbone,
+    check_data,
+    checkpoint_record,
+    load_checkpoint,
+    resolve_device,
+    train,
+)
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -151,7 +159,9 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = 
     """
     if resume:
         resumable(out_dir, cfg)  # named before the folder is created or locked
+    cfg.check_runnable(LOSSES)  # what would stop a training stops the comparison before it clears or writes
     check_data(cfg, build_dataset(cfg, "train", mode="eval"))
+    check_backbone(cfg)
     with exclusive(out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         return _compare(cfg, Path(out_dir), overwrite, resume)
 

@@ -65,9 +65,8 @@ SEED_MAX = 2**32 - 1  # what every generator a run seeds takes (torch, NumPy's S
 SEED = Rule(f"an integer in [0, {SEED_MAX}]", lambda v: _is_int(v) and 0 <= v <= SEED_MAX)
 
 
-def multiple_of(step: int, why: str, at_least: int | None = None) -> Rule:
-    at_least = at_least or step
-    return Rule(f"a multiple of {step} >= {at_least} ({why})", lambda v: _is_int(v) and v >= at_least and v % step == 0)
+def multiple_of(step: int, why: str) -> Rule:
+    return Rule(f"a positive multiple of {step} ({why})", lambda v: _is_int(v) and v > 0 and v % step == 0)
 
 
 def _bounds(above=None, at_least=None, at_most=None) -> tuple[str, Callable[[float], bool]]:
@@ -168,9 +167,7 @@ class Config:
     """Synthetic: "class" (each class near its own colour) or "instance" (colour a nuisance: each instance
     draws hue, saturation and value within PiCIE's jitter range around its class's; identity lies in
     texture and shape). The layout and textures are the same either way (README, "The built-in demo")."""
-    res: int = param(
-        320, multiple_of(32, "the backbone's stride; at 32 its last stage is 1 x 1, too small for BatchNorm", 64)
-    )
+    res: int = param(320, multiple_of(32, "the backbone's stride"))
     """Network input side for both views (PiCIE --res1) and the evaluation crop (--res)."""
 
     # --- model --------------------------------------------------------------------------------
@@ -304,11 +301,22 @@ class Config:
                 raise ValueError(problem)
         if self.dataset != "synthetic" and not self.data_root:
             raise ValueError(f"data_root={self.data_root!r}: dataset={self.dataset} needs the folder of its files")
+
+    def check_runnable(self, losses: tuple[str, ...] | None = None) -> None:
+        """The rules that join parameters, for a run about to train ``losses`` (default: ``loss``). Checked
+        before a run writes anything, not when a saved configuration is read back."""
+        if self.res < 64:
+            raise ValueError(
+                f"res={self.res}: expected a multiple of 32 >= 64 (at 32 the backbone's last stage is 1 x 1, and "
+                "BatchNorm needs more than one value per channel for a batch of one image)"
+            )
         if self.kmeans_max_init_points is not None and self.kmeans_max_init_points < self.n_clusters:
             raise ValueError(
                 f"kmeans_max_init_points={self.kmeans_max_init_points}: expected at least n_clusters="
                 f"{self.n_clusters} points for the k-means' initial fit"
             )
+        if "ib_focal" not in (losses or (self.loss,)):
+            return
         epochs = self.epochs_ib_focal
         if self.switch == "min_loss" and epochs < 2:
             raise ValueError(

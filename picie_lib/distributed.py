@@ -60,9 +60,9 @@ def command_line(world_size: int, per_node: int, argv: list[str] | None = None) 
         argv = [*argv, "--resume"]
     if world_size == 1:
         return shlex.join(["python", "-m", "picie_lib", *argv])
-    launcher = ["torchrun", "--nproc-per-node", str(per_node)]
+    launcher = ["torchrun", "--standalone", "--nproc-per-node", str(per_node)]
     if world_size != per_node:
-        launcher[1:1] = ["--nnodes", str(world_size // max(1, per_node))]
+        launcher[1:2] = ["--nnodes", str(world_size // max(1, per_node))]
     text = shlex.join([*launcher, "-m", "picie_lib", *argv])
     return text + (" (on every node, with its rendezvous options)" if world_size != per_node else "")
 
@@ -93,7 +93,6 @@ def setup(device: str) -> None:
     ``LOCAL_RANK`` (modulo the GPUs there are, so that two processes may share one GPU with gloo)."""
     if not launched() or dist.is_initialized():
         return
-    end_with_the_launcher()
     on_gpu = device != "cpu" and torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:

@@ -254,9 +254,11 @@ def run(
     if resume and not (out_dir / "config.json").is_file():
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
     from picie_lib.data import build_dataset
-    from picie_lib.train import check_data
+    from picie_lib.train import check_backbone, check_data
 
+    cfg.check_runnable(LOSSES)  # what would stop a notebook's training stops the run before it clears or writes
     check_data(cfg, build_dataset(cfg, "train", mode="eval"))
+    check_backbone(cfg)
     with exclusive(out_dir):
         return _run(cfg, preset, out_dir, overrides, overwrite, resume, as_shipped)
 
@@ -273,10 +275,6 @@ def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bo
     for _, _, extra in plan(cfg, out_dir):  # the training folders the notebooks make are this run's
         if "loss" in extra:
             record_in_manifest(out_dir, Path(extra["run_dir"]).name)
-    if cfg.pretrained == "pretext":  # once, here, rather than inside the first notebook that builds a model
-        from picie_lib.pretext import pretext_backbone
-
-        pretext_backbone()
     common = {"preset": preset, "params": overrides, "out_dir": str(out_dir), "interactive": False}
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -247,29 +247,11 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
     once the lock is held, the temporary files a killed job left (``remove_stale_temporaries``) are
     removed. A job that ends without having made the folder a run (no manifest) leaves it as it found
     it: the lock file it created is removed, and so is the folder if it created it and left it empty."""
-    import fcntl
-    import stat
-
     folder = Path(folder)
     made_folder = not os.path.lexists(folder)
     folder = writable_folder(folder)
-    lock = folder / LOCK_NAME
-    made_lock = not os.path.lexists(lock)
+    handle, made_lock = _take_lock(folder)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    except OSError as err:
-        raise OSError(err.errno, err.strerror, str(lock)) from None
-    handle = os.fdopen(fd, "r+")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FileExistsError(f"{lock} is not a plain file; a job locks its folder with a file of that name")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read().strip() or "another process"
-            raise FolderInUse(
-                f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
-            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"PID {os.getpid()} ({command or ' '.join(['python', *sys.argv])})\n")
@@ -279,10 +261,50 @@ def exclusive(folder: Path, command: str | None = None) -> Iterator[Path]:
     finally:
         if not is_run_folder(folder):  # never made a run: leave no trace
             if made_lock:
-                Path(lock).unlink(missing_ok=True)
+                (folder / LOCK_NAME).unlink(missing_ok=True)
             if made_folder:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty
+        handle.close()
+
+
+def _take_lock(folder: Path):
+    """``(file, made)``: ``folder/.lock`` opened without following a symbolic link and locked, and whether
+    this job created it (``O_EXCL``: of two jobs, one did). A lock file that was removed while this job
+    waited to lock it (its maker ended without making a run) is opened again."""
+    import fcntl
+    import stat
+
+    lock = folder / LOCK_NAME
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        try:
+            try:
+                fd, made = os.open(lock, flags | os.O_CREAT | os.O_EXCL, FILE_MODE), True
+            except FileExistsError:
+                fd, made = os.open(lock, flags), False
+        except FileNotFoundError:  # removed between the two opens
+            continue
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(lock)) from None
+        handle = os.fdopen(fd, "r+")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            handle.close()
+            raise FileExistsError(f"{lock} is not a plain file; a job locks its folder with a file of that name")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise FolderInUse(
+                f"{folder} is in use by {holder}; wait for it to finish or choose another --out"
+            ) from None
+        try:
+            current = os.lstat(lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return handle, made
         handle.close()
 
 
@@ -358,8 +380,8 @@ def record_in_manifest(folder: Path, relative: str) -> None:
     """Add ``relative`` (a file, or a run folder inside ``folder`` made by a job of this run) to
     ``folder``'s manifest, once. Appends of one short line: safe from several processes."""
     manifest = Path(folder) / MANIFEST_NAME
-    if relative in manifest_entries(folder):
-        return
+    if not is_run_folder(folder) or relative in manifest_entries(folder):
+        return  # a folder made before manifests: nothing to add to
     fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.write(fd, (relative + "\n").encode())
@@ -391,19 +413,24 @@ def start_manifest(folder: Path) -> None:
 
 def clear_run(folder: Path) -> list[Path]:
     """Remove what ``folder``'s manifest lists, and nothing else: files (a symbolic link itself, never its
-    target), run folders a job of this run made (each cleared by the same rule under its own lock, then
-    removed once empty), and the folders the listed files were in once they are empty. A file someone
-    added is kept, and so is the folder holding it. Returns what was kept. The manifest is emptied."""
+    target; nothing reached through a linked folder), run folders a job of this run made (each cleared by
+    the same rule under its own lock, and removed once nothing else is in it), and the folders the listed
+    files were in once they are empty. A file someone added is kept, and so is the folder holding it.
+    Returns what was kept. The manifest is emptied."""
     folder = Path(folder)
     for relative in manifest_entries(folder):
         path = folder / relative
+        parts = Path(relative).parts
+        if any(folder.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts))):
+            continue  # a folder of the run was replaced by a link: what it leads to is not the run's
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
         elif is_run_folder(path):
             with exclusive(path):  # never a folder another job is writing
                 clear_run(path)
-            for name in BOOKKEEPING:
-                (path / name).unlink(missing_ok=True)
+            if not holds_a_run(path):
+                for name in BOOKKEEPING:
+                    (path / name).unlink(missing_ok=True)
         for parent in [path, *path.parents]:  # the empty folders it leaves, up to the run's own
             if parent == folder or folder not in parent.parents:
                 break
@@ -417,7 +444,8 @@ def discard_run(folder: Path) -> None:
     """Undo a run that failed before it saved anything worth keeping: what it wrote and its manifest go,
     so that the corrected command may use the same ``--out``."""
     clear_run(folder)
-    (Path(folder) / MANIFEST_NAME).unlink(missing_ok=True)
+    if not holds_a_run(folder):  # with someone's files kept, it stays a run's folder for the next --overwrite
+        (Path(folder) / MANIFEST_NAME).unlink(missing_ok=True)
 
 
 def new_run_dir(path: Path, overwrite: bool = False) -> Path:

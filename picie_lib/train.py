@@ -42,7 +42,7 @@ from picie_lib.config import RUNTIME_KEYS, Config, differences, from_dict, load_
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import SkippedItem, warn_skipped
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
-from picie_lib.model import PanopticFPN, bn_mode, bn_state
+from picie_lib.model import PanopticFPN, bn_mode, bn_state, load_backbone_state_dict
 from picie_lib.progress import progress
 from picie_lib.runs import (
     Timer,
@@ -630,6 +630,7 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict
 CHECKPOINT_TYPES = {  # what ``train`` writes under each key
     "epoch": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "world_size": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "processes_per_node": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "config": ("a mapping of parameters", lambda v: isinstance(v, dict)),
     "model": ("a state dict", lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
     "optimizer": ("an optimizer state", lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v)),
@@ -656,8 +657,8 @@ def processes_line(world_size: int) -> str:
 def _check_same_processes(ckpt: dict, path: Path) -> None:
     """A run's steps are split by the number of processes (``distributed.rank_batches``), so a resume with
     another number would change its result: refused, with the command that continues it."""
-    saved, now = ckpt.get("world_size", 1), distributed.world()
-    if saved != now:
+    saved, now = ckpt.get("world_size"), distributed.world()
+    if saved is not None and saved != now:  # a checkpoint from before the count was kept: not known
         raise ValueError(
             f"{path} was written by {processes_line(saved)}; this job is {processes_line(now)}, and the split of "
             f"every step, so the result, depends on it. Continue with: "
@@ -699,15 +700,17 @@ def train(
     ``on_epoch(record)`` is called after every epoch's checkpoint (e.g. to draw live curves).
     The folder is this job's alone while it runs (``runs.exclusive``); training that goes on removes
     the scores of earlier weights (``invalidate_evaluation``)."""
-    resolve_device(cfg.device)  # a bad device or data set stops here, before --out exists
+    cfg.check_runnable()  # a bad device, data set or backbone stops here, before --out exists or is cleared
+    device = resolve_device(cfg.device)
     dataset = build_dataset(cfg, "train", mode="train")
     check_data(cfg, dataset)
+    model = build_model(cfg, device)
     out_dir, main = Path(out_dir), distributed.is_main()
     with exclusive(out_dir) if main else contextlib.nullcontext():  # rank 0 writes
         from_checkpoint = resume and (out_dir / "checkpoint.pt").exists()
         made_here = not from_checkpoint and _start_run_folder(cfg, out_dir, resume, overwrite)
         try:
-            return _train(cfg, dataset, out_dir, from_checkpoint, on_epoch)
+            return _train(cfg, dataset, model, out_dir, from_checkpoint, on_epoch)
         except Exception:
             if made_here and main and not (out_dir / "checkpoint.pt").is_file():
                 discard_run(out_dir)  # nothing worth keeping: the corrected command may use the same --out
@@ -728,6 +731,14 @@ def _start_run_folder(cfg: Config, out_dir: Path, resume: bool, overwrite: bool)
     return True
 
 
+def check_backbone(cfg: Config) -> None:
+    """The backbone weights ``pretrained`` names load (a file that is there and holds a ResNet-18, the
+    ImageNet weights downloadable or cached): checked before a job clears or writes its folder. Rank 0
+    alone, which trains the pretext backbone once if it is not cached yet."""
+    if cfg.pretrained is not None and distributed.is_main():
+        load_backbone_state_dict(cfg.pretrained)
+
+
 def check_data(cfg: Config, dataset) -> None:
     """What a run's data must allow, checked before anything is written: images to train on, and at
     least ``n_clusters`` pixels in the k-means' initial fit (training's, and the evaluation's, which
@@ -746,11 +757,10 @@ def check_data(cfg: Config, dataset) -> None:
         )
 
 
-def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, from_checkpoint: bool, on_epoch) -> dict:
-    device = resolve_device(cfg.device)
+def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkpoint: bool, on_epoch) -> dict:
+    device = next(model.parameters()).device
     main = distributed.is_main()  # under torchrun rank 0 writes every file; all read the checkpoint
     epochs = cfg.epochs_for()
-    model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     schedule = Schedule(cfg, epochs)
     ce_min_state = None  # (model, optimizer) state at the CE minimum, for the min_loss switch
@@ -761,11 +771,12 @@ def _train(cfg: Config, dataset: SceneDataset, out_dir: Path, from_checkpoint: b
         path = out_dir / "checkpoint.pt"
         ckpt = load_checkpoint(path)
         _check_same_config(ckpt["config"], cfg, path)
-        _check_same_processes(ckpt, path)
+        start = ckpt["epoch"] + 1
+        if start <= epochs:  # a finished run trains no more, whatever the number of processes
+            _check_same_processes(ckpt, path)
         _load_state(model, ckpt["model"], path)
         _load_state(optimizer, ckpt["optimizer"], path)
         schedule.load_state_dict(ckpt["schedule"])
-        start = ckpt["epoch"] + 1
         if (out_dir / "ce_min.pt").exists():
             ce_min_state = load_checkpoint(out_dir / "ce_min.pt", CE_MIN_KEYS)
         # the log as the checkpoint saw it: lines of an epoch that did not finish are dropped

@@ -48,8 +48,7 @@ def test_unknown_preset_lists_the_known_ones():
         ({"loss": "dice"}, "loss=dice: expected one of ce, focal, ib_focal"),
         ({"balance": "sqrt"}, "balance=sqrt: expected one of"),
         ({"switch": "soon"}, "switch=soon: expected 'min_loss' or a number of CE epochs >= 0"),
-        ({"res": 100}, "res=100: expected a multiple of 32 >= 64"),
-        ({"res": 32}, "res=32: expected a multiple of 32 >= 64 (the backbone's stride; at 32 its last stage is 1 x 1"),
+        ({"res": 100}, "res=100: expected a positive multiple of 32"),
         ({"n_clusters": 0}, "n_clusters=0: expected an integer >= 2"),
         ({"lr": "fast"}, "lr=fast: expected a finite number > 0"),
         ({"lr": float("inf")}, "lr=.inf: expected a finite number > 0"),
@@ -62,9 +61,6 @@ def test_unknown_preset_lists_the_known_ones():
         ({"seed": -1}, "seed=-1: expected an integer in [0, 4294967295]"),
         ({"seed": 2**32}, "seed=4294967296: expected an integer in [0, 4294967295]"),
         ({"seeds": [0, 10**23]}, "seeds=[0, 100000000000000000000000]: expected a non-empty list of distinct"),
-        ({"kmeans_max_init_points": 1}, "kmeans_max_init_points=1: expected at least n_clusters=27 points"),
-        ({"switch": 20}, "switch=20 with epochs_ib_focal=20: IB-Focal would start at epoch 21, after the last"),
-        ({"epochs_ib_focal": 1}, "epochs_ib_focal=1 with switch=min_loss: IB-Focal would never train"),
         ({"seed": 1.5}, "seed=1.5: expected an integer"),
         ({"seeds": "abc"}, "seeds=abc: expected a non-empty list"),
         ({"seeds": []}, "seeds=[]: expected a non-empty list"),
@@ -143,3 +139,29 @@ def test_overrides_read_yaml_values():
 def test_round_trip_through_a_dict():
     cfg = load_preset("demo")
     assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "values, losses, message",
+    [
+        ({"res": 32}, None, "res=32: expected a multiple of 32 >= 64 (at 32 the backbone's last stage is 1 x 1"),
+        ({"kmeans_max_init_points": 1}, None, "kmeans_max_init_points=1: expected at least n_clusters=27 points"),
+        (
+            {"loss": "ib_focal", "switch": 20},
+            None,
+            "switch=20 with epochs_ib_focal=20: IB-Focal would start at epoch 21, after the last",
+        ),
+        ({"switch": 20}, ("ce", "focal", "ib_focal"), "switch=20 with epochs_ib_focal=20"),  # compare trains it
+        ({"loss": "ib_focal", "epochs_ib_focal": 1}, None, "epochs_ib_focal=1 with switch=min_loss: IB-Focal would"),
+    ],
+)
+def test_what_joins_parameters_is_checked_for_a_run_about_to_train(values, losses, message):
+    cfg = Config(**values)  # a saved configuration reads back whatever it holds
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cfg.check_runnable(losses)
+
+
+def test_a_switch_that_only_ib_focal_would_use_does_not_stop_ce_and_the_last_epoch_is_allowed():
+    Config(switch=20).check_runnable()  # CE never switches
+    Config(loss="ib_focal", switch=19).check_runnable()  # IB-Focal in epoch 20 of 20
+    Config(loss="ib_focal", epochs_ib_focal=2).check_runnable()

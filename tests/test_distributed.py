@@ -240,8 +240,8 @@ def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
     alone = picie("train", *SMOKE, "--loss", "ce", "--out", str(killed), "--resume", timeout=300)
     assert alone.returncode == 2 and alone.stderr.strip().splitlines() == [
         f"error: {killed / 'checkpoint.pt'} was written by {WORLD} processes (torchrun); this job is 1 process, and "
-        f"the split of every step, so the result, depends on it. Continue with: torchrun --nproc-per-node {WORLD} "
-        f"-m picie_lib train {' '.join(SMOKE)} --loss ce --out {killed} --resume"
+        "the split of every step, so the result, depends on it. Continue with: torchrun --standalone "
+        f"--nproc-per-node {WORLD} -m picie_lib train {' '.join(SMOKE)} --loss ce --out {killed} --resume"
     ]
     _run("train", *SMOKE, "--loss", "ce", "--out", str(killed), "--resume")
     _run("evaluate", str(killed))
@@ -281,10 +281,11 @@ def test_a_refusal_by_rank_0_is_one_error_line(tmp_path):
 
 def test_processes_end_with_a_killed_launcher_and_free_the_folder(tmp_path):
     """SIGKILL to torchrun alone (as a lost terminal or a scheduler may send): its processes, which lead
-    sessions of their own, end too (parent-death signal) and the output folder's lock is free again."""
+    sessions of their own, end too (parent-death signal) and the output folder's lock is free again. The
+    run has 40 epochs of a few seconds: processes left to themselves would still be training long after."""
     out = tmp_path / "orphaned"
     proc = subprocess.Popen(
-        torchrun("-m", "picie_lib", "train", *SMOKE, "--loss", "ce", "--out", str(out)),
+        torchrun("-m", "picie_lib", "train", *SMOKE, "--loss", "ce", "--epochs", "40", "--out", str(out)),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -292,16 +293,17 @@ def test_processes_end_with_a_killed_launcher_and_free_the_folder(tmp_path):
     )
     try:
         deadline = time.monotonic() + 300
-        while not (out / "log.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        while not (out / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         workers = psutil.Process(proc.pid).children(recursive=True)
         assert len(workers) >= WORLD
         proc.kill()  # torchrun alone
         proc.wait()
-        _, alive = psutil.wait_procs(workers, timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=30)
         assert not alive, [p.pid for p in alive]
         with exclusive(out):  # the lock went with rank 0
             pass
+        assert not (out / "summary.json").exists() and load_checkpoint(out / "checkpoint.pt")["epoch"] < 40
     finally:
         _kill_job(proc)
         proc.stderr.close()

@@ -83,6 +83,11 @@ def test_overwrite_of_a_run_keeps_what_someone_else_put_there(tmp_path, capsys):
     assert not (out / "metrics.json").exists()  # the earlier run's scores went with it
     assert json.loads((out / "config.json").read_text())["seed"] == 1
     assert len(json.loads((out / "environment.json").read_text())) == 1  # a new run: its own session only
+    # a replacement that cannot start (a backbone file that is not there) is refused before it clears anything
+    before = tree(out)
+    assert main([*ONE_EPOCH, "-p", "pretrained=absent.pt", "--out", str(out), "--overwrite"]) == 2
+    assert "pretrained='absent.pt': no such file" in capsys.readouterr().err
+    assert tree(out) == before
 
 
 def test_clear_run_follows_the_manifest_into_its_own_runs_only(tmp_path):
@@ -105,7 +110,26 @@ def test_clear_run_follows_the_manifest_into_its_own_runs_only(tmp_path):
     assert kept == [sub / "mine.txt"]
     assert outside.read_text() == "not the run's"
     assert sorted(p.name for p in top.iterdir()) == [MANIFEST_NAME, "ce-seed0"]
-    assert sorted(p.name for p in sub.iterdir()) == ["mine.txt"]  # its bookkeeping went, the file stayed
+    # the file stayed, and so the folder stays a run's (its manifest, emptied): a later --overwrite may clear it
+    assert sorted(p.name for p in sub.iterdir()) == [".lock", MANIFEST_NAME, "mine.txt"]
+    assert manifest_entries(sub) == []
+
+
+def test_clear_run_reaches_nothing_through_a_folder_replaced_by_a_link(tmp_path):
+    run, elsewhere = new_run_dir(tmp_path / "run"), tmp_path / "paper_figs"
+    runs.atomic_write_text(run / "figures" / "curves.png", "the run's")
+    (run / "figures").rename(elsewhere)  # the researcher moved the figures away and linked them back
+    (run / "figures").symlink_to(elsewhere)
+    clear_run(run)
+    assert (elsewhere / "curves.png").read_text() == "the run's"
+
+
+def test_a_folder_made_before_manifests_gets_no_manifest_entries(tmp_path):
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    record_in_manifest(legacy, "ce-seed0")  # compare --resume / run --resume of such a folder
+    runs.write_json(legacy / "results.json", [])
+    assert sorted(p.name for p in legacy.iterdir()) == ["results.json"]
 
 
 def test_a_run_that_failed_before_its_first_epoch_leaves_nothing(tmp_path, capsys, monkeypatch):
@@ -121,6 +145,13 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing(tmp_path, capsy
     assert not out.exists()  # so the corrected command may use the same --out
     monkeypatch.undo()
     assert main([*ONE_EPOCH, "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")  # a failed replacement keeps someone's file, and the folder a run's
+    monkeypatch.setattr("picie_lib.train.cluster_pass", broken)
+    assert main([*ONE_EPOCH, "--out", str(out), "--overwrite"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == [".lock", MANIFEST_NAME, "notes.txt"]
+    monkeypatch.undo()
+    assert main([*ONE_EPOCH, "--out", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "checkpoint.pt").is_file()
 
 
 # ---- 2. nothing is written through a symbolic link ---------------------------------------------------------
@@ -179,8 +210,8 @@ def test_resuming_with_another_number_of_processes_is_refused(tmp_path):
     assert result.returncode == 2
     assert one_line(result.stderr) == (
         f"error: {out / 'checkpoint.pt'} was written by 2 processes (torchrun); this job is 1 process, and the "
-        "split of every step, so the result, depends on it. Continue with: torchrun --nproc-per-node 2 -m "
-        f"picie_lib train --preset smoke --loss ce --out {out} --resume"
+        "split of every step, so the result, depends on it. Continue with: torchrun --standalone --nproc-per-node 2 "
+        f"-m picie_lib train --preset smoke --loss ce --out {out} --resume"
     )
     assert tree(out) == before
 
@@ -228,7 +259,7 @@ def test_the_continue_line_under_torchrun_names_torchrun(monkeypatch, tmp_path):
         ),
         (
             ["--loss", "ce", "-p", "res=32", "-p", "n_train=25"],
-            "error: -p res=32: expected a multiple of 32 >= 64 (the backbone's stride; at 32 its last stage is 1 x 1",
+            "error: res=32: expected a multiple of 32 >= 64 (at 32 the backbone's last stage is 1 x 1",
         ),
         (
             ["--loss", "ce", "-p", "seed=99999999999999999999999"],
