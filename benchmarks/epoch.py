@@ -1,7 +1,7 @@
 """One PiCIE epoch (cluster, label, train passes) and the final evaluation, on a COCO-layout root of
 realistic JPEGs, each pass measured three ways side by side in one run:
 
-- **end to end**: the pass as training runs it (``picie_lib.train.cluster_pass`` ...);
+- **end to end**: the pass as training runs it (``picie_lib.picie.cluster_pass`` ...);
 - **data path alone**: the same batches read, decoded and turned into the network's inputs (both
   views, their photometric ops on the device), with no network;
 - **network alone** (the floor): the same number of batches of the network's forward passes (and, for
@@ -38,12 +38,12 @@ from PIL import Image
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.data.images import to_tensor
+from picie_lib.distributed import resolve_device
 from picie_lib.evaluate import evaluate_model
+from picie_lib.loader import Batches
 from picie_lib.losses import class_weights
 from picie_lib.model import batch_statistics
-from picie_lib.runs import environment, write_json
-from picie_lib.train import (
-    Batches,
+from picie_lib.picie import (
     build_model,
     cluster_pass,
     derive_seed,
@@ -51,10 +51,10 @@ from picie_lib.train import (
     make_criterion,
     permutation,
     picie_loss,
-    resolve_device,
     train_pass,
     view_features,
 )
+from picie_lib.runs import environment, write_json
 from picie_lib.transforms import augment, draw_view_params, geometric_views, reference_views, to_network_input
 
 PASSES = ("cluster", "label", "train", "evaluate")

@@ -5,7 +5,7 @@ then a few running-mean batches. Two schedules, measured side by side, each in a
 - **joint**: both views fed batch by batch, as one pass over the data would: both initial sets in
   memory at once;
 - **one view at a time**: view 1's initial set and fit, then view 2's, then both views' running means
-  (``picie_lib.train.cluster_pass``): one initial set in memory at a time.
+  (``picie_lib.picie.cluster_pass``): one initial set in memory at a time.
 
     python benchmarks/kmeans_memory.py [--scale 1.0] [--joint-scale 0.25] [--device auto] [--iters 20]
                                        [--backend auto] [--out DIR]
@@ -28,8 +28,8 @@ import torch
 from measure import Peaks, device_name, synchronize  # this folder is on sys.path when a script here runs
 
 from picie_lib.clustering import MiniBatchKMeans
+from picie_lib.distributed import resolve_device
 from picie_lib.runs import environment, write_json
-from picie_lib.train import resolve_device
 
 DIM, K, PIXELS = 128, 27, 6400
 

@@ -15,7 +15,8 @@ import torch
 from measure import best_seconds, device_name  # this folder is on sys.path when a script here runs
 
 from picie_lib.config import Config
-from picie_lib.train import build_model, network_features, resolve_device
+from picie_lib.distributed import resolve_device
+from picie_lib.picie import build_model, network_features
 
 VARIANTS = {
     "float32, contiguous": dict(channels_last=False, amp=False),

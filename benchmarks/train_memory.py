@@ -15,7 +15,8 @@ import torch
 from measure import best_seconds  # this folder is on sys.path when a script here runs
 
 from picie_lib.config import load_preset
-from picie_lib.train import build_model, make_criterion, picie_loss, resolve_device, view_features
+from picie_lib.distributed import resolve_device
+from picie_lib.picie import build_model, make_criterion, picie_loss, view_features
 from picie_lib.transforms import draw_view_params
 
 

@@ -1,4 +1,4 @@
-"""The loss swaps' options, measured one at a time from the defaults (README, "The loss swaps' options").
+"""The loss swaps' options, measured one at a time from the defaults (docs/loss-options.md).
 
 Each variant changes one parameter of one method from the preset's defaults; every variant runs on
 the preset's seeds (default 0, 1, 2 on the built-in data set's seed 0) and on other data seeds (default
@@ -26,9 +26,11 @@ import numpy as np
 
 from picie_lib.compare import COLUMNS, HEADERS
 from picie_lib.config import RUNTIME_KEYS, differences, load_preset, parse_override
+from picie_lib.distributed import resolve_device
 from picie_lib.evaluate import evaluate_model, evaluate_rgb, evaluate_run, read_metrics, write_evaluation
+from picie_lib.picie import build_model
 from picie_lib.runs import atomic_write_text, csv_text, environment, read_jsonl, write_json
-from picie_lib.train import build_model, resolve_device, train
+from picie_lib.train import train
 
 # name: (method, the changed parameters, what the change is and where it comes from)
 VARIANTS = {

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="check an on-disk data set (layout, labels, curated lists) and count it")
     p.add_argument("dataset", choices=("cocostuff", "cityscapes", "folder"))
-    p.add_argument("root", help="the data set's root folder (README, 'Real data')")
+    p.add_argument("root", help="the data set's root folder (docs/real-data.md)")
     p.add_argument("--verify", action="store_true", help="decode every image and label map a run reads (slow)")
     p.add_argument("--class-table", help="folder: the class table file (default ROOT/classes.yaml)")
     p.add_argument(

@@ -21,8 +21,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from picie_lib import distributed, readings
+from picie_lib.checkpoints import checkpoint_record, load_checkpoint
 from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, load_config, save_config
 from picie_lib.data import build_dataset
+from picie_lib.distributed import resolve_device
 from picie_lib.evaluate import (
     evaluate_model,
     evaluate_rgb,
@@ -33,6 +35,7 @@ from picie_lib.evaluate import (
     stored_scores,
     write_evaluation,
 )
+from picie_lib.picie import build_model
 from picie_lib.plots import METHOD_COLOURS, save_figure
 from picie_lib.progress import progress
 from picie_lib.runs import (
@@ -45,15 +48,7 @@ from picie_lib.runs import (
     weights_digest,
     write_json,
 )
-from picie_lib.train import (
-    build_model,
-    check_backbone,
-    check_data,
-    checkpoint_record,
-    load_checkpoint,
-    resolve_device,
-    train,
-)
+from picie_lib.train import check_backbone, check_data, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")

@@ -142,8 +142,8 @@ def _shown(value: Any) -> str:
 class Config:
     # --- data ---------------------------------------------------------------------------------
     dataset: str = param("synthetic", choice(*DATASETS))
-    """Data set: "synthetic" (built in, generated from the seed), or on disk at `data_root` (README, "Real
-    data"): "cocostuff27" (COCO-Stuff-27), "cityscapes27" (Cityscapes-27) or "folder" (your own images)."""
+    """Data set: "synthetic" (built in, generated from the seed), or on disk at `data_root` (docs/real-data.md):
+    "cocostuff27" (COCO-Stuff-27), "cityscapes27" (Cityscapes-27) or "folder" (your own images)."""
     data_root: str | None = param(None, optional(text))
     """Root folder of an on-disk data set (unused by "synthetic")."""
     base_res: int = param(640, integer(1))
@@ -166,7 +166,7 @@ class Config:
     synthetic_colours: str = param("class", choice(*SYNTHETIC_COLOURS))
     """Synthetic: "class" (each class near its own colour) or "instance" (colour a nuisance: each instance
     draws hue, saturation and value within PiCIE's jitter range around its class's; identity lies in
-    texture and shape). The layout and textures are the same either way (README, "The built-in demo")."""
+    texture and shape). The layout and textures are the same either way (docs/demo.md)."""
     res: int = param(320, multiple_of(32, "the backbone's stride"))
     """Network input side for both views (PiCIE --res1) and the evaluation crop (--res)."""
 

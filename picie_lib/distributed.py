@@ -1,4 +1,4 @@
-"""Several processes under ``torchrun`` (README, "Several GPUs"): who this process is, how a pass is split
+"""Several processes under ``torchrun`` (docs/torchrun.md): who this process is, how a pass is split
 between the processes, and the sums they share.
 
 Every pass is split the same way (``rank_batches``): global step ``s`` takes the next ``world x batch``
@@ -85,6 +85,20 @@ def end_with_the_launcher() -> None:
         return
     if os.getppid() != launcher:  # it ended before the signal was asked for
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of ``cfg.device``; under torchrun "auto" and "cuda" are this process's GPU
+    (``distributed.setup`` chose it), and a fixed "cuda:N" is refused (every process would use it)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but torch sees no GPU; use device='cpu' or 'auto'")
+    if launched() and name.startswith("cuda"):
+        if name != "cuda":
+            raise ValueError(f"device={name}: under torchrun each process takes its own GPU; use auto or cuda")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
 
 
 def setup(device: str) -> None:

@@ -26,12 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib import distributed
+from picie_lib.checkpoints import TRAINING_RUNTIME_KEYS, checkpoint_record, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import Config, differences, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import warn_skipped
+from picie_lib.distributed import resolve_device
+from picie_lib.loader import Batches
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import bn_mode, bn_state
+from picie_lib.picie import build_model, clustering_bn, derive_seed, labelling_bn, network_features, permutation
 from picie_lib.progress import progress
 from picie_lib.runs import (
     atomic_torch_save,
@@ -41,19 +45,6 @@ from picie_lib.runs import (
     exclusive,
     weights_digest,
     write_json,
-)
-from picie_lib.train import (
-    TRAINING_RUNTIME_KEYS,
-    Batches,
-    build_model,
-    checkpoint_record,
-    clustering_bn,
-    derive_seed,
-    labelling_bn,
-    load_checkpoint,
-    network_features,
-    permutation,
-    resolve_device,
 )
 from picie_lib.transforms import to_network_input
 
@@ -361,7 +352,7 @@ def scored_checkpoint(run_dir: Path, force: bool = False) -> tuple[Config, dict]
 
 def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = False) -> dict:
     """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it,
-    with the checkpoint they scored (``train.checkpoint_record``: epoch, phase, loss, weights' hash)."""
+    with the checkpoint they scored (``checkpoints.checkpoint_record``: epoch, phase, loss, weights' hash)."""
     run_dir = Path(run_dir)
     run_config_path(run_dir)  # a wrong folder is named before exclusive() could create it
     with exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes

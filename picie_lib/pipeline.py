@@ -426,7 +426,7 @@ def setup_report(cfg: Config) -> list[dict]:
     import torch
 
     from picie_lib.clustering import faiss, faiss_gpu_count, resolve_backend
-    from picie_lib.train import resolve_device
+    from picie_lib.distributed import resolve_device
 
     cuda = torch.cuda.is_available()
     gpu_needed = cfg.dataset != "synthetic" or cfg.device == "cuda"  # real data takes hours on a CPU
@@ -465,7 +465,7 @@ def setup_report(cfg: Config) -> list[dict]:
                 "item": f"data set {cfg.dataset}",
                 "found": f"{root}" if found else f"missing: {root}",
                 "status": "ok" if found else "missing",
-                "todo": "" if found else f"see the README, 'Real data'; then python -m picie_lib prepare {kind} {root}",
+                "todo": "" if found else f"see docs/real-data.md; then python -m picie_lib prepare {kind} {root}",
             }
         )
     return rows

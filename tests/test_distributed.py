@@ -1,5 +1,5 @@
-"""Several processes (torchrun), tested with 2 local processes and the gloo backend on the CPU (README,
-"Several GPUs"). What is equal to one process, and how:
+"""Several processes (torchrun), tested with 2 local processes and the gloo backend on the CPU
+(docs/torchrun.md). What is equal to one process, and how:
 
 - the k-means of a pass split over the processes equals one process's k-means fed each global step
   whole, from the same start: counts exactly, centroids within float tolerance (the sums are added in
@@ -30,13 +30,14 @@ import torch.multiprocessing as mp
 from commands import ENV, picie
 
 from picie_lib import distributed
+from picie_lib.checkpoints import load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.evaluate import score_predictions
 from picie_lib.model import bn_state
+from picie_lib.picie import build_model, make_criterion, train_pass
 from picie_lib.runs import exclusive, weights_digest
-from picie_lib.train import build_model, load_checkpoint, make_criterion, train_pass
 from picie_lib.transforms import draw_view_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

@@ -13,7 +13,7 @@ from picie_lib.evaluate import (
     rgb_feature_fn,
     score_predictions,
 )
-from picie_lib.train import build_model
+from picie_lib.picie import build_model
 
 
 @pytest.fixture(scope="module")

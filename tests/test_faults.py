@@ -1,4 +1,4 @@
-"""Faults a user meets, injected one by one on the CPU with the smoke preset (README, "Faults and what
+"""Faults a user meets, injected one by one on the CPU with the smoke preset (docs/faults.md, "Faults and what
 you get"): each ends with one line that names the path, key or parameter and what to do, an exit code
 that says which kind of stop it was, and nothing already written lost.
 
@@ -26,12 +26,12 @@ from commands import ENV, command, picie
 from layouts import write_cocostuff
 
 from picie_lib import runs
+from picie_lib.checkpoints import load_checkpoint
 from picie_lib.cli import main
 from picie_lib.config import load_config
 from picie_lib.data.cocostuff import CocoStuff27
 from picie_lib.data.prepare import prepare_cocostuff
 from picie_lib.pipeline import kernels_of
-from picie_lib.train import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 SMOKE = ["--preset", "smoke", "-p", "n_train=48"]  # epochs of a few seconds, to stop one midway

@@ -50,7 +50,7 @@ def test_the_pretext_command_writes_a_backbone_that_a_run_loads(tmp_path):
     from commands import picie
 
     from picie_lib.config import load_preset
-    from picie_lib.train import build_model
+    from picie_lib.picie import build_model
 
     out = tmp_path / "pretext" / "backbone.pt"
     done = picie("pretext", "--out", str(out), "--images", "8", "--epochs", "1", timeout=300)

@@ -1,4 +1,4 @@
-"""Runs survive interruption and bad input, and lose nothing (README, "Interruptions and bad input")."""
+"""Runs survive interruption and bad input, and lose nothing (docs/faults.md)."""
 
 import json
 import pickle
@@ -16,12 +16,13 @@ from commands import ENV, command, picie
 from layouts import write_cocostuff
 from PIL import Image
 
+from picie_lib.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from picie_lib.cli import main
 from picie_lib.config import Config
 from picie_lib.data.base import BadFile, BadFileWarning
 from picie_lib.evaluate import evaluate_run
 from picie_lib.runs import read_jsonl
-from picie_lib.train import CHECKPOINT_FORMAT, load_checkpoint, train
+from picie_lib.train import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 SMOKE = ["--preset", "smoke", "-p", "n_train=48"]  # epochs of a few seconds, to kill one midway

@@ -1,4 +1,4 @@
-"""A run's folder is its own (README, "Interruptions and bad input"): ``--overwrite`` removes only what a
+"""A run's folder is its own (docs/faults.md): ``--overwrite`` removes only what a
 run wrote there (its manifest), no file is written through a symbolic link, a resume that would change the
 result is refused, and what a run can be refused for is refused before its first byte."""
 
@@ -13,10 +13,11 @@ import torch
 from commands import picie
 
 from picie_lib import runs
+from picie_lib.checkpoints import load_checkpoint
 from picie_lib.cli import main
 from picie_lib.config import load_preset
 from picie_lib.runs import MANIFEST_NAME, clear_run, manifest_entries, new_run_dir, record_in_manifest
-from picie_lib.train import load_checkpoint, train
+from picie_lib.train import train
 
 ONE_EPOCH = ["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1"]
 
@@ -139,14 +140,14 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing(tmp_path, capsy
     def broken(*args, **kwargs):
         raise ValueError("no usable item among the 24 of SyntheticScenes")
 
-    monkeypatch.setattr("picie_lib.train.cluster_pass", broken)
+    monkeypatch.setattr("picie_lib.picie.cluster_pass", broken)
     assert main([*ONE_EPOCH, "--out", str(out)]) == 2
     assert "no usable item" in capsys.readouterr().err
     assert not out.exists()  # so the corrected command may use the same --out
     monkeypatch.undo()
     assert main([*ONE_EPOCH, "--out", str(out)]) == 0
     (out / "notes.txt").write_text("mine")  # a failed replacement keeps someone's file, and the folder a run's
-    monkeypatch.setattr("picie_lib.train.cluster_pass", broken)
+    monkeypatch.setattr("picie_lib.picie.cluster_pass", broken)
     assert main([*ONE_EPOCH, "--out", str(out), "--overwrite"]) == 2
     assert sorted(p.name for p in out.iterdir()) == [".lock", MANIFEST_NAME, "notes.txt"]
     monkeypatch.undo()

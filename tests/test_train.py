@@ -13,13 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib import train as train_module
+from picie_lib.checkpoints import CE_MIN_KEYS, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.losses import cross_entropy
 from picie_lib.model import batch_statistics
+from picie_lib.picie import NonFiniteLoss, Schedule, picie_loss
 from picie_lib.runs import read_jsonl
-from picie_lib.train import CE_MIN_KEYS, NonFiniteLoss, Schedule, load_checkpoint, picie_loss, train
+from picie_lib.train import train
 from picie_lib.transforms import draw_view_params
 
 
@@ -195,7 +197,7 @@ WORKER_OF_A_RUN_THAT_IS_KILLED = """
 import os, sys, time
 import torch
 from picie_lib.config import load_preset
-from picie_lib.train import Batches
+from picie_lib.loader import Batches
 
 
 class Slow(torch.utils.data.Dataset):

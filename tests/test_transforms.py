@@ -10,7 +10,7 @@ from torch import nn
 
 from picie_lib import transforms
 from picie_lib.config import Config
-from picie_lib.train import batch_features, view_features
+from picie_lib.picie import batch_features, view_features
 from picie_lib.transforms import (
     ViewParams,
     augment,

@@ -24,7 +24,7 @@ IGNORE_INDEX = -1
 class BadFile(ValueError):
     """One file of a data set that cannot be used (corrupt, truncated, wrong size or values).
 
-    Raised by ``load``; the passes skip the item with a warning and count it (README, "Bad input").
+    Raised by ``load``; the passes skip the item with a warning and count it (docs/faults.md).
     """
 
     def __init__(self, path, problem: str, expected: str) -> None:

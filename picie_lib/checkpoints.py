@@ -1,0 +1,128 @@
+"""A training run's files: the checkpoint's format and the checks that read it back, what a score records
+about the weights it scored, and the evaluation files that training on makes stale.
+
+``checkpoint.pt`` (rewritten at the end of every epoch) holds ``CHECKPOINT_KEYS`` of the types
+``CHECKPOINT_TYPES`` names, and the number of processes that wrote it; ``ce_min.pt`` the weights at the
+CE minimum (IB-Focal's ``switch: min_loss``). Both are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from picie_lib import distributed
+from picie_lib.config import RUNTIME_KEYS, Config, differences, from_dict
+from picie_lib.runs import (
+    first_line,
+    load_tensors,
+    weights_digest,
+)
+
+CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
+
+# Parameters that do not change what training computes; a resumed run may differ in them.
+TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"eval_batch_size", "probe_epochs"}
+
+RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json")
+
+# What an evaluation derives from the weights (``evaluate.write_evaluation``, 06_evaluate's figures): stale once
+# training goes on, so removed then.
+EVALUATION_FILES = ("metrics.json", "per_class.csv", "confusion.csv", "centroids.pt")
+
+EVALUATION_FIGURES = ("per_class_iou", "oversegmentation", "confusion", "examples")
+
+
+def invalidate_evaluation(run_dir: Path) -> None:
+    """Remove the scores and figures of ``run_dir``'s earlier weights."""
+    run_dir = Path(run_dir)
+    for name in EVALUATION_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for stem in EVALUATION_FIGURES:
+        for suffix in (".png", ".reading.md"):
+            (run_dir / "figures" / f"{stem}{suffix}").unlink(missing_ok=True)
+
+
+def checkpoint_record(ckpt: dict) -> dict:
+    """What a score must say about the weights it scored: the checkpoint's epoch of the run's epochs, its
+    last phase and loss, and the weights' SHA-256 (``runs.weights_digest``)."""
+    cfg = from_dict(ckpt["config"], source="checkpoint")
+    kept = [r for r in ckpt["history"] if not r.get("discarded")]
+    return {
+        "epoch": ckpt["epoch"],
+        "epochs": cfg.epochs_for(),
+        "finished": ckpt["epoch"] >= cfg.epochs_for(),
+        "phase": kept[-1]["phase"] if kept else None,
+        "loss": kept[-1]["loss"] if kept else None,
+        "weights_sha256": weights_digest(ckpt["model"]),
+    }
+
+
+CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "centroids", "schedule", "history")  # checkpoint.pt
+
+CE_MIN_KEYS = ("epoch", "model", "optimizer")  # ce_min.pt: the weights at the CE minimum
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+    """A checkpoint written by ``train``, holding ``keys`` of the types ``train`` writes; read with
+    ``weights_only=True`` (no arbitrary unpickling). Anything else is a ``ValueError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint there (a run writes one at the end of every epoch)")
+    ckpt = load_tensors(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a picie_lib checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    damaged = "it is damaged or was edited. Restore it from a copy, or train again with --overwrite"
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}; {damaged}")
+    for key, (expected, holds) in CHECKPOINT_TYPES.items():
+        if key in ckpt and not holds(ckpt[key]):
+            raise ValueError(f"{path}: the checkpoint's {key!r} is not {expected}; {damaged}")
+    return ckpt
+
+
+CHECKPOINT_TYPES = {  # what ``train`` writes under each key
+    "epoch": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "world_size": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "processes_per_node": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "config": ("a mapping of parameters", lambda v: isinstance(v, dict)),
+    "model": ("a state dict", lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
+    "optimizer": ("an optimizer state", lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v)),
+    "history": ("a list of epoch records", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+    "schedule": (
+        "a schedule with best_loss, ce_min_epoch and switch_epoch",
+        lambda v: isinstance(v, dict) and {"best_loss", "ce_min_epoch", "switch_epoch"} <= set(v),
+    ),
+}
+
+
+def load_state(module, state: dict, path: Path) -> None:
+    """``module.load_state_dict(state)``; a mismatch is one line naming the checkpoint."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: does not fit ({first_line(err)}); it is damaged or of another model") from None
+
+
+def processes_line(world_size: int) -> str:
+    return "1 process" if world_size == 1 else f"{world_size} processes (torchrun)"
+
+
+def check_same_processes(ckpt: dict, path: Path) -> None:
+    """A run's steps are split by the number of processes (``distributed.rank_batches``), so a resume with
+    another number would change its result: refused, with the command that continues it."""
+    saved, now = ckpt.get("world_size"), distributed.world()
+    if saved is not None and saved != now:  # a checkpoint from before the count was kept: not known
+        raise ValueError(
+            f"{path} was written by {processes_line(saved)}; this job is {processes_line(now)}, and the split of "
+            f"every step, so the result, depends on it. Continue with: "
+            f"{distributed.command_line(saved, ckpt.get('processes_per_node', saved))}"
+        )
+
+
+def check_same_config(saved: dict, cfg: Config, path: Path) -> None:
+    diff = differences(saved, cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
+    if diff:
+        raise ValueError(f"{path} was written by a different configuration ({'; '.join(diff)})")

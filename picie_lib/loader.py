@@ -1,0 +1,176 @@
+"""The batches of a pass: the data set's items in a given order, read by data-loader workers, without the
+items whose file is bad, and under torchrun split between the processes (``distributed.rank_batches``).
+
+Workers start from a fork server (``worker_context``) and end with the training process
+(``exit_with_the_training_process``); a batch is cut into chunks that all workers make at once and joined
+here in order, so the batches are the same for any ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import sys
+import threading
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from picie_lib import distributed
+from picie_lib.config import Config
+from picie_lib.data.base import SkippedItem
+from picie_lib.distributed import resolve_device
+
+
+def collate_usable(items: list):
+    """``(batch or None, skipped)``: the items a worker could read, batched, and the ``SkippedItem``s."""
+    skipped = [item for item in items if isinstance(item, SkippedItem)]
+    usable = [item for item in items if not isinstance(item, SkippedItem)]
+    return (default_collate(usable) if usable else None), skipped
+
+
+def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
+    """A pass over ``n_items`` items of which every one was skipped as a bad file is an error. Under
+    torchrun the items and the skipped ones are counted over the processes (every process decides alike)."""
+    bad = len({item.index for item in skipped})
+    if distributed.world() > 1:
+        counts = distributed.all_gather_objects((n_items, bad))
+        n_items, bad = sum(n for n, _ in counts), sum(b for _, b in counts)
+    if n_items and bad == n_items:
+        names = ", ".join(item.path for item in skipped[:3]) or "in another process"
+        raise ValueError(
+            f"no usable item among the {n_items} of {type(dataset).__name__}: every "
+            f"file was bad (e.g. {names}); see the warnings above"
+        )
+
+
+def worker_context():
+    """How data-loader workers start: forked from a fork server (a single-threaded process, with the library
+    imported, started once per training process, so once per rank under torchrun), not from this process.
+    This process runs other threads (gloo's under torchrun, tqdm's monitor, the feeder threads of a pass's
+    queues); a worker forked while one of them holds a lock waits for that lock forever. That hung 1 of 12
+    two-process runs with one worker each, in the worker's first instant. A worker then starts as fast as a
+    fork (about 60 ms here), after 2-3 s once for the server. Without a fork server (Windows), spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["picie_lib.loader"])
+    return context
+
+
+def exit_with_the_training_process(worker_id: int) -> None:
+    """A data-loader worker's first act: a thread that ends the worker when the process that started it
+    ends, however it ends. torch's own check watches the worker's parent, which is the fork server, not
+    the training process; and the fork server lives as long as any worker does. Without this, the
+    workers of a killed run would wait for work forever."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # ready once the training process is gone
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-the-training-process", daemon=True).start()
+
+
+def _require_importable(dataset, workers: int) -> None:
+    """Workers started by the fork server import the data set's class by name; one defined in a notebook
+    cell or typed into an interpreter has no module to import it from, and the worker would only die."""
+    cls = type(dataset)
+    if cls.__module__ == "__main__" and not hasattr(sys.modules["__main__"], "__file__"):
+        raise ValueError(
+            f"num_workers={workers}: the data set class {cls.__qualname__} is defined in a notebook or an "
+            "interactive session, where data-loader workers cannot import it; define it in a module, or set "
+            "num_workers to 0"
+        )
+
+
+def _concatenate(parts: list, pin: bool):
+    """Chunks of a batch (tuples of tensors) joined along the batch dimension; into page-locked
+    memory when a GPU will take them (the copy to it can then overlap the next batch)."""
+    if len(parts) == 1 and not pin:
+        return parts[0]
+    joined = []
+    for fields in zip(*parts, strict=True):
+        shape = (sum(len(f) for f in fields), *fields[0].shape[1:])
+        out = torch.empty(shape, dtype=fields[0].dtype, pin_memory=pin)
+        joined.append(torch.cat(fields, out=out))
+    return tuple(joined)
+
+
+class Batches:
+    """The batches of ``dataset`` in ``order``, without the items whose file is bad; after a full
+    pass, ``skipped_files`` names those files. A pass in which no item is usable is an error.
+
+    With workers, a batch is not one worker's job: it is cut into chunks of a few items that all
+    workers make at once, from the first batch on, and joined here in order. So the batches, their
+    order and their content are the same for any ``num_workers``.
+
+    Under torchrun each process reads its share of every global step (``distributed.rank_batches``),
+    or with ``split=False`` the whole pass (the linear probe, trained alike in every process).
+    ``keep_empty``: a step with no usable item of this process's yields None rather than nothing, so
+    that every process sees every step (the k-means sums each step over the processes).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        order: list[int],
+        batch_size: int,
+        cfg: Config,
+        require_usable: bool = True,
+        keep_empty: bool = False,
+        split: bool = True,
+    ) -> None:
+        self.dataset, self.require_usable, self.keep_empty = dataset, require_usable, keep_empty
+        if split:
+            batches = distributed.rank_batches(order, batch_size)
+        else:
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.order = [i for batch in batches for i in batch]  # this process's items
+        workers = cfg.num_workers
+        # two chunks per worker per batch: every worker busy, and a batch ready as soon as possible
+        chunk = batch_size if workers == 0 else max(1, math.ceil(batch_size / (2 * workers)))
+        self.chunks_per_batch, chunks = [], []
+        for batch in batches:
+            pieces = [batch[i : i + chunk] for i in range(0, len(batch), chunk)]
+            self.chunks_per_batch.append(len(pieces))
+            chunks += pieces
+        extra = {}
+        if workers and chunks:  # enough chunks in flight for about two batches
+            _require_importable(dataset, workers)
+            extra["prefetch_factor"] = max(2, math.ceil(2 * batch_size / (chunk * workers)))
+            extra["multiprocessing_context"] = worker_context()
+            extra["worker_init_fn"] = exit_with_the_training_process
+        self.loader = DataLoader(
+            dataset, batch_sampler=chunks, num_workers=workers if chunks else 0, collate_fn=collate_usable, **extra
+        )
+        self.pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
+        self.skipped: list[SkippedItem] = []
+
+    def __len__(self) -> int:
+        return len(self.chunks_per_batch)
+
+    def __iter__(self):
+        self.skipped = []
+        chunks = iter(self.loader) if self.order else iter(())
+        for count in self.chunks_per_batch:
+            parts = []
+            for _ in range(count):
+                part, skipped = next(chunks)
+                self.skipped += skipped
+                if part is not None:
+                    parts.append(part)
+            if parts:
+                yield _concatenate(parts, self.pin)
+            elif self.keep_empty:
+                yield None
+        if self.require_usable:
+            require_usable(self.dataset, len(self.order), self.skipped)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return sorted({item.path for item in self.skipped})
