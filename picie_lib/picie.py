@@ -38,7 +38,7 @@ from picie_lib.config import Config
 from picie_lib.data import SceneDataset
 from picie_lib.loader import Batches, require_usable
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
-from picie_lib.model import PanopticFPN, bn_mode, bn_state
+from picie_lib.model import PanopticFPN, bf16_autocast, bn_mode, bn_state
 from picie_lib.progress import progress
 from picie_lib.runs import Timer
 from picie_lib.transforms import augment, crop_flip, draw_view_params
@@ -73,12 +73,12 @@ def build_model(cfg: Config, device: torch.device) -> PanopticFPN:
 
 def network_features(model: torch.nn.Module, images: torch.Tensor, cfg: Config) -> torch.Tensor:
     """Raw (unnormalised) float32 features (B, 128, H/4, W/4) of normalised float images on the
-    model's device, under bf16 autocast if ``cfg.amp``."""
+    model's device, under bf16 autocast if ``cfg.amp`` (and the device has bfloat16: ``model.bf16_autocast``)."""
     device = next(model.parameters()).device
     images = images.to(device, non_blocking=True)
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast(device.type, cfg.amp)):
         return model(images).float()
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib.data.synthetic import TEXTURES, _texture, two_tones, warped_voronoi
-from picie_lib.model import FEATURE_DIM, PanopticFPN
+from picie_lib.model import FEATURE_DIM, PanopticFPN, bf16_autocast
 from picie_lib.progress import progress
 from picie_lib.runs import atomic_torch_save, environment, write_json
 from picie_lib.transforms import to_network_input
@@ -93,6 +93,7 @@ def pretrain_backbone(
 ) -> Path:
     """Train the pretext task and save the backbone to ``out`` (reused when its parameters match)."""
     out = Path(out)
+    amp = bf16_autocast("cpu", amp)  # float32 on a CPU without bfloat16 instructions (recorded as such)
     parameters = {"n_images": n_images, "epochs": epochs, "size": size, "batch_size": batch_size, "lr": lr,
                   "seed": seed, "amp": amp}  # fmt: skip
     record = out.with_name(out.name + ".json")

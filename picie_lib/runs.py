@@ -122,8 +122,12 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def first_line(err: BaseException) -> str:
-    """The first line of an exception's text (torch's are often several, with a stack)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """The first line of an exception's text (torch's are often several, with a stack), without terminal
+    colour codes."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return (text.splitlines() or [type(err).__name__])[0]
 
 
 def load_tensors(path: Path) -> Any:
@@ -135,7 +139,8 @@ def load_tensors(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
         raise ValueError(
-            f"{path}: refused, it holds objects other than tensors and plain data ({first_line(err)})"
+            f"{path}: refused, it holds objects other than tensors and plain data (weights_only loading: "
+            f"{first_line(err)})"
         ) from None
     except (RuntimeError, EOFError, ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: unreadable, truncated or not a torch file ({first_line(err)})") from None
@@ -173,6 +178,7 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),  # amp on the CPU runs bf16 only then
         "gpus": gpus,
     }
 
@@ -217,6 +223,16 @@ def environment_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str
     if torch_before != torch_now:
         changed.append(f"torch {torch_before} -> {torch_now}")
     return changed
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this machine's CPU (Linux's /proc/cpuinfo); empty where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
 
 
 LOCK_NAME = ".lock"  # in every output folder a job holds (``exclusive``)

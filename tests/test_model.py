@@ -112,3 +112,29 @@ def test_batch_statistics_leaves_running_stats_alone():
     with torch.no_grad():
         expected = m(x)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags, device, wanted, expected",
+    [
+        ({"fma", "avx2"}, "cpu", True, False),  # emulated bf16: float32, with a warning
+        ({"avx2", "avx512f", "avx512_bf16"}, "cpu", True, True),
+        ({"avx2", "amx_bf16"}, "cpu", True, True),
+        (set(), "cpu", True, True),  # flags unreadable: as asked
+        ({"avx2"}, "cuda", True, True),
+        ({"avx512_bf16"}, "cpu", False, False),
+    ],
+)
+def test_bf16_autocast_runs_only_where_the_device_has_bfloat16(monkeypatch, flags, device, wanted, expected):
+    import warnings
+
+    import picie_lib.model as model
+
+    monkeypatch.setattr(model, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(model, "_WARNED_BF16", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert model.bf16_autocast(device, wanted) is expected
+    assert [str(w.message).startswith("amp=true: this CPU has no bfloat16") for w in caught] == (
+        [True] if wanted and not expected else []
+    )
