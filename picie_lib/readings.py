@@ -67,7 +67,7 @@ def views(crops, flips) -> str:
 
 
 def equivariance(agreements: dict[str, dict[str, float]]) -> str:
-    """``agreements``: network name -> ``train.view_agreement``."""
+    """``agreements``: network name -> ``picie.view_agreement``."""
     parts = [
         f"{name}: mean cosine {a['same']:.2f} at the same pixel against {a['mirrored']:.2f} at the mirrored "
         f"position (gap {a['same'] - a['mirrored']:.2f})"

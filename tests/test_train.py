@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from picie_lib import train as train_module
+from picie_lib import loader, picie
 from picie_lib.checkpoints import CE_MIN_KEYS, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import load_preset
@@ -63,8 +63,8 @@ def test_ib_feature_norms_come_from_the_maps_given_for_them():
         return h.abs().sum(1).mean()
 
     loss_raw, _ = picie_loss(f1, f2, y1, y2, c, [None, None], spy, 1.0, ib_features=(r1, r2))
-    assert all(torch.equal(h, train_module._flat(r)) for (_, h), r in zip(seen, (r1, r2, r1, r2), strict=True))
-    assert torch.allclose(seen[0][0], train_module._flat(torch.einsum("bdhw,kd->bkhw", f1, c[1])))
+    assert all(torch.equal(h, picie._flat(r)) for (_, h), r in zip(seen, (r1, r2, r1, r2), strict=True))
+    assert torch.allclose(seen[0][0], picie._flat(torch.einsum("bdhw,kd->bkhw", f1, c[1])))
     loss_unit, _ = picie_loss(f1, f2, y1, y2, c, [None, None], spy, 1.0)
     assert loss_raw > 3 * loss_unit  # the raw maps are 5x larger
 
@@ -146,9 +146,9 @@ def test_batches_are_the_same_with_and_without_workers_and_every_worker_has_a_sh
     cfg = _cfg(n_train=22)
     dataset = build_dataset(cfg, "train", "train")
     dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0)))
-    order = train_module.permutation(len(dataset), 3)
-    alone = list(train_module.Batches(dataset, order, 8, cfg))
-    workers = train_module.Batches(dataset, order, 8, cfg.replace(num_workers=2))
+    order = picie.permutation(len(dataset), 3)
+    alone = list(loader.Batches(dataset, order, 8, cfg))
+    workers = loader.Batches(dataset, order, 8, cfg.replace(num_workers=2))
     assert workers.chunks_per_batch == [4, 4, 3]  # chunks of 2 items: both workers work on every batch
     shared = list(workers)
     assert [b[0].tolist() for b in alone] == [order[0:8], order[8:16], order[16:22]]
@@ -185,7 +185,7 @@ def test_workers_do_not_inherit_a_lock_that_another_thread_holds():
     holder.start()
     held.wait()
     try:
-        batches = list(train_module.Batches(NeedsTheLock(), [3, 1, 0, 2], 2, _cfg(num_workers=1)))
+        batches = list(loader.Batches(NeedsTheLock(), [3, 1, 0, 2], 2, _cfg(num_workers=1)))
     finally:
         done.set()
         holder.join()
@@ -245,8 +245,8 @@ def test_a_data_set_class_of_a_notebook_with_workers_is_a_clear_error(monkeypatc
     notebook_class = type("CellDataset", (NeedsTheLock,), {"__module__": "__main__"})
     monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # as in a kernel: no __file__
     with pytest.raises(ValueError, match=r"num_workers=1: the data set class CellDataset .* notebook"):
-        train_module.Batches(notebook_class(), [0, 1], 2, _cfg(num_workers=1))
-    batches = list(train_module.Batches(notebook_class(), [0, 1], 2, _cfg(num_workers=0)))  # no worker: fine
+        loader.Batches(notebook_class(), [0, 1], 2, _cfg(num_workers=1))
+    batches = list(loader.Batches(notebook_class(), [0, 1], 2, _cfg(num_workers=0)))  # no worker: fine
     assert batches[0][0].tolist() == [0, 1]
 
 
@@ -254,15 +254,15 @@ def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
     """It reads the initial batches once per view (one view's pixels in memory at a time); each
     k-means must still see the same pixels in the same order as when both views are fed together."""
     cfg = _cfg(batch_size_cluster=6, kmeans_init_batches=2)
-    model = train_module.build_model(cfg, torch.device("cpu"))
+    model = picie.build_model(cfg, torch.device("cpu"))
     dataset = build_dataset(cfg, "train", "train")
     dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(1)))
-    order = train_module.permutation(len(dataset), 2)
-    centroids, losses, _ = train_module.cluster_pass(model, dataset, order, cfg, seed=7)
-    joint = [MiniBatchKMeans.from_config(cfg, train_module.derive_seed(7, view)) for view in (1, 2)]
+    order = picie.permutation(len(dataset), 2)
+    centroids, losses, _ = picie.cluster_pass(model, dataset, order, cfg, seed=7)
+    joint = [MiniBatchKMeans.from_config(cfg, picie.derive_seed(7, view)) for view in (1, 2)]
     with torch.no_grad(), batch_statistics(model):
-        for idx, views in train_module.Batches(dataset, order, 6, cfg):
-            for km, f in zip(joint, train_module.batch_features(model, dataset, idx, views, cfg), strict=True):
+        for idx, views in loader.Batches(dataset, order, 6, cfg):
+            for km, f in zip(joint, picie.batch_features(model, dataset, idx, views, cfg), strict=True):
                 km.update(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
     assert torch.equal(centroids, torch.stack([km.finish() for km in joint]))
     assert losses == [km.mean_distance for km in joint]
@@ -287,21 +287,21 @@ def test_bn_running_clusters_in_train_mode_and_labels_in_eval_mode():
     labelling pass uses them and leaves them; ``batch`` leaves them alone in both."""
     for mode in ("running", "batch"):
         cfg = _cfg(bn_eval=mode)
-        model = train_module.build_model(cfg, torch.device("cpu"))
+        model = picie.build_model(cfg, torch.device("cpu"))
         dataset = build_dataset(cfg, "train", "train")
         dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(1)))
         order = list(range(len(dataset)))
         before = model.backbone.bn1.running_mean.clone()
-        centroids, _, _ = train_module.cluster_pass(model, dataset, order, cfg, seed=3)
+        centroids, _, _ = picie.cluster_pass(model, dataset, order, cfg, seed=3)
         after_cluster = model.backbone.bn1.running_mean.clone()
-        labels, _ = train_module.label_pass(model, dataset, order, centroids, cfg)
+        labels, _ = picie.label_pass(model, dataset, order, centroids, cfg)
         assert torch.equal(model.backbone.bn1.running_mean, after_cluster)  # labelling never moves them
         assert torch.equal(after_cluster, before) == (mode == "batch")
         if mode == "running":  # the labels are the nearest centroids of eval()-mode features
             model.eval()
             with torch.no_grad():
                 views = torch.stack([dataset[i][1] for i in order[:4]])
-                f1, _ = train_module.batch_features(model, dataset, torch.tensor(order[:4]), views, cfg)
+                f1, _ = picie.batch_features(model, dataset, torch.tensor(order[:4]), views, cfg)
             expected = assign_labels(f1, centroids[0])
             assert torch.equal(labels[0, :4].long(), expected)
 
@@ -328,7 +328,7 @@ def _scripted_training(monkeypatch, losses):
                 p.add_(0.01)  # the weights move every epoch
         return {"loss": next(scripted)}
 
-    monkeypatch.setattr(train_module, "train_pass", fake_train_pass)
+    monkeypatch.setattr(picie, "train_pass", fake_train_pass)
 
 
 def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
@@ -364,7 +364,7 @@ def test_min_loss_ends_where_a_switch_at_the_minimum_ends(tmp_path, monkeypatch)
 
 
 def test_non_finite_loss_stops_with_a_named_term_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real = train_module.make_criterion
+    real = picie.make_criterion
     calls = {"n": 0}
 
     def poisoned(cfg, phase):
@@ -372,7 +372,7 @@ def test_non_finite_loss_stops_with_a_named_term_and_keeps_the_last_checkpoint(t
         crit = real(cfg, phase)
         return (lambda z, t, f, w: crit(z, t, f, w) * float("nan")) if calls["n"] == 2 else crit
 
-    monkeypatch.setattr(train_module, "make_criterion", poisoned)
+    monkeypatch.setattr(picie, "make_criterion", poisoned)
     with pytest.raises(NonFiniteLoss, match="epoch 2, batch 1, term\\(s\\) across_1, across_2, within_1, within_2"):
         train(_cfg(loss="ce"), tmp_path)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
@@ -380,7 +380,7 @@ def test_non_finite_loss_stops_with_a_named_term_and_keeps_the_last_checkpoint(t
 
 def test_resume_ends_where_an_uninterrupted_run_ends(ce_run, tmp_path, monkeypatch):
     out, _ = ce_run
-    real = train_module.cluster_pass
+    real = picie.cluster_pass
     calls = {"n": 0}
 
     def dies_in_epoch_2(*args, **kwargs):
@@ -389,10 +389,10 @@ def test_resume_ends_where_an_uninterrupted_run_ends(ce_run, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "cluster_pass", dies_in_epoch_2)
+    monkeypatch.setattr(picie, "cluster_pass", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(loss="ce"), tmp_path)
-    monkeypatch.setattr(train_module, "cluster_pass", real)
+    monkeypatch.setattr(picie, "cluster_pass", real)
     train(_cfg(loss="ce"), tmp_path, resume=True)
     a, b = load_checkpoint(out / "checkpoint.pt")["model"], load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -400,16 +400,16 @@ def test_resume_ends_where_an_uninterrupted_run_ends(ce_run, tmp_path, monkeypat
 
 
 def test_resume_before_the_first_checkpoint_starts_again(tmp_path, monkeypatch):
-    real = train_module.cluster_pass
+    real = picie.cluster_pass
 
     def dies(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "cluster_pass", dies)
+    monkeypatch.setattr(picie, "cluster_pass", dies)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(loss="ce", epochs_ce=1), tmp_path)
     assert (tmp_path / "config.json").is_file() and not (tmp_path / "checkpoint.pt").exists()
-    monkeypatch.setattr(train_module, "cluster_pass", real)
+    monkeypatch.setattr(picie, "cluster_pass", real)
     with pytest.raises(ValueError, match="different configuration"):
         train(_cfg(loss="ce", epochs_ce=1, lr=0.5), tmp_path, resume=True)
     train(_cfg(loss="ce", epochs_ce=1), tmp_path, resume=True)
