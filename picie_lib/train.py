@@ -85,10 +85,10 @@ def train(
         made_here = not from_checkpoint and _start_run_folder(cfg, out_dir, resume, overwrite)
         try:
             return _train(cfg, dataset, model, out_dir, from_checkpoint, on_epoch)
-        except Exception:
+        except ValueError:  # bad input found on the way (every image unreadable): the run could never run
             if made_here and main and not (out_dir / "checkpoint.pt").is_file():
                 discard_run(out_dir)  # nothing worth keeping: the corrected command may use the same --out
-            raise
+            raise  # a full disk or a non-finite loss keeps the folder: --resume starts it again
 
 
 def _start_run_folder(cfg: Config, out_dir: Path, resume: bool, overwrite: bool) -> bool:
