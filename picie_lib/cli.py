@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from picie_lib import distributed
@@ -250,8 +251,6 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
     distributed.end_with_the_launcher()  # first: a launcher killed from here on takes this process with it
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

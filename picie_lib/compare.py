@@ -48,7 +48,7 @@ from picie_lib.runs import (
     weights_digest,
     write_json,
 )
-from picie_lib.train import check_backbone, check_data, train
+from picie_lib.train import check_before_writing, train
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -154,9 +154,7 @@ def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = 
     """
     if resume:
         resumable(out_dir, cfg)  # named before the folder is created or locked
-    cfg.check_runnable(LOSSES)  # what would stop a training stops the comparison before it clears or writes
-    check_data(cfg, build_dataset(cfg, "train", mode="eval"))
-    check_backbone(cfg)
+    check_before_writing(cfg, LOSSES)
     with exclusive(out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         return _compare(cfg, Path(out_dir), overwrite, resume)
 

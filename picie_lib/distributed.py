@@ -14,9 +14,13 @@ identity, so the single-process code path is the same code.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
 import re
+import shlex
+import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -51,9 +55,6 @@ def command_line(world_size: int, per_node: int, argv: list[str] | None = None) 
     """The command that runs ``python -m picie_lib ARGV`` in ``world_size`` processes (``per_node`` a
     machine): plain python for one, torchrun with its process count for several. ``argv`` defaults to this
     process's arguments when it was started as ``python -m picie_lib``, else to a placeholder."""
-    import shlex
-    import sys
-
     if argv is None:
         from_cli = sys.argv[0].endswith(os.path.join("picie_lib", "__main__.py"))
         argv = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")] if from_cli else ["train", "..."]
@@ -71,10 +72,6 @@ def end_with_the_launcher() -> None:
     """Under torchrun: this process gets SIGTERM when the launcher that started it ends, however it ends
     (Linux's parent-death signal). A SIGKILLed torchrun would otherwise leave its processes running,
     the output folder's lock held."""
-    import ctypes
-    import signal
-    import sys
-
     if not launched() or not sys.platform.startswith("linux"):
         return
     launcher = os.getppid()

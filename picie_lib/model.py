@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from picie_lib.runs import cpu_flags, first_line, load_tensors
+from picie_lib.runs import BF16_FLAGS, cpu_flags, first_line, load_tensors
 
 FEATURE_DIM = 128
 FEATURE_STRIDE = 4
@@ -156,7 +156,7 @@ def bf16_autocast(device_type: str, wanted: bool) -> bool:
     if not wanted or device_type != "cpu":
         return wanted
     flags = cpu_flags()
-    if not flags or {"avx512_bf16", "amx_bf16"} & flags:
+    if not flags or BF16_FLAGS & flags:
         return True  # bfloat16 in hardware, or a machine whose flags cannot be read: as asked
     global _WARNED_BF16
     if not _WARNED_BF16:

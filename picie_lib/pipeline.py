@@ -253,12 +253,9 @@ def run(
     out_dir = Path(out_dir or default_out_dir(preset)).resolve()
     if resume and not (out_dir / "config.json").is_file():
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
-    from picie_lib.data import build_dataset
-    from picie_lib.train import check_backbone, check_data
+    from picie_lib.train import check_before_writing
 
-    cfg.check_runnable(LOSSES)  # what would stop a notebook's training stops the run before it clears or writes
-    check_data(cfg, build_dataset(cfg, "train", mode="eval"))
-    check_backbone(cfg)
+    check_before_writing(cfg, LOSSES)  # what would stop a notebook's training stops the run first
     with exclusive(out_dir):
         return _run(cfg, preset, out_dir, overrides, overwrite, resume, as_shipped)
 

@@ -9,7 +9,9 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -124,8 +126,6 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def first_line(err: BaseException) -> str:
     """The first line of an exception's text (torch's are often several, with a stack), without terminal
     colour codes."""
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
     return (text.splitlines() or [type(err).__name__])[0]
 
@@ -133,8 +133,6 @@ def first_line(err: BaseException) -> str:
 def load_tensors(path: Path) -> Any:
     """``torch.load(path)`` with ``weights_only=True`` (tensors and plain containers, never arbitrary
     objects); a refused or unreadable file is a ``ValueError`` of one line naming it."""
-    import pickle
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
@@ -178,7 +176,7 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
-        "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),  # amp on the CPU runs bf16 only then
+        "cpu_bf16": bool(BF16_FLAGS & cpu_flags()),  # amp on the CPU runs bf16 only then
         "gpus": gpus,
     }
 
@@ -186,20 +184,25 @@ def environment() -> dict[str, Any]:
 ENVIRONMENT_FILE = "environment.json"
 
 
-def record_session(folder: Path, **facts: Any) -> list[dict[str, Any]]:
-    """Append this job's ``environment()`` (with the time, the command line and ``facts``) to
-    ``folder/environment.json``, a list with one entry per session that worked on the folder: a resumed
-    run keeps the versions its first part ran with. Returns the sessions before this one."""
+def record_session(folder: Path, **facts: Any) -> list[str]:
+    """Append this job's ``environment()`` (with the time, the command line, ``facts`` and what changed since
+    the last session, ``environment_changes``) to ``folder/environment.json``, a list with one entry per
+    session that worked on the folder: a resumed run keeps the versions its first part ran with. Returns
+    what changed."""
     path = Path(folder) / ENVIRONMENT_FILE
     earlier = read_sessions(path)
-    now = {
+    now = environment()
+    versioned = [e for e in earlier if "versions" in e]
+    changed = environment_changes(versioned[-1], now) if versioned else []
+    entry = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python", *sys.argv]),
         **facts,
-        **environment(),
+        "changed_since_last_session": changed,
+        **now,
     }
-    write_json(path, [*earlier, now])
-    return earlier
+    write_json(path, [*earlier, entry])
+    return changed
 
 
 def read_sessions(path: Path) -> list[dict[str, Any]]:
@@ -223,6 +226,9 @@ def environment_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str
     if torch_before != torch_now:
         changed.append(f"torch {torch_before} -> {torch_now}")
     return changed
+
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # a CPU with bfloat16 instructions has one of these
 
 
 def cpu_flags() -> set[str]:

@@ -36,12 +36,9 @@ from picie_lib.runs import (
     atomic_torch_save,
     atomic_write_text,
     discard_run,
-    environment,
-    environment_changes,
     exclusive,
     json_text,
     new_run_dir,
-    read_sessions,
     record_session,
     write_json,
 )
@@ -50,10 +47,7 @@ from picie_lib.runs import (
 def _record_session(out_dir: Path, trains: bool) -> None:
     """Add this session to ``environment.json``; when it will train, warn if the git commit or torch
     version changed since the last session (the epochs from here may then not repeat the numbers)."""
-    now = environment()
-    earlier = [e for e in read_sessions(out_dir / "environment.json") if "versions" in e]
-    changed = environment_changes(earlier[-1], now) if earlier else []
-    record_session(out_dir, world_size=distributed.world(), changed_since_last_session=changed)
+    changed = record_session(out_dir, world_size=distributed.world())
     if changed and trains:
         warnings.warn(
             f"{out_dir}: resuming with {'; '.join(changed)}: the epochs from here may not repeat the numbers an "
@@ -103,6 +97,14 @@ def _start_run_folder(cfg: Config, out_dir: Path, resume: bool, overwrite: bool)
     if distributed.is_main():
         new_run_dir(out_dir, overwrite=overwrite)
     return True
+
+
+def check_before_writing(cfg: Config, losses: tuple[str, ...]) -> None:
+    """What would stop a training of ``losses`` on ``cfg``, checked before a job that trains several (``compare``,
+    ``run``) clears or writes its folder: the joined parameters, the data, the backbone."""
+    cfg.check_runnable(losses)
+    check_data(cfg, build_dataset(cfg, "train", mode="eval"))
+    check_backbone(cfg)
 
 
 def check_backbone(cfg: Config) -> None:
