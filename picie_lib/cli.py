@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import os
 import signal
@@ -252,6 +253,7 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     distributed.end_with_the_launcher()  # first: a launcher killed from here on takes this process with it
+    atexit.register(distributed.trace, "exiting")  # PICIE_DIST_DEBUG=1: how long the exit takes
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
@@ -277,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.launched() and os.environ.get("RANK", "0") != "0":
             prefix = f"[rank {os.environ['RANK']}] "
         args.func(args)
+        distributed.trace(f"{args.command} done")
     except (KeyboardInterrupt, Terminated):
         if not received:  # a KeyboardInterrupt raised before the handler was in place
             received.append(signal.SIGINT)

@@ -21,11 +21,27 @@ import re
 import shlex
 import signal
 import sys
+import time
 
 import torch
 import torch.distributed as dist
 
 BACKEND_ENV = "PICIE_DIST_BACKEND"  # "gloo" or "nccl"; default nccl on GPUs (one per process), else gloo
+DEBUG_ENV = "PICIE_DIST_DEBUG"  # "1": each process prints where it is and when (``trace``)
+_STARTED = time.perf_counter()
+
+
+def trace(what: str) -> None:
+    """With ``PICIE_DIST_DEBUG=1``, one line on stderr: this process's rank, seconds since it imported
+    the library, and ``what`` it starts or finished; says where each rank spends its time."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        rank_ = os.environ.get("RANK", "-")
+        line = f"[trace rank {rank_} +{time.perf_counter() - _STARTED:.2f} s] {what}\n"
+        try:  # one write to the file: the ranks' lines, on one terminal, do not interleave
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), line.encode())
+        except (AttributeError, OSError, ValueError):  # a stderr without a file (a notebook's)
+            sys.stderr.write(line)
 
 
 def world() -> int:
@@ -113,12 +129,16 @@ def setup(device: str) -> None:
     backend = os.environ.get(BACKEND_ENV, default)
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"{BACKEND_ENV}={backend!r}: expected gloo or nccl")
+    trace(f"joining the process group ({backend})")
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    trace("joined")
 
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
+        trace("leaving the process group")
         dist.destroy_process_group()
+        trace("left")
 
 
 # how gloo, NCCL and the c10d store word the loss of a peer (its process ended, or a collective or the

@@ -210,7 +210,9 @@ def evaluate_clusters(
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
     score_extract = score_extract or extract
     start = time.perf_counter()
+    distributed.trace("evaluation: fresh k-means on train")
     centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed)
+    distributed.trace("evaluation: scoring val")
     result = score_predictions(
         lambda x, size: predict(score_extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters
     )
@@ -299,6 +301,7 @@ def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> N
     torchrun rank 0 writes them and every process waits until they are there."""
     if distributed.is_main():
         _write_evaluation(Path(out_dir), result, method, cfg)
+        distributed.trace("evaluation: scores written")
     distributed.barrier()
 
 

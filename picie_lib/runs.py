@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from picie_lib.distributed import trace
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -516,7 +518,9 @@ class Timer:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        trace(f"{name} starts")
         try:
             yield
         finally:
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+            trace(f"{name} ends")

@@ -189,13 +189,15 @@ def _kill_job(proc: subprocess.Popen) -> None:
     proc.kill()
 
 
-def _run(*args: str, ok: bool = True, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def _run(
+    *args: str, ok: bool = True, launcher: tuple[str, ...] = (), env: dict | None = None
+) -> subprocess.CompletedProcess:
     """torchrun (with the options ``launcher``), killed with everything under it if it outlives the
     timeout (a process waiting in a collective for another would otherwise outlive torchrun); ``ok``:
-    it must succeed."""
+    it must succeed; ``env``: variables added to the processes' environment."""
     proc = subprocess.Popen(
         torchrun(*launcher, "-m", "picie_lib", *args),
-        env=ENV,
+        env={**ENV, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -259,8 +261,16 @@ def test_an_uneven_split_with_an_empty_share_trains_and_scores(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if not r.get("discarded")] == [1, 2, 3, 4]
     assert all(np.isfinite([r["loss"], *r["kmeans_loss"]]).all() for r in log)
-    _run("evaluate", str(out))
+    stderr = _run("evaluate", str(out), env={"PICIE_DIST_DEBUG": "1"}).stderr
     assert json.loads((out / "metrics.json").read_text())["checkpoint"]["finished"]
+    # PICIE_DIST_DEBUG=1: each rank says where it is; both reach their exit after rank 0 wrote the scores
+    traces = [line for line in stderr.splitlines() if line.startswith("[trace rank")]
+    for rank in (0, 1):
+        phases = [line.split("] ", 1)[1] for line in traces if line.startswith(f"[trace rank {rank} ")]
+        assert phases[:2] == ["joining the process group (gloo)", "joined"], stderr[-2000:]
+        assert phases[-3:] == ["leaving the process group", "left", "exiting"], stderr[-2000:]
+        assert "evaluation: fresh k-means on train" in phases and "evaluation: scoring val" in phases
+    assert sum("evaluation: scores written" in line for line in traces) == 1  # rank 0 writes
 
 
 def test_a_refusal_by_rank_0_is_one_error_line(tmp_path):
@@ -278,6 +288,11 @@ def test_a_refusal_by_rank_0_is_one_error_line(tmp_path):
     rank_1 = [line for line in stderr.splitlines() if line.startswith("[rank 1]")]
     assert rank_1 and all("stopped: lost another process" in line for line in rank_1), stderr[-2000:]
     assert (taken / "notes.txt").read_text() == "mine"
+    # then torchrun's own report, as docs/torchrun.md describes it: rank 0 the root cause, exit code 2
+    report = stderr[stderr.index(errors[0]) :]
+    assert "ChildFailedError" in report and "picie_lib FAILED" in report, stderr[-2000:]
+    root_cause = report.split("Root Cause (first observed failure)", 1)[1]
+    assert "rank      : 0" in root_cause and "exitcode  : 2" in root_cause, root_cause
 
 
 def test_processes_end_with_a_killed_launcher_and_free_the_folder(tmp_path):
@@ -349,3 +364,14 @@ def test_only_the_loss_of_a_peer_is_told_as_one(monkeypatch, err, lost):
     if lost:
         line = distributed.lost_process_line(err)
         assert "third_party" not in line and str(err).split("] ", 1)[-1] in line  # the cause, whole
+
+
+def test_the_phase_trace_is_silent_unless_asked_for(monkeypatch, capfd):
+    monkeypatch.delenv(distributed.DEBUG_ENV, raising=False)
+    distributed.trace("cluster starts")
+    assert capfd.readouterr().err == ""
+    monkeypatch.setenv(distributed.DEBUG_ENV, "1")
+    monkeypatch.setenv("RANK", "3")
+    distributed.trace("cluster starts")
+    line = capfd.readouterr().err
+    assert line.startswith("[trace rank 3 +") and line.endswith(" s] cluster starts\n"), line
