@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test lab
+.PHONY: setup demo test test-fast lab
 
 setup: $(STAMP)
 
@@ -19,10 +19,14 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup  ## the notebooks, executed: the three methods on the built-in data set, report.md (about 8 min, 2 CPU cores)
 	$(PY) -m picie_lib run --preset demo --out $(DEMO_OUT)
 
-test: setup  ## lint, the test suite, then every notebook under nbval on the smoke preset (CPU)
+test: setup  ## lint, every test, then every notebook under nbval on the smoke preset (CPU; 17 to 60 min on 2 cores)
+	@echo "make test runs every test (17 to 60 min on 2 cores); make test-fast runs the unit tier in under a minute"
 	$(VENV)/bin/ruff check picie_lib tests notebooks benchmarks experiments
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
+
+test-fast: setup  ## the unit tier: pytest -m "not slow" (under a minute; no process started, no model trained)
+	$(PY) -m pytest -m "not slow"
 
 lab: setup  ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/

@@ -40,7 +40,10 @@ from picie_lib.picie import build_model, make_criterion, train_pass
 from picie_lib.runs import exclusive, weights_digest
 from picie_lib.transforms import draw_view_params
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+    pytest.mark.slow,
+]  # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 WORLD = 2
 
 

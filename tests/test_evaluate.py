@@ -15,6 +15,8 @@ from picie_lib.evaluate import (
 )
 from picie_lib.picie import build_model
 
+pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+
 
 @pytest.fixture(scope="module")
 def smoke():

@@ -13,6 +13,8 @@ from picie_lib import pipeline, runs
 from picie_lib.cli import main
 from picie_lib.compare import COLUMNS
 
+pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+
 NOTEBOOKS = sorted(pipeline.NOTEBOOK_DIR.glob("*.ipynb"))
 PARAMETERS = ("preset", "params", "out_dir", "seed", "interactive")
 

@@ -4,11 +4,14 @@ that ``pretrained: PATH`` loads, reused when its parameters match."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from picie_lib.data.synthetic import TEXTURES
 from picie_lib.model import PanopticFPN
 from picie_lib.pretext import PRETEXT_TEXTURES, pretext_scene, pretrain_backbone
+
+pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
 
 
 def _key(kind, params):

@@ -19,6 +19,8 @@ from picie_lib.config import load_preset
 from picie_lib.runs import MANIFEST_NAME, clear_run, manifest_entries, new_run_dir, record_in_manifest
 from picie_lib.train import train
 
+pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+
 ONE_EPOCH = ["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1"]
 
 

@@ -24,6 +24,8 @@ from picie_lib.runs import read_jsonl
 from picie_lib.train import train
 from picie_lib.transforms import draw_view_params
 
+pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+
 
 def _cfg(**kw):
     return load_preset("smoke", **{"device": "cpu", **kw})  # "same seed, same numbers" is a CPU promise
