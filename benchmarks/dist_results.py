@@ -19,8 +19,10 @@ def main(out: Path) -> None:
     for line in (out / "exits.txt").read_text().splitlines():
         name, code, start, end = line.split()
         exits[name] = (int(code), float(start), float(end))
-    print("| run | exit train / evaluate | cluster s | label s | train s | train command s | evaluation s |"
-          " exit after scores s | All Acc | All mIoU |")
+    print(
+        "| run | exit train / evaluate | cluster s | label s | train s | train command s | evaluation s |"
+        " exit after scores s | All Acc | All mIoU |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, title in RUNS.items():
         run = out / name

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from picie_lib.compare import COLUMNS, HEADERS
+from picie_lib.claims import COLUMNS, HEADERS
 from picie_lib.config import RUNTIME_KEYS, differences, load_preset, parse_override
 from picie_lib.distributed import resolve_device
 from picie_lib.evaluate import evaluate_model, evaluate_rgb, evaluate_run, read_metrics, write_evaluation

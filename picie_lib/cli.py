@@ -22,7 +22,7 @@ from pathlib import Path
 
 from picie_lib import distributed
 from picie_lib.config import LOSSES, load_config, load_preset, parse_overrides
-from picie_lib.runs import holds_a_run
+from picie_lib.run_folder import holds_a_run
 
 
 def _config(args: argparse.Namespace, **extra):
@@ -106,38 +106,35 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.root}: {len(report['problems'])} problem(s), listed above")
 
 
+def _preset_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+    """The options of the commands that start a run: preset, parameters, output folder."""
+    p.add_argument("--preset", default="demo", help="smoke, demo, paper, or the path of a .yaml parameter file")
+    p.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override one parameter (repeatable)"
+    )
+    p.add_argument(
+        "--out",
+        required=out_required,
+        help="output folder of the run" + ("" if out_required else " (default outputs/<preset>-<time>)"),
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out: keep what it finished, resume the rest"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m picie_lib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def preset_args(p: argparse.ArgumentParser, out_required: bool = True) -> None:
-        p.add_argument("--preset", default="demo", help="smoke, demo, paper, or the path of a .yaml parameter file")
-        p.add_argument(
-            "-p",
-            "--param",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override one parameter (repeatable)",
-        )
-        p.add_argument(
-            "--out",
-            required=out_required,
-            help="output folder of the run" + ("" if out_required else " (default outputs/<preset>-<time>)"),
-        )
-        p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
-        p.add_argument(
-            "--resume", action="store_true", help="continue the run in --out: keep what it finished, resume the rest"
-        )
-
     p = sub.add_parser("run", help="execute the notebooks (papermill): every method, the comparison, report.md")
-    preset_args(p, out_required=False)
+    _preset_args(p, out_required=False)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one method")
-    preset_args(p)
+    _preset_args(p)
     p.add_argument("--loss", choices=LOSSES, required=True)
     p.add_argument("--epochs", type=_positive, help="epochs of this run (default: the preset's for the loss)")
     p.set_defaults(func=cmd_train)
@@ -150,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="the three methods and the reference points, with Table 2")
-    preset_args(p)
+    _preset_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("prepare", help="check an on-disk data set (layout, labels, curated lists) and count it")

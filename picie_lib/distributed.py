@@ -14,6 +14,7 @@ identity, so the single-process code path is the same code.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import os
@@ -179,6 +180,17 @@ def barrier() -> None:
     """Wait for every process (e.g. until rank 0 has written what the others read next)."""
     if world() > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(enabled: bool = True):
+    """Rank 0 runs the block first (it downloads or trains what the block reads, once), then the other
+    processes; in one process, or with ``enabled`` false, the block just runs."""
+    if enabled and not is_main():
+        barrier()
+    yield
+    if enabled and is_main():
+        barrier()
 
 
 def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:

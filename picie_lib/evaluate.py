@@ -37,15 +37,8 @@ from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, ov
 from picie_lib.model import bn_mode, bn_state
 from picie_lib.picie import build_model, clustering_bn, derive_seed, labelling_bn, network_features, permutation
 from picie_lib.progress import progress
-from picie_lib.runs import (
-    atomic_torch_save,
-    atomic_write_text,
-    csv_text,
-    environment,
-    exclusive,
-    weights_digest,
-    write_json,
-)
+from picie_lib.run_folder import exclusive
+from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, weights_digest, write_json
 from picie_lib.transforms import to_network_input
 
 STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS, STREAM_PROBE = 11, 12, 13

@@ -70,12 +70,42 @@ class ClassIndex:
         return None
 
 
-def browse(
-    dataset,
-    predictors: dict[str, Predictor],
-    per_class: dict[str, Sequence[dict]] | None = None,
-    batch_size: int = 1,
-):
+class BatchPredictions:
+    """Every predictor's classes for image ``i`` of ``dataset`` (``predictions(i)``; None for a bad file),
+    predicted within its evaluation batch of ``batch_size`` (BatchNorm uses batch statistics) and kept."""
+
+    def __init__(self, dataset, predictors: dict[str, Predictor], batch_size: int) -> None:
+        self.dataset, self.predictors, self.batch_size = dataset, predictors, batch_size
+        self.cache: dict[int, dict] = {}
+
+    def __call__(self, i: int) -> dict | None:
+        start = i - i % self.batch_size
+        if start not in self.cache:
+            items = [self.dataset[j] for j in range(start, min(start + self.batch_size, len(self.dataset)))]
+            usable = {item[0]: item for item in items if not isinstance(item, SkippedItem)}
+            self.cache[start] = {}
+            if usable:
+                images = torch.stack([item[1] for item in usable.values()])
+                size = tuple(next(iter(usable.values()))[2].shape)
+                preds = {m: p(images, size) for m, p in self.predictors.items()}
+                self.cache[start] = {j: {m: preds[m][k].numpy() for m in preds} for k, j in enumerate(usable)}
+        return self.cache[start].get(i)
+
+
+def panel_title(method: str, pred: np.ndarray, label: np.ndarray, cls: int, per_class: dict | None) -> str:
+    """A method's panel title: its share of right pixels on this image, or, with class ``cls`` picked
+    (``cls >= 0``), its IoU for the class here and on the whole data set (``per_class``)."""
+    if cls < 0:
+        labelled = label >= 0
+        return f"{method}\n{100 * (pred[labelled] == label[labelled]).mean():.0f}% of pixels right here"
+    here = image_iou(pred, label, cls)
+    text = f"{method}\nIoU here " + ("-" if here is None else f"{here:.0f}")
+    if per_class and method in per_class:
+        text += f", data set {per_class[method][cls]['iou_all']:.0f}"
+    return text
+
+
+def browse(dataset, predictors: dict[str, Predictor], per_class: dict[str, Sequence[dict]] | None = None, batch_size=1):
     """A slider over the images of an eval-mode ``dataset`` and a class picker: the image, its label
     and every predictor's classes as overlays, with the classes' key; with a class picked, where each
     method finds, misses or invents it (``FAILURE_KEY``), its IoU on this image beside its IoU on the
@@ -90,34 +120,9 @@ def browse(
     cls = widgets.Dropdown(options=[("(all classes)", -1)] + [(n, c) for c, n in enumerate(names)], description="class")
     previous = widgets.Button(description="◀ previous with it", disabled=True)
     following = widgets.Button(description="next with it ▶", disabled=True)
-    status = widgets.Label()
-    out = widgets.Output()
-    cache: dict[int, dict] = {}
+    status, out = widgets.Label(), widgets.Output()
+    predictions = BatchPredictions(dataset, predictors, batch_size)
     holding = ClassIndex(dataset)
-
-    def predictions(i: int) -> dict | None:
-        start = i - i % batch_size
-        if start not in cache:
-            items = [dataset[j] for j in range(start, min(start + batch_size, len(dataset)))]
-            usable = {item[0]: item for item in items if not isinstance(item, SkippedItem)}
-            if usable:
-                images = torch.stack([item[1] for item in usable.values()])
-                size = tuple(next(iter(usable.values()))[2].shape)
-                preds = {m: p(images, size) for m, p in predictors.items()}
-                cache[start] = {j: {m: preds[m][k].numpy() for m in preds} for k, j in enumerate(usable)}
-            else:
-                cache[start] = {}
-        return cache[start].get(i)
-
-    def title(method: str, pred: np.ndarray, label: np.ndarray) -> str:
-        if cls.value < 0:
-            labelled = label >= 0
-            return f"{method}\n{100 * (pred[labelled] == label[labelled]).mean():.0f}% of pixels right here"
-        here = image_iou(pred, label, cls.value)
-        text = f"{method}\nIoU here " + ("-" if here is None else f"{here:.0f}")
-        if per_class and method in per_class:
-            text += f", data set {per_class[method][cls.value]['iou_all']:.0f}"
-        return text
 
     def draw(*_):
         item = dataset[index.value]
@@ -132,7 +137,7 @@ def browse(
             row, titles = [rgb, overlay(rgb, label, len(names))], ["image", "ground truth"]
             for m, pred in preds.items():
                 row.append(overlay(rgb, pred, len(names)) if cls.value < 0 else failure_map(pred, label, cls.value))
-                titles.append(title(m, pred, label))
+                titles.append(panel_title(m, pred, label, cls.value, per_class))
             fig = image_grid([row], titles)
             if cls.value < 0:
                 add_class_key(fig, [label, *preds.values()], names, dataset.thing_classes)

@@ -73,8 +73,9 @@ class PanopticFPN(nn.Module):
 
     ``pretrained`` chooses the backbone weights: ``None`` (random, torchvision's init),
     ``"imagenet"`` (torchvision's supervised ImageNet weights, fetched by its weights API, as
-    PiCIE's ``--pretrain``), ``"pretext"`` (the built-in pretext backbone, ``picie_lib.pretext``,
-    trained once and cached) or the path of a ResNet-18 state dict saved with ``torch.save``.
+    PiCIE's ``--pretrain``), the path of the built-in pretext backbone (``pretext.resolve_pretrained``
+    turns the name ``"pretext"`` into it, training it once) or the path of a ResNet-18 state dict saved
+    with ``torch.save``.
     """
 
     def __init__(self, pretrained: str | Path | None = None) -> None:
@@ -102,10 +103,11 @@ def load_backbone_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if str(source) == "imagenet":
         state = imagenet_state_dict()
     else:
-        if str(source) == "pretext":
-            from picie_lib.pretext import pretext_backbone  # trains it once (the module imports this one)
-
-            source = pretext_backbone()
+        if str(source) == "pretext":  # a name, which the model cannot train itself
+            raise ValueError(
+                "pretrained='pretext' names the built-in pretext backbone's file: pass "
+                "picie_lib.pretext.resolve_pretrained('pretext') (build_model does)"
+            )
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(

@@ -39,6 +39,7 @@ from picie_lib.data import SceneDataset
 from picie_lib.loader import Batches, require_usable
 from picie_lib.losses import centroid_logits, class_weights, cross_entropy, focal_loss, ib_focal_loss
 from picie_lib.model import PanopticFPN, bf16_autocast, bn_mode, bn_state
+from picie_lib.pretext import resolve_pretrained
 from picie_lib.progress import progress
 from picie_lib.runs import Timer
 from picie_lib.transforms import augment, crop_flip, draw_view_params
@@ -61,11 +62,8 @@ def permutation(n: int, seed: int) -> list[int]:
 # ---- the network and the views' features -------------------------------------------------------------
 def build_model(cfg: Config, device: torch.device) -> PanopticFPN:
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
-    if distributed.world() > 1 and cfg.pretrained and not distributed.is_main():
-        distributed.barrier()  # rank 0 first trains or downloads the backbone, once; the others read it
-    model = PanopticFPN(pretrained=cfg.pretrained).to(device)
-    if distributed.world() > 1 and cfg.pretrained and distributed.is_main():
-        distributed.barrier()
+    with distributed.main_first(enabled=bool(cfg.pretrained)):  # rank 0 trains or downloads the backbone once
+        model = PanopticFPN(pretrained=resolve_pretrained(cfg.pretrained)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -310,9 +308,8 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
         n = len(idx)
         seen += n
         sums += torch.stack([loss.detach(), *(terms[k].detach() for k in TERMS)]).double() * n
-    if distributed.world() > 1:
-        distributed.all_reduce_(sums)
-        distributed.all_reduce_(seen)
+    distributed.all_reduce_(sums)  # over the processes under torchrun
+    distributed.all_reduce_(seen)
     return dict(zip(("loss", *TERMS), (sums / seen).tolist(), strict=True))
 
 

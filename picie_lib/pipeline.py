@@ -23,19 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config, load_preset, save_config
+from picie_lib.compare import resumable
+from picie_lib.config import LOSSES, Config, load_preset, save_config
+from picie_lib.notebook import NOTEBOOK_DIR, absolute_paths
 from picie_lib.progress import progress
-from picie_lib.runs import (
-    atomic_write_text,
-    exclusive,
-    new_run_dir,
-    record_in_manifest,
-    record_session,
-    record_written,
-    write_json,
-)
+from picie_lib.report import report_markdown, update_runtimes
+from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest, record_written
+from picie_lib.runs import atomic_write_text, record_session, write_json
+from picie_lib.train import check_before_writing
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 SHARED = ("00_setup", "01_data", "02_views", "03_clustering", "04_losses")
 PER_RUN = ("05_train", "06_evaluate")
 COMPARE = "07_compare"
@@ -43,17 +39,6 @@ COMPARE = "07_compare"
 
 class NotebookFailed(RuntimeError):
     """A notebook raised: names the notebook, the cell and where the executed copy is."""
-
-
-def absolute_paths(cfg: Config, base: Path) -> dict:
-    """The file parameters of ``cfg`` that are relative paths, made absolute against ``base``."""
-    paths = {}
-    for key in ("data_root", "class_table", "pretrained"):
-        value = getattr(cfg, key)
-        named = key == "pretrained" and value in ("imagenet", "pretext")
-        if value is not None and not named and not Path(value).is_absolute():
-            paths[key] = str((base / value).resolve())
-    return paths
 
 
 def plan(cfg: Config, out_dir: Path) -> list[tuple[str, str, dict]]:
@@ -147,7 +132,7 @@ def stop_kernels(wait: float = 5.0) -> list[int]:
     """End this process's notebook kernels now (``run`` on Ctrl-C or SIGTERM), before papermill's own
     clean-up asks a busy kernel to shut down and it prints a traceback on its closed sockets. The kernel
     gets SIGTERM, then SIGKILL after ``wait`` seconds; what a killed training was writing is a temporary
-    file that the next start removes (``runs.remove_stale_temporaries``). Linux (reads /proc)."""
+    file that the next start removes (``run_folder.remove_stale_temporaries``). Linux (reads /proc)."""
     import logging
     import signal
 
@@ -253,19 +238,15 @@ def run(
     out_dir = Path(out_dir or default_out_dir(preset)).resolve()
     if resume and not (out_dir / "config.json").is_file():
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
-    from picie_lib.train import check_before_writing
-
     check_before_writing(cfg, LOSSES)  # what would stop a notebook's training stops the run first
     with exclusive(out_dir):
         return _run(cfg, preset, out_dir, overrides, overwrite, resume, as_shipped)
 
 
 def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bool, resume: bool, as_shipped: bool):
-    from picie_lib.compare import resumable
-
     if resume:
         resumable(out_dir, cfg)
-    else:  # with overwrite, what earlier runs wrote there goes, and nothing else (runs.clear_run)
+    else:  # with overwrite, what earlier runs wrote there goes, and nothing else (run_folder.clear_run)
         new_run_dir(out_dir, overwrite=overwrite)
     save_config(cfg, out_dir / "config.json")
     record_session(out_dir)
@@ -288,190 +269,3 @@ def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bo
     if as_shipped and not resume:  # a resumed run's seconds are not the whole run's
         update_runtimes(timings, wall)
     return out_dir
-
-
-RUNTIMES = NOTEBOOK_DIR / "runtimes.json"  # seconds per notebook on the demo preset, committed; `run` rewrites it
-RUNTIME_MARK = "*Runtime on the "
-
-
-def runtime_line(notebook: str, table: dict) -> str:
-    """The line under a notebook's title that says how long it took, from ``runtimes.json``."""
-    runs = {name: s for name, s in table["per_notebook"].items() if name.split("-")[0] == notebook}
-    if not runs:
-        return ""
-    if list(runs) == [notebook]:
-        took = f"{runs[notebook]:.0f} s"
-    else:  # once per method and seed: "05_train-ce-seed0"
-        took = ", ".join(f"{LOSS_NAMES.get(name.split('-')[1], name)} {s:.0f} s" for name, s in runs.items())
-    return (
-        f"{RUNTIME_MARK}`{table['preset']}` preset, {table['machine']}: {took} "
-        f"(`python -m picie_lib run`, {table['date']}; whole run {table['wall_seconds'] / 60:.1f} min).*"
-    )
-
-
-def update_runtimes(timings: dict[str, float], wall: float, folder: Path = NOTEBOOK_DIR) -> None:
-    """Rewrite ``runtimes.json`` in ``folder`` and the runtime line of every notebook's first cell there."""
-    import datetime
-
-    import nbformat
-    import torch
-
-    machine = f"{os.cpu_count()} CPU cores" + (
-        f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    )
-    table = {
-        "preset": "demo",
-        "machine": machine,
-        "date": datetime.date.today().isoformat(),
-        "wall_seconds": wall,
-        "per_notebook": timings,
-    }
-    write_json(folder / RUNTIMES.name, table)
-    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        title = nb.cells[0]
-        kept = [line for line in title.source.splitlines() if not line.startswith(RUNTIME_MARK)]
-        while kept and not kept[-1].strip():
-            kept.pop()
-        line = runtime_line(path.stem, table)
-        title.source = "\n".join([*kept, "", line] if line else kept)
-        atomic_write_text(path, nbformat.writes(nb) + "\n")
-
-
-CAPTIONS = {  # the figures the notebooks save under DIR/figures, in the report's order
-    "07_figure2": "Examples as the paper's Figure 2: image, ground truth, CE, Focal, IB-Focal (07_compare)",
-    "07_protocols": "Thing and Stuff by the three protocols, on the same predictions (07_compare)",
-    "07_gains_over_ce": "Per-class IoU gain over PiCIE (CE), things and stuff (07_compare)",
-    "01_class_frequency": "Pixel frequency per class (01_data)",
-    "01_samples": "Samples and their labels (01_data)",
-    "02_views": "PiCIE's two views (02_views)",
-    "02_equivariant_features": "Equivariance: both views' feature maps, before and after training (02_views)",
-    "03_clusters": "Clusters of the reference points, named by the Hungarian matching (03_clustering)",
-    "03_confusion": "Confusion of the network before training (03_clustering)",
-    "04_losses": "CE, Focal and IB-Focal (04_losses)",
-    "04_temperature": "Why cosine logits blunt Focal (04_losses)",
-}
-RUN_FIGURES = {  # what 05_train and 06_evaluate save in each run's figures/
-    "loss_curves": "training curves (05_train)",
-    "per_class_iou": "IoU per class (06_evaluate)",
-    "oversegmentation": "effective clusters per class (06_evaluate)",
-    "confusion": "confusion heat map (06_evaluate)",
-    "examples": "examples (06_evaluate)",
-}
-
-
-def _figure_lines(out_dir: Path, figure: Path, caption: str) -> list[str]:
-    """A figure of the report: caption, image and, when its notebook saved one, what to look for."""
-    from picie_lib.plots import reading_path
-
-    lines = [f"**{caption}**", "", f"![{figure.stem}]({figure.as_posix()})", ""]
-    reading = out_dir / reading_path(figure)
-    if reading.is_file():
-        lines += [f"*What to look for.* {reading.read_text().strip()}", ""]
-    return lines
-
-
-def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, float]) -> str:
-    """The report: the comparison table and claims (07_compare's results.md), the figures, each with
-    what to look for in it, and the notebooks."""
-    results = (out_dir / "results.md").read_text()
-    lines = [
-        results.replace("# PiCIE with CE, Focal and IB-Focal: results", "# PiCIE with CE, Focal and IB-Focal: report"),
-        *_figure_lines(out_dir, Path("results.png"), "Table 2, ours beside the paper's"),
-        "## Figures",
-        "",
-    ]
-    saved = {p.stem: p for p in sorted((out_dir / "figures").glob("*.png"))}
-    names = [n for n in CAPTIONS if n in saved] + [n for n in saved if n not in CAPTIONS]
-    for name in names:
-        lines += _figure_lines(out_dir, Path("figures") / saved[name].name, CAPTIONS.get(name, name))
-    for stem, caption in RUN_FIGURES.items():
-        for loss in LOSSES:
-            figure = Path(f"{loss}-seed{cfg.seeds[0]}") / "figures" / f"{stem}.png"
-            if (out_dir / figure).is_file():
-                lines += _figure_lines(out_dir, figure, f"{METHOD_NAMES[loss]}, seed {cfg.seeds[0]}: {caption}")
-    lines += ["## Notebooks (executed)", "", "| Notebook | Seconds | HTML |", "|---|---|---|"]
-    lines += [f"| {n} | {s:.0f} | [html](notebooks/{n}.html) |" for n, s in timings.items()]
-    lines += [
-        "",
-        f"Wall time: {wall / 60:.1f} min. Parameters: `config.json` (dataset {cfg.dataset}, res {cfg.res}, "
-        f"seeds {cfg.seeds}); versions: `environment.json`; seconds per notebook: `timings.json`.",
-        "",
-    ]
-    if (out_dir / "claims.json").is_file():
-        from picie_lib.takeaways import conclusion
-
-        rows, claims = (json.loads((out_dir / f"{n}.json").read_text()) for n in ("results", "claims"))
-        lines += ["## Conclusion of this run", "", conclusion(rows, claims), ""]
-    return "\n".join(lines)
-
-
-# ---- what the notebooks call -------------------------------------------------------------------
-def notebook_config(preset: str, params: dict | None = None, **fixed) -> Config:
-    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own).
-    Relative paths (a preset's ``data_root: data/cocostuff``) are read from the repository's root,
-    where the commands run, not from notebooks/ where the kernel runs."""
-    cfg = load_preset(preset, **{**(params or {}), **{k: v for k, v in fixed.items() if v is not None}})
-    return cfg.replace(**absolute_paths(cfg, NOTEBOOK_DIR.parent))
-
-
-def setup_report(cfg: Config) -> list[dict]:
-    """What 00_setup shows: each need, what was found, whether this preset needs it (``status``: ok,
-    optional, missing) and what to do when it is missing."""
-    import platform
-
-    import torch
-
-    from picie_lib.clustering import faiss, faiss_gpu_count, resolve_backend
-    from picie_lib.distributed import resolve_device
-
-    cuda = torch.cuda.is_available()
-    gpu_needed = cfg.dataset != "synthetic" or cfg.device == "cuda"  # real data takes hours on a CPU
-    rows = [
-        {"item": "python", "found": platform.python_version(), "status": "ok", "todo": ""},
-        {"item": "torch", "found": torch.__version__, "status": "ok", "todo": ""},
-        {
-            "item": "GPU (CUDA)",
-            "found": torch.cuda.get_device_name(0) if cuda else "none",
-            "status": "ok" if cuda else ("missing" if gpu_needed else "optional"),
-            "todo": "" if cuda else "the smoke and demo presets run on a CPU; real data needs a GPU",
-        },
-        {
-            "item": "faiss",
-            "found": f"{faiss.__version__}, {faiss_gpu_count()} GPU(s)" if faiss else "not installed",
-            "status": "ok" if faiss else "optional",
-            "todo": "" if faiss else "the torch k-means is used instead (pip install faiss-gpu)",
-        },
-    ]
-    try:
-        device = resolve_device(cfg.device)
-        found, status, todo = f"{device} / {resolve_backend(cfg.kmeans_backend, device)}", "ok", ""
-    except (RuntimeError, ImportError) as err:
-        found, status, todo = "unusable", "missing", str(err)
-    rows.append({"item": "device / k-means", "found": found, "status": status, "todo": todo})
-    if cfg.dataset == "synthetic":
-        rows.append(
-            {"item": "data set", "found": "synthetic (built in, generated from the seed)", "status": "ok", "todo": ""}
-        )
-    else:
-        root = Path(cfg.data_root or "")
-        kind = {"cocostuff27": "cocostuff", "cityscapes27": "cityscapes"}.get(cfg.dataset, cfg.dataset)
-        found = root.is_dir() and any(root.iterdir())
-        rows.append(
-            {
-                "item": f"data set {cfg.dataset}",
-                "found": f"{root}" if found else f"missing: {root}",
-                "status": "ok" if found else "missing",
-                "todo": "" if found else f"see docs/real-data.md; then python -m picie_lib prepare {kind} {root}",
-            }
-        )
-    return rows
-
-
-def setup_summary(rows: list[dict]) -> str:
-    """One line under 00_setup's table: what this preset still needs."""
-    missing = [r["item"] for r in rows if r["status"] == "missing"]
-    optional = [r["item"] for r in rows if r["status"] == "optional"]
-    if missing:
-        return f"missing for this preset: {', '.join(missing)} (see the 'todo' column)"
-    return "all set for this preset" + (f"; optional and absent: {', '.join(optional)}" if optional else "")

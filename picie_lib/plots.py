@@ -278,17 +278,10 @@ def loss_curves(log: Sequence[dict], title: str = ""):
     return fig
 
 
-def gains_over_baseline(
-    per_class: dict[str, Sequence[Sequence[dict]]],
-    names: dict[str, str],
-    baseline: str = "ce",
-    key: str = "iou_subset",
-):
-    """Per-class IoU gain of every method over the baseline, things and stuff apart. ``per_class``:
-    method -> one list of ``per_class.csv`` rows per seed, the seeds in the same order for every method;
-    bars are the mean paired gain, with one sample standard deviation where there are several seeds."""
+def paired_gains(per_class: dict[str, Sequence[Sequence[dict]]], names: dict[str, str], baseline: str, key: str):
+    """One row per method (but the baseline), seed and class: the class's ``key`` minus the baseline's of
+    the same seed (a pandas DataFrame: class, kind, method, gain)."""
     import pandas as pd
-    import seaborn as sns
 
     records = []
     for method, seeds in per_class.items():
@@ -305,7 +298,21 @@ def gains_over_baseline(
                 }
                 for r in rows
             ]
-    frame = pd.DataFrame(records)
+    return pd.DataFrame(records)
+
+
+def gains_over_baseline(
+    per_class: dict[str, Sequence[Sequence[dict]]],
+    names: dict[str, str],
+    baseline: str = "ce",
+    key: str = "iou_subset",
+):
+    """Per-class IoU gain of every method over the baseline, things and stuff apart. ``per_class``:
+    method -> one list of ``per_class.csv`` rows per seed, the seeds in the same order for every method;
+    bars are the mean paired gain, with one sample standard deviation where there are several seeds."""
+    import seaborn as sns
+
+    frame = paired_gains(per_class, names, baseline, key)
     widths = [max(1, int((frame.kind == kind).sum())) for kind in ("thing", "stuff")]  # one bar slot per class
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True, gridspec_kw={"width_ratios": widths})
     n_seeds = len(per_class[baseline])

@@ -136,3 +136,9 @@ def pretrain_backbone(
 def pretext_backbone() -> Path:
     """``pretrained: pretext``: the default pretext backbone, trained on first use into ``PRETEXT_CACHE``."""
     return pretrain_backbone(PRETEXT_CACHE)
+
+
+def resolve_pretrained(pretrained: str | Path | None) -> str | Path | None:
+    """``pretrained`` as the model reads it: the name ``"pretext"`` becomes the cached pretext backbone's
+    file (``pretext_backbone``, trained on first use); anything else is returned as it is."""
+    return pretext_backbone() if str(pretrained) == "pretext" else pretrained

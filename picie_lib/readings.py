@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from picie_lib.config import LOSS_NAMES, METHOD_NAMES, Config
+from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config
+from picie_lib.losses import cosine_logit_max_probability, reachable_l1_norms
 from picie_lib.metrics import boundary_errors
+from picie_lib.model import FEATURE_DIM
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -199,7 +201,6 @@ def examples(shown: dict) -> str:
 
 
 def results(rows: Sequence[dict]) -> str:
-    from picie_lib.config import LOSSES
 
     def mean(method: str, column: str) -> float:
         values = [r[column] for r in rows if r["loss"] == method and r.get(column) is not None]
@@ -246,8 +247,6 @@ def gains(per_class: dict[str, Sequence[Sequence[dict]]], baseline: str = "ce", 
 
 
 def loss_shapes(cfg: Config) -> str:
-    from picie_lib.losses import reachable_l1_norms
-    from picie_lib.model import FEATURE_DIM
 
     low, high = reachable_l1_norms(FEATURE_DIM)
     return (
@@ -260,7 +259,6 @@ def loss_shapes(cfg: Config) -> str:
 
 
 def temperature(cfg: Config) -> str:
-    from picie_lib.losses import cosine_logit_max_probability
 
     def reach(t: float) -> str:
         p = cosine_logit_max_probability(cfg.n_clusters, t, "orthogonal")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES
+from picie_lib.losses import cosine_logit_max_probability
 
 VERDICTS = {
     "yes": "holds",
@@ -99,7 +100,6 @@ def clustering(refs: Sequence[dict]) -> str:
 
 
 def losses(cfg) -> str:
-    from picie_lib.losses import cosine_logit_max_probability
 
     typical = cosine_logit_max_probability(cfg.n_clusters, cfg.temperature, "orthogonal")
     return bullets(

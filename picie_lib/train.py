@@ -30,18 +30,10 @@ from picie_lib.data.base import warn_skipped
 from picie_lib.distributed import resolve_device
 from picie_lib.model import load_backbone_state_dict
 from picie_lib.picie import Schedule, build_model, run_epoch, set_phase
+from picie_lib.pretext import resolve_pretrained
 from picie_lib.progress import progress
-from picie_lib.runs import (
-    append_jsonl,
-    atomic_torch_save,
-    atomic_write_text,
-    discard_run,
-    exclusive,
-    json_text,
-    new_run_dir,
-    record_session,
-    write_json,
-)
+from picie_lib.run_folder import discard_run, exclusive, new_run_dir
+from picie_lib.runs import append_jsonl, atomic_torch_save, atomic_write_text, json_text, record_session, write_json
 
 
 def _record_session(out_dir: Path, trains: bool) -> None:
@@ -66,7 +58,7 @@ def train(
     """Train one run into ``out_dir``: config.json, environment.json, log.jsonl (one line per
     epoch), checkpoint.pt (rewritten atomically at the end of every epoch) and summary.json.
     ``on_epoch(record)`` is called after every epoch's checkpoint (e.g. to draw live curves).
-    The folder is this job's alone while it runs (``runs.exclusive``); training that goes on removes
+    The folder is this job's alone while it runs (``run_folder.exclusive``); training that goes on removes
     the scores of earlier weights (``invalidate_evaluation``)."""
     cfg.check_runnable()  # a bad device, data set or backbone stops here, before --out exists or is cleared
     device = resolve_device(cfg.device)
@@ -112,7 +104,7 @@ def check_backbone(cfg: Config) -> None:
     ImageNet weights downloadable or cached): checked before a job clears or writes its folder. Rank 0
     alone, which trains the pretext backbone once if it is not cached yet."""
     if cfg.pretrained is not None and distributed.is_main():
-        load_backbone_state_dict(cfg.pretrained)
+        load_backbone_state_dict(resolve_pretrained(cfg.pretrained))
 
 
 def check_data(cfg: Config, dataset) -> None:

@@ -5,7 +5,8 @@ from dataclasses import fields
 
 import pytest
 
-from picie_lib.config import Config, Rule, from_dict, load_preset, parse_override, parse_overrides, read_yaml
+from picie_lib.config import Config, from_dict, load_preset, parse_override, parse_overrides, read_yaml
+from picie_lib.rules import Rule
 
 
 def test_defaults_are_the_papers_setting():

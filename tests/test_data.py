@@ -8,7 +8,7 @@ import torch
 
 from picie_lib.config import Config
 from picie_lib.data import SyntheticScenes, build_dataset
-from picie_lib.data.cocostuff import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
+from picie_lib.data.cocostuff_classes import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
 from picie_lib.data.synthetic import SHAPES, TEXTURES, _colours, generate_scene
 from picie_lib.transforms import draw_view_params
 

@@ -37,7 +37,8 @@ from picie_lib.data import build_dataset
 from picie_lib.evaluate import score_predictions
 from picie_lib.model import bn_state
 from picie_lib.picie import build_model, make_criterion, train_pass
-from picie_lib.runs import exclusive, weights_digest
+from picie_lib.run_folder import exclusive
+from picie_lib.runs import weights_digest
 from picie_lib.transforms import draw_view_params
 
 pytestmark = [
@@ -57,6 +58,25 @@ def _spawn(worker, tmp_path: Path, *args) -> list[dict]:
     """Run ``worker(rank, store, out, *args)`` in WORLD processes; their saved results, by rank."""
     mp.start_processes(worker, (str(tmp_path / "store"), str(tmp_path), *args), nprocs=WORLD, start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+# ---- rank 0 first ------------------------------------------------------------------------------------------
+def _main_first_worker(rank: int, store: str, out: str) -> None:
+    _join(rank, store)
+    with distributed.main_first():
+        entered = time.time()
+        time.sleep(1.0 if rank == 0 else 0.0)  # rank 0 "downloads" for a second
+        left = time.time()
+    with distributed.main_first(enabled=False):  # no wait: both enter at once
+        unordered = time.time()
+    torch.save({"entered": entered, "left": left, "unordered": unordered}, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_main_first_lets_rank_0_finish_the_block_before_the_others_enter(tmp_path):
+    first, second = _spawn(_main_first_worker, tmp_path)
+    assert second["entered"] >= first["left"]  # rank 1 waited for rank 0's whole block
+    assert second["unordered"] < first["unordered"] + 0.5  # disabled: nobody waits for a block
 
 
 # ---- the k-means -----------------------------------------------------------------------------------------

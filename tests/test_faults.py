@@ -25,7 +25,7 @@ import torch
 from commands import ENV, command, picie
 from layouts import write_cocostuff
 
-from picie_lib import runs
+from picie_lib import run_folder, runs
 from picie_lib.checkpoints import load_checkpoint
 from picie_lib.cli import main
 from picie_lib.config import load_config
@@ -236,13 +236,13 @@ def test_a_killed_jobs_temporary_files_are_removed_at_the_next_start(tmp_path):
         path.write_bytes(b"half a file")
     keep = folder / "checkpoint.pt"
     keep.write_bytes(b"whole")
-    with runs.exclusive(folder):
+    with run_folder.exclusive(folder):
         assert not any(p.exists() for p in stale) and keep.read_bytes() == b"whole"
     # a temporary file of a live job is never touched: the second job does not get the lock
-    with runs.exclusive(folder):
+    with run_folder.exclusive(folder):
         stale[0].write_bytes(b"being written")
-        with pytest.raises(runs.FolderInUse):
-            with runs.exclusive(folder):
+        with pytest.raises(run_folder.FolderInUse):
+            with run_folder.exclusive(folder):
                 pass
         assert stale[0].exists()
 

@@ -9,10 +9,10 @@ import scipy.stats
 import torch
 
 from picie_lib import explore, plots, readings
-from picie_lib.compare import CLAIMS, COLUMNS, GLOBAL_COLUMNS, PAPER_TABLE, paired_difference, paper_claims, verdict
+from picie_lib.claims import CLAIMS, COLUMNS, GLOBAL_COLUMNS, PAPER_TABLE, paired_difference, paper_claims, verdict
 from picie_lib.config import METHOD_NAMES
 from picie_lib.data import SyntheticScenes
-from picie_lib.data.cocostuff import COARSE_NAMES
+from picie_lib.data.cocostuff_classes import COARSE_NAMES
 from picie_lib.explore import browse, failure_map
 from picie_lib.losses import cosine_logit_max_probability
 from picie_lib.metrics import boundary_errors, class_pixel_counts

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from commands import picie
 
-from picie_lib import pipeline, runs
+from picie_lib import notebook, pipeline, report, runs
+from picie_lib.claims import COLUMNS
 from picie_lib.cli import main
-from picie_lib.compare import COLUMNS
+from picie_lib.config import load_preset
 
 pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
 
-NOTEBOOKS = sorted(pipeline.NOTEBOOK_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(notebook.NOTEBOOK_DIR.glob("*.ipynb"))
 PARAMETERS = ("preset", "params", "out_dir", "seed", "interactive")
 
 
@@ -42,18 +43,14 @@ def test_committed_notebooks_are_clean_and_parameterised(path):
 
 
 def test_every_parameter_the_run_passes_is_one_the_notebook_declares(tmp_path):
-    from picie_lib.config import load_preset
-
-    for notebook, name, extra in pipeline.plan(load_preset("smoke"), tmp_path):
-        nb = nbformat.read(pipeline.NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
+    for name_of_notebook, name, extra in pipeline.plan(load_preset("smoke"), tmp_path):
+        nb = nbformat.read(notebook.NOTEBOOK_DIR / f"{name_of_notebook}.ipynb", as_version=4)
         tagged = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         declared = set(re.findall(r"^(\w+) = ", tagged.source, flags=re.M))
         assert set(PARAMETERS) | set(extra) <= declared, f"{name}: {set(extra) - declared} not in its parameters cell"
 
 
 def test_plan_runs_training_and_evaluation_per_method_and_seed(tmp_path):
-    from picie_lib.config import load_preset
-
     steps = pipeline.plan(load_preset("smoke", seeds=[0, 3]), tmp_path)
     names = [name for _, name, _ in steps]
     assert names[:4] == [n for n in pipeline.SHARED if n != "02_views"] and names[-1] == "07_compare"
@@ -127,7 +124,7 @@ def smoke_run(tmp_path_factory):
 
 def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
     out, proc = smoke_run
-    steps = pipeline.plan(pipeline.load_preset("smoke"), out)
+    steps = pipeline.plan(load_preset("smoke"), out)
     for _, name, _ in steps:
         executed = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
         assert executed.metadata["papermill"]["parameters"]["out_dir"] == str(out)
@@ -197,12 +194,12 @@ def test_notebook_kernels_run_quiet_over_ipc(tmp_path, capfd):
 
 
 def test_every_notebook_states_its_runtime_from_the_committed_table(tmp_path):
-    table = json.loads(pipeline.RUNTIMES.read_text())
+    table = json.loads(report.RUNTIMES.read_text())
     assert table["preset"] == "demo" and set(table["per_notebook"]) == {
-        name for _, name, _ in pipeline.plan(pipeline.load_preset("demo"), tmp_path)
+        name for _, name, _ in pipeline.plan(load_preset("demo"), tmp_path)
     }
     for path in NOTEBOOKS:
-        line = pipeline.runtime_line(path.stem, table)
+        line = report.runtime_line(path.stem, table)
         assert line and line in nbformat.read(path, as_version=4).cells[0].source, path.name
     # run rewrites the table and the lines (a copy here): one line per notebook, however often it runs
     folder = tmp_path / "nb"
@@ -211,9 +208,9 @@ def test_every_notebook_states_its_runtime_from_the_committed_table(tmp_path):
         (folder / path.name).write_text(path.read_text())
     timings = {name: 1.0 + i for i, name in enumerate(table["per_notebook"])}
     for _ in range(2):
-        pipeline.update_runtimes(timings, 600.0, folder)
+        report.update_runtimes(timings, 600.0, folder)
     title = nbformat.read(folder / "05_train.ipynb", as_version=4).cells[0].source
-    assert title.count(pipeline.RUNTIME_MARK) == 1 and "CE 5 s, Focal 8 s, IB-Focal 10 s" in title
+    assert title.count(report.RUNTIME_MARK) == 1 and "CE 5 s, Focal 8 s, IB-Focal 10 s" in title
     assert "whole run 10.0 min" in title
     assert json.loads((folder / "runtimes.json").read_text())["per_notebook"] == timings
 
@@ -233,14 +230,12 @@ def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
 
 
 def test_setup_asks_for_a_gpu_only_where_the_preset_needs_one():
-    from picie_lib.config import load_preset
-
-    rows = pipeline.setup_report(load_preset("smoke"))
+    rows = notebook.setup_report(load_preset("smoke"))
     gpu = next(r for r in rows if r["item"] == "GPU (CUDA)")
     if gpu["found"] == "none":
-        assert gpu["status"] == "optional" and pipeline.setup_summary(rows).startswith("all set for this preset")
-        paper = pipeline.setup_report(load_preset("paper", data_root="/nonexistent"))
-        summary = pipeline.setup_summary(paper)
+        assert gpu["status"] == "optional" and notebook.setup_summary(rows).startswith("all set for this preset")
+        paper = notebook.setup_report(load_preset("paper", data_root="/nonexistent"))
+        summary = notebook.setup_summary(paper)
         assert summary.startswith("missing for this preset: GPU (CUDA), data set cocostuff27")
     else:
         assert gpu["status"] == "ok"
@@ -369,12 +364,12 @@ def test_run_overwrite_removes_what_an_earlier_run_wrote(tmp_path, monkeypatch):
 
 
 def test_relative_paths_are_read_from_the_repository_root_in_the_notebooks(tmp_path):
-    cfg = pipeline.notebook_config("paper", {"class_table": "t.yaml", "pretrained": "w/r18.pth"})
-    root = pipeline.NOTEBOOK_DIR.parent
+    cfg = notebook.notebook_config("paper", {"class_table": "t.yaml", "pretrained": "w/r18.pth"})
+    root = notebook.NOTEBOOK_DIR.parent
     assert (cfg.data_root, cfg.class_table, cfg.pretrained) == (
         str(root / "data" / "cocostuff"),
         str(root / "t.yaml"),
         str(root / "w" / "r18.pth"),
     )
-    assert pipeline.notebook_config("paper").pretrained == "imagenet"  # a name, not a path
-    assert pipeline.absolute_paths(cfg, tmp_path) == {}  # already absolute
+    assert notebook.notebook_config("paper").pretrained == "imagenet"  # a name, not a path
+    assert notebook.absolute_paths(cfg, tmp_path) == {}  # already absolute

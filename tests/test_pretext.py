@@ -66,7 +66,7 @@ def test_the_pretext_command_writes_a_backbone_that_a_run_loads(tmp_path):
 
 def test_pretrained_pretext_names_the_cached_backbone_and_trains_it_only_when_missing(tmp_path, monkeypatch):
     import picie_lib.pretext as pretext
-    from picie_lib.pipeline import absolute_paths
+    from picie_lib.notebook import absolute_paths
 
     cache = tmp_path / "pretext" / "backbone.pt"
     monkeypatch.setattr(pretext, "PRETEXT_CACHE", cache)
@@ -77,8 +77,11 @@ def test_pretrained_pretext_names_the_cached_backbone_and_trains_it_only_when_mi
     }
     cache.parent.mkdir()
     torch.save(state, cache)
-    loaded = PanopticFPN(pretrained="pretext").backbone.state_dict()
+    loaded = PanopticFPN(pretrained=pretext.resolve_pretrained("pretext")).backbone.state_dict()
     assert trained == [cache] and all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert pretext.resolve_pretrained("imagenet") == "imagenet" and pretext.resolve_pretrained(None) is None
+    with pytest.raises(ValueError, match="resolve_pretrained"):  # the model never trains a backbone itself
+        PanopticFPN(pretrained="pretext")
     # a named backbone, not a relative path to resolve against the notebooks' folder
     from picie_lib.config import load_preset
 

@@ -15,7 +15,7 @@ from torchvision.transforms import InterpolationMode
 from picie_lib.cli import main
 from picie_lib.config import Config, load_preset
 from picie_lib.data import BadFile, Cityscapes27, CocoStuff27, FolderDataset, build_dataset
-from picie_lib.data.cocostuff import COARSE_NAMES, FINE_NAMES, FINE_TO_COARSE, STUFF_CLASSES, THING_CLASSES
+from picie_lib.data.cocostuff_classes import COARSE_NAMES, FINE_NAMES, FINE_TO_COARSE, STUFF_CLASSES, THING_CLASSES
 from picie_lib.data.images import read_image, square_base
 from picie_lib.transforms import draw_view_params
 

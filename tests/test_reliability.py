@@ -324,9 +324,9 @@ def test_resuming_with_another_torch_version_says_so(tmp_path):
 # ---- one writer per output folder ---------------------------------------------------------------------
 @contextmanager
 def _held(folder: Path, command_line: str):
-    """Another process holding ``folder`` (``runs.exclusive``) until the block ends."""
+    """Another process holding ``folder`` (``run_folder.exclusive``) until the block ends."""
     code = (
-        "import time\nfrom picie_lib.runs import exclusive\n"
+        "import time\nfrom picie_lib.run_folder import exclusive\n"
         f"with exclusive({str(folder)!r}, {command_line!r}):\n    print('held', flush=True)\n    time.sleep(120)"
     )
     holder = subprocess.Popen([*command()[:1], "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)

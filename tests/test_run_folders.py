@@ -12,11 +12,11 @@ import pytest
 import torch
 from commands import picie
 
-from picie_lib import runs
+from picie_lib import run_folder, runs
 from picie_lib.checkpoints import load_checkpoint
 from picie_lib.cli import main
 from picie_lib.config import load_preset
-from picie_lib.runs import MANIFEST_NAME, clear_run, manifest_entries, new_run_dir, record_in_manifest
+from picie_lib.run_folder import MANIFEST_NAME, clear_run, manifest_entries, new_run_dir, record_in_manifest
 from picie_lib.train import train
 
 pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
@@ -35,7 +35,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     which names its latest holder, aside."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if path.name == runs.LOCK_NAME:
+        if path.name == run_folder.LOCK_NAME:
             continue
         if path.is_symlink():
             out[str(path.relative_to(folder))] = os.readlink(path).encode()

@@ -90,6 +90,28 @@ def prepare_cocostuff(root: str | Path, verify: bool = False, curated: bool = Tr
     return report.finish("cocostuff27")
 
 
+def _read_curated_list(
+    report: Report, path: Path, folder: str, images: set[str], image_dir: Path
+) -> tuple[list[str] | None, str]:
+    """``(ids, what they are)`` of the curated list at ``path``, or ``(None, "")`` when it is absent or
+    unreadable (a problem reported); curated images missing from ``image_dir`` are reported."""
+    if not path.is_file():
+        return None, ""
+    try:
+        ids = cocostuff.read_curated(path)
+    except ValueError as err:
+        report.problem(str(err))
+        return None, ""
+    official = cocostuff.OFFICIAL_CURATED_COUNTS[folder]
+    absent = [i for i in ids if i not in images]
+    if images and absent:
+        report.problem(
+            f"{image_dir / (absent[0] + '.jpg')}: missing ({len(absent):,} of the {len(ids):,} curated "
+            f"images); {cocostuff.image_source(folder)}"
+        )
+    return ids, "the official count" if len(ids) == official else f"not the official {official:,}"
+
+
 def _prepare_coco_split(report: Report, root: Path, split: str, folder: str, verify: bool) -> None:
     image_dir, label_dir = cocostuff.image_dir(root, folder), cocostuff.label_dir(root, folder)
     images = cocostuff.stems(image_dir, ".jpg")
@@ -101,21 +123,7 @@ def _prepare_coco_split(report: Report, root: Path, split: str, folder: str, ver
         report.problem(f"{label_dir}: no .png label maps; {cocostuff.label_source(folder)}")
 
     path = cocostuff.curated_path(root, folder)
-    ids, source = None, ""
-    if path.is_file():
-        try:
-            ids = cocostuff.read_curated(path)
-        except ValueError as err:
-            report.problem(str(err))
-        else:
-            official = cocostuff.OFFICIAL_CURATED_COUNTS[folder]
-            source = "the official count" if len(ids) == official else f"not the official {official:,}"
-            absent = [i for i in ids if i not in images]
-            if images and absent:
-                report.problem(
-                    f"{image_dir / (absent[0] + '.jpg')}: missing ({len(absent):,} of the {len(ids):,} curated "
-                    f"images); {cocostuff.image_source(folder)}"
-                )
+    ids, source = _read_curated_list(report, path, folder, images, image_dir)
 
     # Label maps of the images a run reads (all of them when the curated list is still to be built).
     needed = ids if ids is not None else sorted(images)

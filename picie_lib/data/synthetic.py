@@ -20,7 +20,7 @@ import torch
 from scipy.ndimage import zoom
 
 from picie_lib.data.base import IGNORE_INDEX, SceneDataset
-from picie_lib.data.cocostuff import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
+from picie_lib.data.cocostuff_classes import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
 
 REFERENCE_SIZE = 96  # texture periods below are in pixels of a 96-px image and scale with the size
 MAX_THING_FRACTION = 0.25

@@ -1,0 +1,89 @@
+"""What the notebooks call besides the library's modules: their parameters cell as a ``Config``
+(``notebook_config``) and 00_setup's table of what this machine has (``setup_report``)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from picie_lib.clustering import faiss, faiss_gpu_count, resolve_backend
+from picie_lib.config import Config, load_preset
+from picie_lib.distributed import resolve_device
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def absolute_paths(cfg: Config, base: Path) -> dict:
+    """The file parameters of ``cfg`` that are relative paths, made absolute against ``base``."""
+    paths = {}
+    for key in ("data_root", "class_table", "pretrained"):
+        value = getattr(cfg, key)
+        named = key == "pretrained" and value in ("imagenet", "pretext")
+        if value is not None and not named and not Path(value).is_absolute():
+            paths[key] = str((base / value).resolve())
+    return paths
+
+
+def notebook_config(preset: str, params: dict | None = None, **fixed) -> Config:
+    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own).
+    Relative paths (a preset's ``data_root: data/cocostuff``) are read from the repository's root,
+    where the commands run, not from notebooks/ where the kernel runs."""
+    cfg = load_preset(preset, **{**(params or {}), **{k: v for k, v in fixed.items() if v is not None}})
+    return cfg.replace(**absolute_paths(cfg, NOTEBOOK_DIR.parent))
+
+
+def setup_report(cfg: Config) -> list[dict]:
+    """What 00_setup shows: each need, what was found, whether this preset needs it (``status``: ok,
+    optional, missing) and what to do when it is missing."""
+    cuda = torch.cuda.is_available()
+    gpu_needed = cfg.dataset != "synthetic" or cfg.device == "cuda"  # real data takes hours on a CPU
+    rows = [
+        {"item": "python", "found": platform.python_version(), "status": "ok", "todo": ""},
+        {"item": "torch", "found": torch.__version__, "status": "ok", "todo": ""},
+        {
+            "item": "GPU (CUDA)",
+            "found": torch.cuda.get_device_name(0) if cuda else "none",
+            "status": "ok" if cuda else ("missing" if gpu_needed else "optional"),
+            "todo": "" if cuda else "the smoke and demo presets run on a CPU; real data needs a GPU",
+        },
+        {
+            "item": "faiss",
+            "found": f"{faiss.__version__}, {faiss_gpu_count()} GPU(s)" if faiss else "not installed",
+            "status": "ok" if faiss else "optional",
+            "todo": "" if faiss else "the torch k-means is used instead (pip install faiss-gpu)",
+        },
+    ]
+    try:
+        device = resolve_device(cfg.device)
+        found, status, todo = f"{device} / {resolve_backend(cfg.kmeans_backend, device)}", "ok", ""
+    except (RuntimeError, ImportError) as err:
+        found, status, todo = "unusable", "missing", str(err)
+    rows.append({"item": "device / k-means", "found": found, "status": status, "todo": todo})
+    if cfg.dataset == "synthetic":
+        rows.append(
+            {"item": "data set", "found": "synthetic (built in, generated from the seed)", "status": "ok", "todo": ""}
+        )
+    else:
+        root = Path(cfg.data_root or "")
+        kind = {"cocostuff27": "cocostuff", "cityscapes27": "cityscapes"}.get(cfg.dataset, cfg.dataset)
+        found = root.is_dir() and any(root.iterdir())
+        rows.append(
+            {
+                "item": f"data set {cfg.dataset}",
+                "found": f"{root}" if found else f"missing: {root}",
+                "status": "ok" if found else "missing",
+                "todo": "" if found else f"see docs/real-data.md; then python -m picie_lib prepare {kind} {root}",
+            }
+        )
+    return rows
+
+
+def setup_summary(rows: list[dict]) -> str:
+    """One line under 00_setup's table: what this preset still needs."""
+    missing = [r["item"] for r in rows if r["status"] == "missing"]
+    optional = [r["item"] for r in rows if r["status"] == "optional"]
+    if missing:
+        return f"missing for this preset: {', '.join(missing)} (see the 'todo' column)"
+    return "all set for this preset" + (f"; optional and absent: {', '.join(optional)}" if optional else "")
