@@ -201,7 +201,6 @@ def examples(shown: dict) -> str:
 
 
 def results(rows: Sequence[dict]) -> str:
-
     def mean(method: str, column: str) -> float:
         values = [r[column] for r in rows if r["loss"] == method and r.get(column) is not None]
         return float(np.mean(values)) if values else np.nan
@@ -247,7 +246,6 @@ def gains(per_class: dict[str, Sequence[Sequence[dict]]], baseline: str = "ce", 
 
 
 def loss_shapes(cfg: Config) -> str:
-
     low, high = reachable_l1_norms(FEATURE_DIM)
     return (
         f"Focal weighs a pixel with p_t = 0.9 at (1 - 0.9)^{cfg.gamma:g} = {0.1**cfg.gamma:.2g} of its CE, one "
@@ -259,7 +257,6 @@ def loss_shapes(cfg: Config) -> str:
 
 
 def temperature(cfg: Config) -> str:
-
     def reach(t: float) -> str:
         p = cosine_logit_max_probability(cfg.n_clusters, t, "orthogonal")
         return f"p_t = {p:.2f} (Focal factor {(1 - p) ** cfg.gamma:.2f})"

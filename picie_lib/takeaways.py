@@ -100,7 +100,6 @@ def clustering(refs: Sequence[dict]) -> str:
 
 
 def losses(cfg) -> str:
-
     typical = cosine_logit_max_probability(cfg.n_clusters, cfg.temperature, "orthogonal")
     return bullets(
         [

@@ -7,7 +7,8 @@ from commands import picie
 
 from picie_lib.cli import main
 
-pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+pytestmark = pytest.mark.slow
 
 KEYS = {"loss", "seed", "acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff"}
 

@@ -24,10 +24,11 @@ from picie_lib.transforms import augment, draw_view_params
 
 # The first run trains the pretext backbone: 90 s on a CPU with bfloat16 instructions, about 12 min in float32
 # (a 1.4 s step) on one without (AVX2); the reduced training then takes minutes more.
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 pytestmark = [
     pytest.mark.timeout(3600),
     pytest.mark.slow,
-]  # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+]
 MEAN_GAIN_THREE_SEEDS = 57.23 - 48.54  # All Acc, PiCIE (CE) minus the floor, demo preset, seeds 0-2
 REDUCED = {"epochs_ce": 3, "seed": 1}  # half the six CE epochs; measured here: floor 44.82, trained 53.44
 # Same-pixel minus mirrored-pixel cosine of the two views (02_views' check), 16 training images, view seed 0.

@@ -41,10 +41,11 @@ from picie_lib.run_folder import exclusive
 from picie_lib.runs import weights_digest
 from picie_lib.transforms import draw_view_params
 
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
     pytest.mark.slow,
-]  # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+]
 WORLD = 2
 
 

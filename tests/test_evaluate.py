@@ -15,7 +15,8 @@ from picie_lib.evaluate import (
 )
 from picie_lib.picie import build_model
 
-pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,11 @@ from picie_lib.data.cocostuff import CocoStuff27
 from picie_lib.data.prepare import prepare_cocostuff
 from picie_lib.pipeline import kernels_of
 
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
     pytest.mark.slow,
-]  # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+]
 SMOKE = ["--preset", "smoke", "-p", "n_train=48"]  # epochs of a few seconds, to stop one midway
 ONE_EPOCH = ["--preset", "smoke", "-p", "epochs_ce=1"]
 

@@ -14,7 +14,8 @@ from picie_lib.claims import COLUMNS
 from picie_lib.cli import main
 from picie_lib.config import load_preset
 
-pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+pytestmark = pytest.mark.slow
 
 NOTEBOOKS = sorted(notebook.NOTEBOOK_DIR.glob("*.ipynb"))
 PARAMETERS = ("preset", "params", "out_dir", "seed", "interactive")

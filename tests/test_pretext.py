@@ -11,7 +11,8 @@ from picie_lib.data.synthetic import TEXTURES
 from picie_lib.model import PanopticFPN
 from picie_lib.pretext import PRETEXT_TEXTURES, pretext_scene, pretrain_backbone
 
-pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+pytestmark = pytest.mark.slow
 
 
 def _key(kind, params):

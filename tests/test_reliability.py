@@ -24,10 +24,11 @@ from picie_lib.evaluate import evaluate_run
 from picie_lib.runs import read_jsonl
 from picie_lib.train import train
 
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
     pytest.mark.slow,
-]  # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+]
 SMOKE = ["--preset", "smoke", "-p", "n_train=48"]  # epochs of a few seconds, to kill one midway
 
 

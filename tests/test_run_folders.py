@@ -19,7 +19,8 @@ from picie_lib.config import load_preset
 from picie_lib.run_folder import MANIFEST_NAME, clear_run, manifest_entries, new_run_dir, record_in_manifest
 from picie_lib.train import train
 
-pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+pytestmark = pytest.mark.slow
 
 ONE_EPOCH = ["train", "--preset", "smoke", "--loss", "ce", "--epochs", "1"]
 

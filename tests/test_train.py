@@ -24,7 +24,8 @@ from picie_lib.runs import read_jsonl
 from picie_lib.train import train
 from picie_lib.transforms import draw_view_params
 
-pytestmark = pytest.mark.slow  # starts processes or trains: not in the unit tier (pytest -m 'not slow')
+# slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
+pytestmark = pytest.mark.slow
 
 
 def _cfg(**kw):
