@@ -11,7 +11,8 @@ k-means (the floor) and PiCIE (CE) with the defaults are measured on the same se
 Finished runs are kept: a rerun into the same ``--out`` trains only what is missing (a run whose
 configuration changed is trained again). Writes ``results.{csv,json,md}`` (one row per variant: mean
 and sample standard deviation over the seeds of the six numbers, then each other data seed's numbers)
-and ``runs.csv`` (every run's numbers, the IB-Focal switch epoch, the largest training loss after it).
+and ``runs.csv`` (every run's numbers, the IB-Focal switch epoch, the largest training loss after it and how
+far its phase moved the weights: relative L2 from the switch's weights).
 """
 
 from __future__ import annotations
@@ -85,18 +86,22 @@ def summarise(name: str, runs: list[dict], seeds: list[int], data_seeds: list[in
             row[f"{c}_data{d}"] = other[0][c] if other else math.nan
     row["switch_epochs"] = sorted({r["switch_epoch"] for r in runs if r.get("switch_epoch")})
     row["largest_loss_after_switch"] = max((r["loss_after_switch"] or 0.0 for r in runs), default=0.0)
+    moved = [r["weights_moved_after_switch"] for r in main if r.get("weights_moved_after_switch") is not None]
+    row["weights_moved_after_switch"] = float(np.mean(moved)) if moved else math.nan  # relative L2, from switch.pt
     return row
 
 
 def markdown(rows: list[dict], seeds: list[int], data_seeds: list[int]) -> str:
     others = [f"All Acc / mIoU, data seed {d}" for d in data_seeds]
     lines = [
-        "| Variant | " + " | ".join([*HEADERS, *others]) + " |",
-        "|---" * (1 + len(HEADERS) + len(data_seeds)) + "|",
+        "| Variant | " + " | ".join([*HEADERS, *others, "weights moved after the switch"]) + " |",
+        "|---" * (2 + len(HEADERS) + len(data_seeds)) + "|",
     ]
     for r in rows:
         cells = [f"{r[f'{c}_mean']:.1f} ± {r[f'{c}_std']:.1f}" for c in COLUMNS]
         cells += [f"{r[f'acc_all_data{d}']:.1f} / {r[f'miou_all_data{d}']:.1f}" for d in data_seeds]
+        moved = r.get("weights_moved_after_switch", math.nan)
+        cells.append("-" if math.isnan(moved) else f"{100 * moved:.2g} %")
         lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (
         f"\n\nMean ± sample standard deviation over training seeds {seeds} (data seed 0); "
@@ -129,9 +134,11 @@ def main() -> None:
             log = [r for r in result["log"] if not r.get("discarded")]
             after = [r["loss"] for r in log if r["phase"] == "ib_focal"]
             switch = next((r["epoch"] for r in log if r["phase"] == "ib_focal"), None)
+            moved = [r["weights_moved_since_switch"] for r in log if "weights_moved_since_switch" in r]
             runs.append(
                 {"variant": name, "seed": seed, "data_seed": data_seed, **{c: result["scores"][c] for c in COLUMNS},
-                 "switch_epoch": switch, "loss_after_switch": max(after) if after else None}
+                 "switch_epoch": switch, "loss_after_switch": max(after) if after else None,
+                 "weights_moved_after_switch": moved[-1] if moved else None}
             )  # fmt: skip
     rows = [summarise(n, [r for r in runs if r["variant"] == n], args.seeds, args.data_seeds) for n in args.variants]
     text = markdown(rows, args.seeds, args.data_seeds)

@@ -3,7 +3,8 @@ about the weights it scored, and the evaluation files that training on makes sta
 
 ``checkpoint.pt`` (rewritten at the end of every epoch) holds ``CHECKPOINT_KEYS`` of the types
 ``CHECKPOINT_TYPES`` names, and the number of processes that wrote it; ``ce_min.pt`` the weights at the
-CE minimum (IB-Focal's ``switch: min_loss``). Both are read with ``weights_only=True``.
+CE minimum (IB-Focal's ``switch: min_loss``); ``switch.pt`` the weights IB-Focal's phase started from.
+All are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from picie_lib import distributed
-from picie_lib.config import RUNTIME_KEYS, Config, differences, from_dict
+from picie_lib.config import EVALUATION_KEYS, RUNTIME_KEYS, Config, differences, from_dict
 from picie_lib.runs import (
     first_line,
     load_tensors,
@@ -23,9 +24,9 @@ from picie_lib.runs import (
 CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
 
 # Parameters that do not change what training computes; a resumed run may differ in them.
-TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"eval_batch_size", "probe_epochs"}
+TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"eval_batch_size", "probe_epochs", *EVALUATION_KEYS}
 
-RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "summary.json")
+RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "switch.pt", "summary.json")
 
 # What an evaluation derives from the weights (``evaluate.write_evaluation``, 06_evaluate's figures): stale once
 # training goes on, so removed then.
@@ -62,6 +63,8 @@ def checkpoint_record(ckpt: dict) -> dict:
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "centroids", "schedule", "history")  # checkpoint.pt
 
 CE_MIN_KEYS = ("epoch", "model", "optimizer")  # ce_min.pt: the weights at the CE minimum
+
+SWITCH_KEYS = ("epoch", "model")  # switch.pt: the weights IB-Focal's phase started from
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:

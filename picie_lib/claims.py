@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from picie_lib.config import METHOD_NAMES
 from picie_lib.evaluate import read_metrics
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
@@ -57,11 +58,29 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     return float(diffs.mean()), se, n
 
 
-def verdict(difference: float, se: float, n: int, direction: int) -> str:
-    """ "yes" when the mean paired difference is at least two standard errors in the claimed direction,
-    "no" when it is two standard errors against, "within noise" otherwise; "one seed" with one seed."""
-    if n < 2 or math.isnan(difference):
-        return "one seed" if n == 1 else "no data"
+def evaluation_se(a_std: dict[int, float], b_std: dict[int, float]) -> float:
+    """The evaluation's standard error of the mean paired difference ``a - b``. Each run's score is one
+    draw of the evaluation's k-means, whose standard deviation on that run's fixed weights is ``std[seed]``
+    (``evaluate --eval-seeds``): a difference of two runs has variance ``std_a^2 + std_b^2``, the mean of n
+    such differences that sum over n^2. NaN where no run measured its evaluation's spread."""
+    pairs = [(a_std[s], b_std[s]) for s in sorted(set(a_std) & set(b_std))]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None and not (math.isnan(a) or math.isnan(b))]
+    if not pairs:
+        return math.nan
+    return math.sqrt(sum(a * a + b * b for a, b in pairs)) / len(pairs)
+
+
+def verdict(difference: float, se: float, n: int, direction: int, eval_se: float = math.nan) -> str:
+    """ "within evaluation noise" when the mean paired difference is under two of the evaluation's standard
+    errors (``evaluation_se``; the k-means alone could make it); else "yes" when it is at least two
+    standard errors over the seeds in the claimed direction, "no" when two against, "within noise"
+    otherwise; "one seed" with one seed. A claim holds only beyond both noises."""
+    if n == 0 or math.isnan(difference):
+        return "no data"
+    if not math.isnan(eval_se) and abs(difference) < 2 * eval_se:
+        return "within evaluation noise"
+    if n < 2:
+        return "one seed"
     signed = direction * difference
     if signed > 0 and signed >= 2 * se:
         return "yes"
@@ -72,7 +91,7 @@ def verdict(difference: float, se: float, n: int, direction: int) -> str:
 
 def combined_verdict(verdicts: list[str]) -> str:
     """A claim of several parts holds when all hold, fails when one fails."""
-    for word in ("no", "no data", "one seed"):
+    for word in ("no", "no data", "within evaluation noise", "one seed"):
         if word in verdicts:
             return word
     return "yes" if all(v == "yes" for v in verdicts) else "within noise"
@@ -87,38 +106,9 @@ def _oversegmentation_by_seed(out_dir: Path, rows: list[dict], kind: str, key: s
     return values
 
 
-def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
-    """Each claim of the paper, part by part: the paper's numbers against its own PiCIE row (PiCIE + H)
-    and against plain PiCIE where one is published, and ours: the mean paired difference from PiCIE
-    (CE) over the seeds, its standard error, the number of seeds and the verdict (``verdict``); the
-    claim's verdict (``holds``) combines its parts."""
-    header = dict(zip(COLUMNS, HEADERS, strict=True))
+def _oversegmentation_parts(rows: list[dict], out_dir: Path) -> list[dict]:
+    """The over-segmentation claim's parts: things - stuff in PiCIE's runs, per measure."""
     parts = []
-    for claim, checks in CLAIMS:
-        for method, column, direction in checks:
-            i = COLUMNS.index(column)
-            mine, ce = by_seed(rows, method, column), by_seed(rows, "ce", column)
-            difference, se, n = paired_difference(mine, ce)
-            plain, theirs, their_ce = PLAIN_PICIE[i], PAPER_TABLE[method][i], PAPER_TABLE["ce"][i]
-            parts.append(
-                {
-                    "claim": claim,
-                    "metric": header[column],
-                    "direction": "above" if direction > 0 else "below",
-                    "paper_method": theirs,
-                    "paper_picie_h": their_ce,
-                    "paper_plain_picie": plain,
-                    "paper_holds_vs_picie_h": "yes" if direction * (theirs - their_ce) > 0 else "no",
-                    "paper_holds_vs_plain_picie": "not published" if plain is None
-                    else ("yes" if direction * (theirs - plain) > 0 else "no"),
-                    "ours_method": float(np.mean(list(mine.values()))) if mine else math.nan,
-                    "ours_ce": float(np.mean(list(ce.values()))) if ce else math.nan,
-                    "difference": difference,
-                    "se": se,
-                    "n_seeds": n,
-                    "part_verdict": verdict(difference, se, n, direction),
-                }
-            )  # fmt: skip
     for kind_key, label in (
         ("effective_clusters", "effective clusters per class"),
         ("fragments_per_object", "pieces per object"),
@@ -135,10 +125,50 @@ def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
                 "paper_holds_vs_picie_h": "shown qualitatively (Figure 2)", "paper_holds_vs_plain_picie": "",
                 "ours_method": float(np.mean(list(thing.values()))) if thing else math.nan,
                 "ours_ce": float(np.mean(list(stuff.values()))) if stuff else math.nan,
-                "difference": difference, "se": se, "n_seeds": n,
+                "difference": difference, "se": se, "eval_se": math.nan, "n_seeds": n,
                 "part_verdict": verdict(difference, se, n, 1),
             }
         )  # fmt: skip
+    return parts
+
+
+def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
+    """Each claim of the paper, part by part: the paper's numbers against its own PiCIE row (PiCIE + H)
+    and against plain PiCIE where one is published, and ours: the mean paired difference from PiCIE
+    (CE) over the seeds, its standard error, the number of seeds and the verdict (``verdict``); the
+    claim's verdict (``holds``) combines its parts."""
+    header = dict(zip(COLUMNS, HEADERS, strict=True))
+    parts = []
+    for claim, checks in CLAIMS:
+        for method, column, direction in checks:
+            i = COLUMNS.index(column)
+            mine, ce = by_seed(rows, method, column), by_seed(rows, "ce", column)
+            difference, se, n = paired_difference(mine, ce)
+            eval_se = evaluation_se(
+                by_seed(rows, method, f"eval_std_{column}"), by_seed(rows, "ce", f"eval_std_{column}")
+            )
+            plain, theirs, their_ce = PLAIN_PICIE[i], PAPER_TABLE[method][i], PAPER_TABLE["ce"][i]
+            parts.append(
+                {
+                    "claim": claim,
+                    "metric": header[column],
+                    "direction": "above" if direction > 0 else "below",
+                    "paper_method": theirs,
+                    "paper_picie_h": their_ce,
+                    "paper_plain_picie": plain,
+                    "paper_holds_vs_picie_h": "yes" if direction * (theirs - their_ce) > 0 else "no",
+                    "paper_holds_vs_plain_picie": "not published" if plain is None
+                    else ("yes" if direction * (theirs - plain) > 0 else "no"),
+                    "ours_method": float(np.mean(list(mine.values()))) if mine else math.nan,
+                    "ours_ce": float(np.mean(list(ce.values()))) if ce else math.nan,
+                    "difference": difference,
+                    "se": se,
+                    "eval_se": eval_se,
+                    "n_seeds": n,
+                    "part_verdict": verdict(difference, se, n, direction, eval_se),
+                }
+            )  # fmt: skip
+    parts += _oversegmentation_parts(rows, out_dir)
     for part in parts:
         part["holds"] = combined_verdict([p["part_verdict"] for p in parts if p["claim"] == part["claim"]])
         for key, value in part.items():  # strict JSON: no NaN (one seed has no standard error)
@@ -181,11 +211,86 @@ def claims_markdown(parts: list[dict]) -> str:
             ours = "; ".join(
                 f"{p['metric']} {_number(p['ours_method'])} vs {_number(p['ours_ce'])}, "
                 f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']})"
+                + (f", evaluation ± {_number(p['eval_se'])}" if p.get("eval_se") is not None else "")
                 for p in mine
             )
         lines.append(f"| {claim} | {paper} | {plain} | {ours} | {mine[0]['holds']} |")
     return "\n".join(lines) + (
         "\n\nA claim holds when the mean paired difference from PiCIE (same seeds) is at least two standard "
         "errors in the claimed direction, fails when it is two standard errors against, and is within noise "
-        "otherwise; with one seed it is not judged."
+        "otherwise; with one seed it is not judged. Before that, a difference under two of the evaluation's "
+        "standard errors (\u00b1 evaluation: each run's scores moved by its k-means seed alone, `evaluate "
+        "--eval-seeds`) is within evaluation noise: a claim holds only beyond both."
     )
+
+
+def _std(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def noise_markdown(rows: list[dict], columns: tuple[str, ...] = ("acc_all", "miou_all")) -> str:
+    """Per method, two noises of its scores side by side: the spread over training seeds (sample std of the
+    seeds' scores) and the evaluation's own spread on fixed weights (the k-means seed alone: sample std over
+    ``eval_seeds`` seeds, averaged over the training seeds); then IB-Focal's move after its switch."""
+    header = dict(zip(COLUMNS, HEADERS, strict=True))
+    lines = [
+        "| Method | "
+        + " | ".join(f"{header[c]}: seeds' std | {header[c]}: evaluation's std" for c in columns)
+        + " | evaluation seeds |",
+        "|---" * (2 * len(columns) + 2) + "|",
+    ]
+    for method in dict.fromkeys(r["loss"] for r in rows):
+        mine = [r for r in rows if r["loss"] == method]
+        cells = []
+        for c in columns:
+            eval_stds = [r.get(f"eval_std_{c}") for r in mine]
+            eval_stds = [v for v in eval_stds if v is not None and not math.isnan(v)]
+            cells += [_number(_std([r[c] for r in mine])), _number(float(np.mean(eval_stds)) if eval_stds else None)]
+        n_eval = min(r.get("eval_seeds", 1) for r in mine)
+        lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + f" | {n_eval} |")
+    lines += [
+        "",
+        "A dash: one seed (no spread), or an evaluation with one k-means seed (`-p eval_seeds=5` measures it).",
+    ]
+    moved = [
+        (r["seed"], r["weights_moved_after_switch"]) for r in rows if r.get("weights_moved_after_switch") is not None
+    ]
+    if moved:
+        lines += ["", switch_sentence(rows, moved)]
+    return "\n".join(lines)
+
+
+def switch_sentence(rows: list[dict], moved: list[tuple[int, float]]) -> str:
+    """What IB-Focal's phase did to the weights: how far it moved them after the switch (relative L2 from
+    the switch's weights, ``summary.json``), and whether IB-Focal's All Acc differs from CE's, same seeds,
+    by more than two of the evaluation's standard errors (``evaluation_se``). When the switch came after
+    CE's last epoch, IB-Focal started from CE's final weights: a difference within that noise means its row
+    is CE's weights scored again."""
+    seeds = [s for s, _ in moved]
+    share = 100 * float(np.mean([m for _, m in moved]))
+    text = f"IB-Focal's phase moved the weights by {share:.2g} % of their norm after the switch (relative L2, "
+    text += f"{'mean of seeds ' if len(seeds) > 1 else 'seed '}{', '.join(map(str, seeds))})"
+    ib, ce = by_seed(rows, "ib_focal", "acc_all"), by_seed(rows, "ce", "acc_all")
+    difference, _, n = paired_difference({s: ib[s] for s in seeds if s in ib}, ce)
+    if n == 0:
+        return text + "."
+    eval_se = evaluation_se(by_seed(rows, "ib_focal", "eval_std_acc_all"), by_seed(rows, "ce", "eval_std_acc_all"))
+    text += f"; its All Acc differs from PiCIE (CE)'s by {difference:+.2f}"
+    if math.isnan(eval_se):
+        return text + " (the evaluation's noise was not measured: `-p eval_seeds=5` measures it)."
+    if abs(difference) >= 2 * eval_se:
+        return text + f", beyond the evaluation's noise (2 x {eval_se:.2f}): the IB-Focal phase changed the scores."
+    ce_epochs = {r["seed"]: r.get("epochs") for r in rows if r["loss"] == "ce"}
+    from_ce_final = all(
+        r.get("switch_epoch") is not None and r["switch_epoch"] - 1 == ce_epochs.get(r["seed"])
+        for r in rows
+        if r["loss"] == "ib_focal" and r["seed"] in seeds
+    )
+    text += f", within the evaluation's noise (2 x {eval_se:.2f})"
+    if from_ce_final:
+        return text + (
+            ": it started from CE's final weights, and on All Acc its row is not told apart from CE's weights "
+            "scored again."
+        )
+    return text + ": its phase is not told apart from the k-means' noise."

@@ -1,4 +1,4 @@
-"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare,pretext} ...``.
+"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare,pretext,runtimes} ...``.
 
     python -m picie_lib run --preset demo            # the notebooks, executed, with report.md
     python -m picie_lib train --preset demo --loss ib_focal --out outputs/ib
@@ -58,8 +58,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from picie_lib.evaluate import evaluate_run, run_config_path
 
     distributed.setup(load_config(run_config_path(Path(args.run_dir))).device)
-    result = evaluate_run(Path(args.run_dir), force=args.force)
+    given = (("eval_seeds", args.eval_seeds), ("eval_kmeans_restarts", args.restarts))
+    evaluation = {k: v for k, v in (*given, ("eval_kmeans_init_batches", args.init_batches)) if v}
+    result = evaluate_run(Path(args.run_dir), force=args.force, evaluation=evaluation)
     say(" ".join(f"{k}={v:.2f}" for k, v in result["scores"].items()))
+    spread = result["eval_spread"]
+    if len(spread["seeds"]) > 1:
+        acc, miou = spread["acc_all"], spread["miou_all"]
+        say(
+            f"over {len(spread['seeds'])} k-means seeds on these weights: All Acc {acc['mean']:.2f} ± {acc['std']:.2f} "
+            f"(range {acc['range']:.2f}), mIoU {miou['mean']:.2f} ± {miou['std']:.2f} (range {miou['range']:.2f})"
+        )
     say(f"wrote {Path(args.run_dir) / 'metrics.json'}")
 
 
@@ -91,6 +100,14 @@ def cmd_pretext(args: argparse.Namespace) -> None:
 
     path = pretrain_backbone(Path(args.out), n_images=args.images, epochs=args.epochs, seed=args.seed)
     say(f"use it with -p pretrained={path}")
+
+
+def cmd_runtimes(args: argparse.Namespace) -> None:
+    from picie_lib.report import RUNTIMES, publish_runtimes
+
+    table = publish_runtimes(Path(args.run_dir))
+    say(f"wrote {RUNTIMES} and the runtime line of every notebook: {table['machine']}, {table['date']}, "
+        f"whole run {table['wall_seconds'] / 60:.1f} min")  # fmt: skip
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -144,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="score an unfinished run or a checkpoint of another configuration"
     )
+    _evaluation_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="the three methods and the reference points, with Table 2")
@@ -164,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_prepare)
 
+    _upkeep_commands(sub)
+    return parser
+
+
+def _upkeep_commands(sub) -> None:
+    """The commands that prepare or publish, not run: the pretext backbone, the notebooks' runtimes."""
     p = sub.add_parser(
         "pretext", help="pretrain a backbone on built-in texture scenes (no demo class), for -p pretrained="
     )
@@ -172,7 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pretext)
-    return parser
+
+    p = sub.add_parser(
+        "runtimes", help="make a finished `run --preset demo`'s seconds the notebooks' stated runtimes (tracked files)"
+    )
+    p.add_argument("run_dir", help="the --out of a whole `python -m picie_lib run --preset demo` without -p")
+    p.set_defaults(func=cmd_runtimes)
+
+
+def _evaluation_args(p: argparse.ArgumentParser) -> None:
+    """evaluate's own parameters (``config.EVALUATION_KEYS``), as flags."""
+    p.add_argument(
+        "--eval-seeds", type=_positive, default=None, metavar="N",
+        help="score the same weights under N k-means seeds (eval_seeds; metrics.json: eval_spread)",
+    )  # fmt: skip
+    p.add_argument(
+        "--restarts", type=_positive, default=None, metavar="R",
+        help="starts of each k-means, the lowest inertia kept (eval_kmeans_restarts)",
+    )  # fmt: skip
+    p.add_argument(
+        "--init-batches", type=_positive, default=None, metavar="B",
+        help="batches in the k-means' initial fit (eval_kmeans_init_batches; the train split's count: all pixels)",
+    )  # fmt: skip
 
 
 def _positive(text: str) -> int:

@@ -9,6 +9,8 @@ mean_k``. Centroids are never re-normalised, as in the original.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -235,6 +237,42 @@ def kmeans(x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, backend: 
     return lloyd_kmeans(x if isinstance(x, PointSet) else x.float(), k, n_iter, seed)
 
 
+RESTART_STREAM = 101  # keys the restarts' seeds apart from the run's other streams
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    """The seed of restart ``restart`` of a fit seeded ``seed``: restart 0 is the fit itself, so that one
+    start is exactly the single fit; the others are independent 31-bit seeds (faiss takes int32)."""
+    if restart == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), RESTART_STREAM, restart]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def inertia(x: torch.Tensor | PointSet, centroids: torch.Tensor, across_processes: bool = False) -> float:
+    """Sum of squared distances of the points to their nearest centroid (the k-means objective);
+    under torchrun ``x`` is this process's share and the sum runs over all processes."""
+    blocks = _points(x).blocks()
+    total = sum(float(nearest_centroid(block, centroids.to(block.device))[1].double().sum()) for block in blocks)
+    return float(distributed.sum_scalar(total)) if across_processes else total
+
+
+def best_of_restarts(
+    x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, restarts: int, backend: str = "auto"
+) -> tuple[torch.Tensor, list[float]]:
+    """``kmeans`` from ``restarts`` seeded starts (``restart_seed``); the centroids of lowest inertia
+    (ties: the earliest start), and every start's inertia. faiss's ``nredo`` and scikit-learn's
+    ``n_init`` do the same; here the starts' seeds are ours, so every backend keeps the same rule."""
+    points = x if isinstance(x, PointSet) else PointSet(x)
+    shared = distributed.world() > 1
+    best, inertias = None, []
+    for restart in range(restarts):
+        centroids = kmeans(points, k, n_iter, restart_seed(seed, restart), backend)
+        inertias.append(inertia(points, centroids, across_processes=shared))
+        if inertias[-1] < min(inertias[:-1], default=math.inf):
+            best = centroids
+    return best, inertias
+
+
 class MiniBatchKMeans:
     """PiCIE's k-means over a stream of batches: ``update(x)`` per batch, then ``finish()``.
 
@@ -252,9 +290,11 @@ class MiniBatchKMeans:
         seed: int,
         backend: str = "auto",
         max_init_points: int | None = None,
+        restarts: int = 1,
     ) -> None:
         self.k, self.init_batches, self.n_iter, self.seed = k, init_batches, n_iter, seed
-        self.backend, self.max_init_points = backend, max_init_points
+        self.backend, self.max_init_points, self.restarts = backend, max_init_points, restarts
+        self.restart_inertias: list[float] = []  # each start's inertia on the initial fit's points
         self.centroids: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
         self._kept = PointSet()
@@ -264,15 +304,18 @@ class MiniBatchKMeans:
         self._summed = False  # whether finish() has summed the k-means loss over the processes
 
     @classmethod
-    def from_config(cls, cfg, seed: int) -> MiniBatchKMeans:
-        """The k-means a ``Config`` describes (``n_clusters``, ``kmeans_*``), seeded with ``seed``."""
+    def from_config(cls, cfg, seed: int, restarts: int = 1, init_batches: int | None = None) -> MiniBatchKMeans:
+        """The k-means a ``Config`` describes (``n_clusters``, ``kmeans_*``), seeded with ``seed``; its
+        initial fit on ``init_batches`` batches (default ``kmeans_init_batches``), the best of ``restarts``
+        starts (training's: one, as PiCIE)."""
         return cls(
             cfg.n_clusters,
-            cfg.kmeans_init_batches,
+            init_batches or cfg.kmeans_init_batches,
             cfg.kmeans_iters,
             seed,
             cfg.kmeans_backend,
             cfg.kmeans_max_init_points,
+            restarts,
         )
 
     def update(self, x: torch.Tensor | None) -> None:
@@ -307,7 +350,13 @@ class MiniBatchKMeans:
     def _fit_initial(self) -> None:
         data, self._kept = self._kept, PointSet()
         device = data.device
-        self.centroids = kmeans(data, self.k, self.n_iter, self.seed, self.backend).float().to(device)
+        if self.restarts == 1:
+            self.centroids = kmeans(data, self.k, self.n_iter, self.seed, self.backend)
+        else:
+            self.centroids, self.restart_inertias = best_of_restarts(
+                data, self.k, self.n_iter, self.seed, self.restarts, self.backend
+            )
+        self.centroids = self.centroids.float().to(device)
         counts = torch.zeros(self.k, dtype=torch.float64, device=device)
         for block in data.blocks():
             assign, dist = nearest_centroid(block.to(device), self.centroids)

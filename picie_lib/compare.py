@@ -32,6 +32,7 @@ from picie_lib.claims import (
     PLAIN_PICIE,
     by_seed,
     claims_markdown,
+    noise_markdown,
     paper_claims,
 )
 from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, load_config, save_config
@@ -41,7 +42,6 @@ from picie_lib.evaluate import (
     evaluate_model,
     evaluate_rgb,
     evaluate_run,
-    linear_probe,
     read_metrics,
     scored_checkpoint,
     stored_scores,
@@ -49,6 +49,7 @@ from picie_lib.evaluate import (
 )
 from picie_lib.picie import build_model
 from picie_lib.plots import METHOD_COLOURS, save_figure
+from picie_lib.probe import linear_probe
 from picie_lib.progress import progress
 from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest
 from picie_lib.runs import atomic_write_text, csv_text, record_session, weights_digest, write_json
@@ -121,11 +122,15 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
         "seed": seed,
         **{k: metrics["scores"].get(k) for k in COLUMNS + GLOBAL_COLUMNS + CODE_COLUMNS},
     }
+    spread = metrics.get("eval_spread", {})  # the evaluation's noise on these weights (evaluate --eval-seeds)
+    row["eval_seeds"] = len(spread.get("seeds", [])) or 1
+    row.update({f"eval_std_{c}": spread.get(c, {}).get("std") for c in COLUMNS})
     row["seconds"] = metrics.get("seconds")
     if (run_dir / "summary.json").is_file():  # a trained method: its epochs and the training time
         summary = json.loads((run_dir / "summary.json").read_text())
         row["seconds"] = (row["seconds"] or 0.0) + sum(summary["seconds_per_pass"].values())
         row.update(epochs=summary["epochs"], switch_epoch=summary["switch_epoch"])
+        row["weights_moved_after_switch"] = summary.get("weights_moved_after_switch")
     return row
 
 
@@ -239,6 +244,10 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
             "## Table 2 (Thing / Stuff by the subset protocol: the other group ignored, as the paper)",
             "",
             table2_markdown(rows),
+            "",
+            "## The evaluation's noise beside the seeds' spread",
+            "",
+            noise_markdown(rows),
             "",
             "## Thing / Stuff by the global protocol (the All matching, scores restricted to the group)",
             "",

@@ -122,6 +122,18 @@ class Config:
     """Cap on the pixels of the initial fit (subsampled uniformly); null = all pixels, as PiCIE."""
     batch_size_cluster: int = param(256, integer(1))
     """Images per batch in the clustering and labelling passes."""
+    eval_kmeans_restarts: int = param(1, integer(1))
+    """Starts of the evaluation's fresh k-means (its initial fit); the one of lowest inertia is kept, as faiss's
+    `nredo` and scikit-learn's `n_init`. 1 is PiCIE's. Measured on the demo, restarts of PiCIE's mini-batch fit do
+    not narrow the scores' spread over k-means seeds; with the whole train split in the initial fit
+    (`eval_kmeans_init_batches`) 30 of them narrow it (All Acc range 2.9 -> 1.3 over 5 seeds) at about 6x the
+    cost, and score lower (docs/evaluation-noise.md)."""
+    eval_kmeans_init_batches: int | None = param(None, optional(integer(1)))
+    """Batches in the initial fit of the evaluation's k-means; null = `kmeans_init_batches` (PiCIE's protocol).
+    At least the train split's batches: one Lloyd fit on every train pixel, no running-mean updates."""
+    eval_seeds: int = param(1, integer(1))
+    """k-means seeds the evaluation scores the same weights with: the run's seed, then seed + 1, ...; the
+    scores are the first's, metrics.json holds every seed's and their spread (the evaluation's noise)."""
 
     # --- training (design section 3) ------------------------------------------------------------
     loss: str = param("ce", choice(*LOSSES))
@@ -393,6 +405,8 @@ def parse_overrides(texts: list[str]) -> dict[str, Any]:
 
 # Parameters that change how a run executes, not what it computes.
 RUNTIME_KEYS = frozenset({"device", "num_workers", "seeds"})
+# The evaluation's own parameters: what `evaluate` may change on a finished run (training never reads them).
+EVALUATION_KEYS = ("eval_seeds", "eval_kmeans_restarts", "eval_kmeans_init_batches")
 
 
 def differences(

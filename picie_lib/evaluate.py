@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from picie_lib import distributed
 from picie_lib.checkpoints import TRAINING_RUNTIME_KEYS, checkpoint_record, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans
-from picie_lib.config import Config, differences, from_dict, load_config
+from picie_lib.config import EVALUATION_KEYS, Config, differences, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import warn_skipped
 from picie_lib.distributed import resolve_device
+from picie_lib.eval_seeds import over_eval_seeds
 from picie_lib.loader import Batches
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import bn_mode, bn_state
@@ -41,7 +42,7 @@ from picie_lib.run_folder import exclusive
 from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, weights_digest, write_json
 from picie_lib.transforms import to_network_input
 
-STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS, STREAM_PROBE = 11, 12, 13
+STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS = 11, 12
 CENTROIDS_FORMAT = "picie_lib.centroids/1"
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (B, 3, H, W) -> features (B, D, h, w)
 
@@ -83,7 +84,9 @@ def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: 
     """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation); also the items left
     out as bad files. Under torchrun each process reads its share of every batch and the k-means sums
     over the processes (``MiniBatchKMeans.update``); BatchNorm statistics moved by ``extract`` are averaged."""
-    km = MiniBatchKMeans.from_config(cfg, derive_seed(seed, STREAM_EVAL_KMEANS))
+    km = MiniBatchKMeans.from_config(
+        cfg, derive_seed(seed, STREAM_EVAL_KMEANS), cfg.eval_kmeans_restarts, cfg.eval_kmeans_init_batches
+    )
     order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
     batches = Batches(dataset, order, cfg.batch_size_cluster, cfg, keep_empty=distributed.world() > 1)
     for batch in progress(batches, "eval k-means"):
@@ -195,16 +198,23 @@ def summarise(
 
 
 def evaluate_clusters(
-    extract: FeatureFn, cfg: Config, rule: str, train_set=None, val_set=None, score_extract: FeatureFn | None = None
+    extract: FeatureFn,
+    cfg: Config,
+    rule: str,
+    train_set=None,
+    val_set=None,
+    score_extract: FeatureFn | None = None,
+    seed: int | None = None,
 ) -> dict:
-    """Fresh k-means on the train split's features (``extract``, no augmentation), predictions scored on
-    val (with ``score_extract``, by default ``extract``)."""
+    """Fresh k-means on the train split's features (``extract``, no augmentation), seeded ``seed`` (default
+    the run's), the best of ``eval_kmeans_restarts`` starts; predictions scored on val (with
+    ``score_extract``, by default ``extract``)."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
     score_extract = score_extract or extract
     start = time.perf_counter()
     distributed.trace("evaluation: fresh k-means on train")
-    centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed)
+    centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed if seed is None else seed)
     distributed.trace("evaluation: scoring val")
     result = score_predictions(
         lambda x, size: predict(score_extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters
@@ -217,69 +227,40 @@ def evaluate_clusters(
 
 
 def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None) -> dict:
-    """PiCIE's final evaluation of ``model``: its features, its dot-product classifier rule. With
-    ``bn_eval: running`` a copy of the model is evaluated (its running statistics move during the fresh
-    k-means) and the result holds the copy's BatchNorm buffers (``bn_state``), so that predictions can be
-    drawn again exactly as they were scored."""
-    if cfg.bn_eval == "batch":
-        return evaluate_clusters(network_feature_fn(model, cfg, "batch"), cfg, "dot", train_set, val_set)
-    model = copy.deepcopy(model)
-    result = evaluate_clusters(
-        network_feature_fn(model, cfg, clustering_bn(cfg)),
-        cfg,
-        "dot",
-        train_set,
-        val_set,
-        score_extract=network_feature_fn(model, cfg, labelling_bn(cfg)),
-    )
-    result["bn_state"] = bn_state(model)
-    return result
+    """PiCIE's final evaluation of ``model``: its features, its dot-product classifier rule, for each
+    k-means seed (``over_eval_seeds``). With ``bn_eval: running`` a fresh copy of the model is evaluated
+    per seed (its running statistics move during the fresh k-means) and the result holds the first copy's
+    BatchNorm buffers (``bn_state``), so that predictions can be drawn again exactly as they were scored."""
+    train_set = train_set or build_dataset(cfg, "train", mode="eval")
+    val_set = val_set or build_dataset(cfg, "val", mode="eval")
+
+    def evaluate_with(seed: int) -> dict:
+        if cfg.bn_eval == "batch":
+            extract = network_feature_fn(model, cfg, "batch")
+            return evaluate_clusters(extract, cfg, "dot", train_set, val_set, seed=seed)
+        evaluated = copy.deepcopy(model)
+        result = evaluate_clusters(
+            network_feature_fn(evaluated, cfg, clustering_bn(cfg)),
+            cfg,
+            "dot",
+            train_set,
+            val_set,
+            score_extract=network_feature_fn(evaluated, cfg, labelling_bn(cfg)),
+            seed=seed,
+        )
+        result["bn_state"] = bn_state(evaluated)
+        return result
+
+    return over_eval_seeds(evaluate_with, cfg)
 
 
 def evaluate_rgb(cfg: Config, train_set=None, val_set=None) -> dict:
-    """Reference: k-means on raw RGB pixels, nearest-centroid prediction."""
-    return evaluate_clusters(rgb_feature_fn(), cfg, "nearest", train_set, val_set)
-
-
-def linear_probe(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None, lr: float = 1e-2) -> dict:
-    """Reference (the ceiling): a supervised 1x1 linear classifier on the frozen, normalised features.
-
-    Trained with Adam and plain cross-entropy (as STEGO's probe) for ``cfg.probe_epochs`` epochs on
-    the train split, against the label at each feature pixel's centre (the features are computed once);
-    scored on val at the label resolution, without matching (class i = output i). Under torchrun every
-    process reads every train image and trains the same head (same seed); the scoring is split.
-    """
+    """Reference: k-means on raw RGB pixels, nearest-centroid prediction, for each k-means seed."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
-    extract = network_feature_fn(model, cfg, labelling_bn(cfg))
-    device = next(model.parameters()).device
-    start = time.perf_counter()
-    feats, labels = [], []
-    batches = Batches(train_set, list(range(len(train_set))), cfg.eval_batch_size, cfg, split=False)
-    for _, images, target in progress(batches, "probe features"):
-        f = extract(images)
-        stride = target.shape[-1] // f.shape[-1]
-        feats.append(f.cpu())
-        labels.append(target[:, stride // 2 :: stride, stride // 2 :: stride][:, : f.shape[-2], : f.shape[-1]])
-    feats, labels = torch.cat(feats), torch.cat(labels)
-    torch.manual_seed(derive_seed(cfg.seed, STREAM_PROBE))
-    head = torch.nn.Conv2d(feats.shape[1], train_set.n_classes, kernel_size=1).to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    for epoch in progress(range(cfg.probe_epochs), "probe epochs"):
-        shuffle = torch.randperm(len(feats), generator=torch.Generator().manual_seed(epoch))
-        for idx in shuffle.split(cfg.eval_batch_size):
-            loss = F.cross_entropy(head(feats[idx].to(device)), labels[idx].to(device), ignore_index=-1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        result = score_predictions(
-            lambda x, size: predict(extract, x, size, head=head), val_set, cfg, val_set.n_classes, match=False
-        )
-    result["skipped_files"] = batches.skipped_files + result["skipped_files"]
-    warn_skipped(result["skipped_files"], "left out of the linear probe (metrics.json lists them)")
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return over_eval_seeds(
+        lambda seed: evaluate_clusters(rgb_feature_fn(), cfg, "nearest", train_set, val_set, seed=seed), cfg
+    )
 
 
 def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
@@ -346,19 +327,43 @@ def scored_checkpoint(run_dir: Path, force: bool = False) -> tuple[Config, dict]
     return cfg, ckpt
 
 
-def evaluate_run(run_dir: Path, train_set=None, val_set=None, force: bool = False) -> dict:
+def evaluate_run(
+    run_dir: Path, train_set=None, val_set=None, force: bool = False, evaluation: dict | None = None
+) -> dict:
     """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it,
-    with the checkpoint they scored (``checkpoints.checkpoint_record``: epoch, phase, loss, weights' hash)."""
+    with the checkpoint they scored (``checkpoints.checkpoint_record``: epoch, phase, loss, weights' hash).
+    ``evaluation`` overrides the folder's evaluation parameters (``EVALUATION_KEYS``); metrics.json records
+    the values used."""
     run_dir = Path(run_dir)
     run_config_path(run_dir)  # a wrong folder is named before exclusive() could create it
+    unknown = set(evaluation or {}) - set(EVALUATION_KEYS)
+    if unknown:
+        raise ValueError(f"evaluation={sorted(unknown)}: expected only {', '.join(EVALUATION_KEYS)}")
     with exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
         cfg, ckpt = scored_checkpoint(run_dir, force)
+        cfg = cfg.replace(**(evaluation or {}))
         model = build_model(cfg, resolve_device(cfg.device))
         model.load_state_dict(ckpt["model"])
         result = evaluate_model(model, cfg, train_set, val_set)
         result["checkpoint"] = checkpoint_record(ckpt)
         write_evaluation(run_dir, result, cfg.loss, cfg)
     return result
+
+
+def kmeans_seed_scores(run_dir: Path, seeds: list[int], restarts: int | None = None) -> list[dict]:
+    """The scores of ``run_dir``'s weights, fixed, under each evaluation k-means seed in ``seeds`` (with
+    ``restarts`` starts each, by default the run's ``eval_kmeans_restarts``); nothing is written. What the
+    evaluation alone moves: the same weights, only the k-means drawn again."""
+    cfg, ckpt = scored_checkpoint(Path(run_dir))
+    cfg = cfg.replace(eval_seeds=1, eval_kmeans_restarts=restarts or cfg.eval_kmeans_restarts)
+    model = build_model(cfg, resolve_device(cfg.device))
+    model.load_state_dict(ckpt["model"])
+    train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
+    rows = []
+    for seed in seeds:
+        scores = evaluate_model(model, cfg.replace(seed=seed), train_set, val_set)["scores"]
+        rows.append({"k-means seed": seed, "restarts": cfg.eval_kmeans_restarts, **scores})
+    return rows
 
 
 def read_metrics(path: Path) -> dict:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
 import torch
 
 from picie_lib.clustering import faiss, faiss_gpu_count, resolve_backend
-from picie_lib.config import Config, load_preset
+from picie_lib.config import LOSS_NAMES, Config, load_preset
 from picie_lib.distributed import resolve_device
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -87,3 +88,25 @@ def setup_summary(rows: list[dict]) -> str:
     if missing:
         return f"missing for this preset: {', '.join(missing)} (see the 'todo' column)"
     return "all set for this preset" + (f"; optional and absent: {', '.join(optional)}" if optional else "")
+
+
+def training_summary(summary: dict) -> dict[str, str]:
+    """``summary.json`` as 05_train shows it: each entry a phrase, no raw floats or dicts, nothing that only
+    means "not applicable" (a CE run's infinite best loss, an absent switch)."""
+    seconds = summary.get("seconds_per_pass", {})
+    rows = {
+        "method": LOSS_NAMES.get(summary.get("loss"), str(summary.get("loss"))),
+        "seed": str(summary.get("seed")),
+        "epochs": str(summary.get("epochs")),
+        "seconds per pass": ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + f" ({sum(seconds.values()) / 60:.1f} min)",
+    }
+    if summary.get("switch_epoch") is not None:
+        rows["IB-Focal from epoch"] = str(summary["switch_epoch"])
+    if summary.get("ce_min_epoch") is not None and math.isfinite(summary.get("best_loss") or math.inf):
+        rows["CE minimum"] = f"epoch {summary['ce_min_epoch']}, loss {summary['best_loss']:.3g}"
+    if summary.get("weights_moved_after_switch") is not None:
+        rows["weights moved after the switch"] = f"{100 * summary['weights_moved_after_switch']:.2g} % (relative L2)"
+    skipped = summary.get("skipped_files") or []
+    rows["files left out"] = f"{len(skipped)} (summary.json lists them)" if skipped else "none"
+    return rows

@@ -27,7 +27,7 @@ from picie_lib.compare import resumable
 from picie_lib.config import LOSSES, Config, load_preset, save_config
 from picie_lib.notebook import NOTEBOOK_DIR, absolute_paths
 from picie_lib.progress import progress
-from picie_lib.report import report_markdown, update_runtimes
+from picie_lib.report import report_markdown, runtimes_table
 from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest, record_written
 from picie_lib.runs import atomic_write_text, record_session, write_json
 from picie_lib.train import check_before_writing
@@ -228,7 +228,7 @@ def run(
     ``resume`` continues a run of the same configuration in ``out_dir``: its finished trainings and their
     scores are kept, an unfinished training resumes from its checkpoint, the notebooks run again."""
     overrides = dict(overrides or {})
-    as_shipped = preset == "demo" and not overrides  # the committed runtimes are this run's
+    given = dict(overrides)  # what the user changed (runtimes.json says it), before the paths are made absolute
     cfg = load_preset(preset, overrides_source="-p", **overrides)  # fails here, before anything is written
     if Path(preset).suffix in (".yaml", ".yml"):
         preset = str(Path(preset).resolve())
@@ -240,10 +240,10 @@ def run(
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
     check_before_writing(cfg, LOSSES)  # what would stop a notebook's training stops the run first
     with exclusive(out_dir):
-        return _run(cfg, preset, out_dir, overrides, overwrite, resume, as_shipped)
+        return _run(cfg, preset, out_dir, overrides, overwrite, resume, given)
 
 
-def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bool, resume: bool, as_shipped: bool):
+def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bool, resume: bool, given: dict):
     if resume:
         resumable(out_dir, cfg)
     else:  # with overwrite, what earlier runs wrote there goes, and nothing else (run_folder.clear_run)
@@ -266,6 +266,6 @@ def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bo
     previous = json.loads(method_timings.read_text()) if method_timings.is_file() else {}
     write_json(method_timings, {**previous, "wall_seconds": wall, "per_notebook": timings})
     atomic_write_text(out_dir / "report.md", report_markdown(out_dir, cfg, wall, timings))
-    if as_shipped and not resume:  # a resumed run's seconds are not the whole run's
-        update_runtimes(timings, wall)
+    if not resume:  # a resumed run's seconds are not the whole run's
+        write_json(out_dir / "runtimes.json", runtimes_table(timings, wall, preset, given))
     return out_dir

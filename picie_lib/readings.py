@@ -268,3 +268,15 @@ def temperature(cfg: Config) -> str:
     else:
         text += f", PiCIE's setting; at T = 0.1 it would reach {reach(0.1)}"
     return text + ": Focal differs from a rescaled CE only at low temperatures."
+
+
+def evaluation_noise(acc_all: list[float], miou_all: list[float], what: str) -> str:
+    """How far the evaluation's k-means alone moves one run's scores: the span over its seeds."""
+    if len(acc_all) < 2:
+        return f"{what}: one k-means seed, so no spread yet (set `eval_seeds` to 5, or run the cell below)."
+    return (
+        f"{what}: over {len(acc_all)} k-means seeds on the same weights, All Acc spans {np.ptp(acc_all):.2f} points "
+        f"({min(acc_all):.2f} to {max(acc_all):.2f}) and mIoU {np.ptp(miou_all):.2f} ({min(miou_all):.2f} to "
+        f"{max(miou_all):.2f}). A difference between methods smaller than this cannot be told from the evaluation's "
+        "own."
+    )

@@ -1,6 +1,6 @@
 """``report.md`` of ``python -m picie_lib run``: the comparison table and claims, every figure the notebooks
 saved with what to look for in it, the notebooks' seconds; and the runtime line under each notebook's title
-(``runtimes.json``)."""
+(``runtimes.json``, refreshed only by ``python -m picie_lib runtimes DIR``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from picie_lib.plots import reading_path
 from picie_lib.runs import atomic_write_text, write_json
 from picie_lib.takeaways import conclusion
 
-RUNTIMES = NOTEBOOK_DIR / "runtimes.json"  # seconds per notebook on the demo preset, committed; `run` rewrites it
+RUNTIMES = NOTEBOOK_DIR / "runtimes.json"  # seconds per notebook on the demo preset, committed (publish_runtimes)
 RUNTIME_MARK = "*Runtime on the "
 
 
@@ -35,23 +35,46 @@ def runtime_line(notebook: str, table: dict) -> str:
     )
 
 
-def update_runtimes(timings: dict[str, float], wall: float, folder: Path = NOTEBOOK_DIR) -> None:
-    """Rewrite ``runtimes.json`` in ``folder`` and the runtime line of every notebook's first cell there."""
+def runtimes_table(timings: dict[str, float], wall: float, preset: str, overrides: dict) -> dict:
+    """The seconds of one ``run``: per notebook, the whole run, the machine and the date, and what ran
+    (``preset``, ``overrides``); ``run`` writes it as ``DIR/runtimes.json``."""
     import datetime
-
-    import nbformat
 
     machine = f"{os.cpu_count()} CPU cores" + (
         f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     )
-    table = {
-        "preset": "demo",
+    return {
+        "preset": preset,
+        "overrides": overrides,
         "machine": machine,
         "date": datetime.date.today().isoformat(),
         "wall_seconds": wall,
         "per_notebook": timings,
     }
-    write_json(folder / RUNTIMES.name, table)
+
+
+def publish_runtimes(run_dir: Path, folder: Path = NOTEBOOK_DIR) -> dict:
+    """``python -m picie_lib runtimes DIR``: make the runtimes of a finished ``run --preset demo`` (without
+    -p) the committed ones: ``runtimes.json`` in ``folder`` and the runtime line of every notebook there.
+    A deliberate step, never a side effect of a run, so that running the project changes no tracked file."""
+    path = Path(run_dir) / RUNTIMES.name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no runtimes there; a whole `python -m picie_lib run` writes them")
+    table = json.loads(path.read_text())
+    if table.get("preset") != "demo" or table.get("overrides"):
+        raise ValueError(
+            f"{path}: a run of preset {table.get('preset')!r} with overrides {table.get('overrides') or {}}; the "
+            "notebooks state the demo preset's runtimes as shipped (`python -m picie_lib run --preset demo`)"
+        )
+    update_runtimes(table, folder)
+    return table
+
+
+def update_runtimes(table: dict, folder: Path = NOTEBOOK_DIR) -> None:
+    """Write ``table`` as ``runtimes.json`` in ``folder`` and rewrite every notebook's runtime line there."""
+    import nbformat
+
+    write_json(folder / RUNTIMES.name, {k: v for k, v in table.items() if k != "overrides"})
     for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         title = nb.cells[0]

@@ -14,6 +14,7 @@ VERDICTS = {
     "yes": "holds",
     "no": "fails",
     "within noise": "within noise",
+    "within evaluation noise": "within the evaluation's noise (its k-means seed alone moves the scores as much)",
     "one seed": "not judged (one seed)",
     "no data": "not judged (no data)",
 }
@@ -85,7 +86,11 @@ def views(agreement: dict[str, dict[str, float]], crops) -> str:
 def clustering(refs: Sequence[dict]) -> str:
     by = {r["loss"]: r for r in refs}
     rgb, floor = by.get("rgb_kmeans"), by.get("untrained")
-    lines = ["The Hungarian matching names each cluster by the class it covers most, one cluster per class."]
+    lines = [
+        "The Hungarian matching pairs clusters and classes one to one, the pairing that puts the most pixels "
+        "on the diagonal over all classes at once; a majority vote would name each cluster by the class it "
+        "covers most, and could give two clusters one class."
+    ]
     if rgb and floor:
         lines.append(
             f"k-means on RGB scores {rgb['acc_all']:.1f} All Acc, on the network before training "
@@ -131,15 +136,23 @@ def training(log: Sequence[dict], summary: dict) -> str:
     if switch is not None and switch > epochs:
         lines.append("IB-Focal never ran: the switch fell after the last epoch.")
     elif switch is not None and summary.get("ce_min_epoch") is not None:  # switch: min_loss
-        capped = summary["ce_min_epoch"] == max(1, epochs // 2) and switch == summary["ce_min_epoch"] + 1
+        # a CE epoch that rose above the minimum is discarded (picie.Schedule); none means the loss still fell
+        # when the cap, half the epochs, forced the switch
+        rose = any(r.get("discarded") for r in log)
         lines.append(
-            f"IB-Focal took over at epoch {switch}, after the CE minimum at epoch {switch - 1}"
-            + (" (or the cap, half the epochs)." if capped else ".")
+            f"IB-Focal took over at epoch {switch}, after the CE minimum at epoch {switch - 1}."
+            if rose
+            else f"IB-Focal took over at epoch {switch}, forced by the cap (half the epochs): the CE loss was still "
+            f"falling at epoch {switch - 1}."
         )
     elif switch is not None:
         lines.append(f"IB-Focal took over at epoch {switch}, after {switch - 1} CE epochs (a fixed switch).")
     empty = max(max(r["empty_clusters"]) for r in kept)
-    lines.append(f"At most {empty} empty cluster(s) in any epoch's k-means.")
+    lines.append(
+        f"At most {empty} empty cluster{'s' if empty > 1 else ''} in an epoch's k-means."
+        if empty
+        else "No epoch's k-means left a cluster empty."
+    )
     return bullets(lines)
 
 
@@ -190,6 +203,7 @@ def conclusion(rows: Sequence[dict], claims: Sequence[dict]) -> str:
             f"{p['metric'].split(',')[0]} "
             + ("-" if p.get("difference") is None else f"{p['difference']:+.2f}")
             + (f" ± {p['se']:.2f} (SE)" if p.get("se") is not None else "")
+            + (f", evaluation ± {p['eval_se']:.2f}" if p.get("eval_se") is not None else "")
             for p in parts
         )
         verdict = VERDICTS.get(parts[0]["holds"], parts[0]["holds"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from picie_lib.checkpoints import (
     CE_MIN_KEYS,
     CHECKPOINT_FORMAT,
     RUN_FILES,
+    SWITCH_KEYS,
     check_same_config,
     check_same_processes,
     invalidate_evaluation,
@@ -131,7 +133,8 @@ def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkp
     goes on from the minimum's weights (``Schedule``): the loop goes back one epoch."""
     main, epochs = distributed.is_main(), cfg.epochs_for()
     run = {"optimizer": torch.optim.Adam(model.parameters(), lr=cfg.lr), "schedule": Schedule(cfg, epochs)}
-    run.update(start=1, history=[], ce_min=None)  # history: log.jsonl's lines, also kept in every checkpoint
+    # history: log.jsonl's lines, also kept in every checkpoint; at_switch: the weights IB-Focal started from
+    run.update(start=1, history=[], ce_min=None, at_switch=None)
     if from_checkpoint:
         _restore(run, model, cfg, out_dir)
     if main:
@@ -147,7 +150,11 @@ def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkp
     while epoch <= epochs:
         schedule = run["schedule"]
         phase, lr, run["optimizer"] = set_phase(run["optimizer"], model, cfg, schedule, epoch)
+        if phase == "ib_focal" and epoch == schedule.switch_epoch:
+            _keep_switch_weights(run, model, epoch, out_dir)
         result = run_epoch(model, trained, run["optimizer"], dataset, cfg, epoch, phase)
+        if phase == "ib_focal" and run["at_switch"] is not None:
+            result["moved_since_switch"] = relative_change(model, run["at_switch"]["model"])
         action = schedule.end_of_epoch(epoch, result["stats"]["loss"])
         next_epoch = epoch + 1
         if action == "new_min":  # the weights at the CE minimum so far, for the switch
@@ -191,6 +198,8 @@ def _restore(run: dict, model, cfg: Config, out_dir: Path) -> None:
     run["schedule"].load_state_dict(ckpt["schedule"])
     if (out_dir / "ce_min.pt").exists():
         run["ce_min"] = load_checkpoint(out_dir / "ce_min.pt", CE_MIN_KEYS)
+    if (out_dir / "switch.pt").exists():
+        run["at_switch"] = load_checkpoint(out_dir / "switch.pt", SWITCH_KEYS)
     run["history"] = list(ckpt["history"])
     if distributed.is_main():
         atomic_write_text(out_dir / "log.jsonl", "".join(json_text(r) + "\n" for r in run["history"]))
@@ -204,6 +213,24 @@ def _snapshot(model, optimizer, epoch: int) -> dict:
         "model": copy.deepcopy(model.state_dict()),
         "optimizer": copy.deepcopy(optimizer.state_dict()),
     }
+
+
+def _keep_switch_weights(run: dict, model, epoch: int, out_dir: Path) -> None:
+    """``switch.pt``: the weights IB-Focal's first epoch starts from, to measure how far its phase moves them."""
+    run["at_switch"] = {"format": CHECKPOINT_FORMAT, "epoch": epoch - 1, "model": copy.deepcopy(model.state_dict())}
+    if distributed.is_main():
+        atomic_torch_save(run["at_switch"], out_dir / "switch.pt")
+
+
+def relative_change(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> float:
+    """||w - w_before|| / ||w_before|| over the model's parameters (all of them as one vector): how far
+    training has moved the weights since ``before`` (a state dict)."""
+    moved = total = 0.0
+    for name, weight in model.named_parameters():
+        old = before[name].to(weight.device, torch.float64)
+        moved += float((weight.detach().double() - old).pow(2).sum())
+        total += float(old.pow(2).sum())
+    return math.sqrt(moved / total) if total > 0 else math.nan
 
 
 def _checkpoint(cfg: Config, model, run: dict, epoch: int, centroids: torch.Tensor) -> dict:
@@ -240,6 +267,8 @@ def epoch_record(epoch: int, phase: str, lr: float, result: dict, schedule: Sche
         record["skipped_files"] = result["skipped"]
     if discarded:
         record["discarded"] = True  # its weights were dropped for the minimum's
+    if "moved_since_switch" in result:  # relative L2 change of the weights since the switch
+        record["weights_moved_since_switch"] = result["moved_since_switch"]
     if phase == "ce" and schedule.switch_epoch is not None:
         record["switch"] = {
             "ib_focal_from_epoch": schedule.switch_epoch,
@@ -263,6 +292,9 @@ def _finish(cfg: Config, out_dir: Path, run: dict, seconds: float) -> dict:
         "seconds_per_pass": {k: sum(r["seconds"].get(k, 0.0) for r in history) for k in ("cluster", "label", "train")},
         "skipped_files": skipped,
     }
+    moved = [r["weights_moved_since_switch"] for r in history if "weights_moved_since_switch" in r]
+    if moved:  # IB-Focal: how far its phase moved the weights it started from (relative L2)
+        summary["weights_moved_after_switch"] = moved[-1]
     if main:
         write_json(out_dir / "summary.json", summary)
     distributed.barrier()  # what rank 0 wrote is there for every process (evaluate reads it next)

@@ -219,3 +219,43 @@ def test_assign_labels_is_nearest_centroid_per_pixel():
     labels = assign_labels(f, c)
     d = ((f[:, None] - c[None, :, :, None, None]) ** 2).sum(2)  # (B, K, h, w)
     assert labels.shape == (2, 5, 7) and torch.equal(labels, d.argmin(1))
+
+
+def _inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
+    """The k-means objective by brute force: squared distance to the nearest centre, summed."""
+    return float(torch.cdist(x.double(), centroids.double()).pow(2).min(1).values.sum())
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=faiss_missing)])
+def test_restarts_keep_the_lowest_inertia_start(backend):
+    # overlapping blobs, few iterations: the starts end in different local minima
+    x, _, _ = _blobs(n_per=60, k=8, d=4, spread=1.5, seed=3)
+    seed, restarts = 7, 6
+    singles = [kmeans(x, 8, 3, clustering.restart_seed(seed, r), backend) for r in range(restarts)]
+    inertias = [_inertia(x, c) for c in singles]
+    assert len({round(v, 3) for v in inertias}) > 1, "the starts should differ, or the test shows nothing"
+    best, reported = clustering.best_of_restarts(x, 8, 3, seed, restarts, backend)
+    assert reported == pytest.approx(inertias, rel=1e-4)
+    assert torch.allclose(best, singles[int(torch.tensor(inertias).argmin())])
+    assert _inertia(x, best) == pytest.approx(min(inertias), rel=1e-4)
+
+
+def test_one_restart_is_the_single_fit_and_restart_seeds_differ():
+    x, _, _ = _blobs(seed=4)
+    assert clustering.restart_seed(5, 0) == 5
+    assert len({clustering.restart_seed(5, r) for r in range(10)}) == 10
+    best, inertias = clustering.best_of_restarts(x, 6, 5, 5, 1, "torch")
+    assert torch.equal(best, kmeans(x, 6, 5, 5, "torch")) and len(inertias) == 1
+
+
+def test_minibatch_restarts_fit_the_initial_batches_with_the_best_start():
+    x, _, _ = _blobs(n_per=40, k=8, d=4, spread=1.5, seed=5)
+    batches = list(x.split(80))
+    one, many = (MiniBatchKMeans(8, len(batches), 3, 11, "torch", restarts=r) for r in (1, 8))
+    for km in (one, many):
+        for b in batches:
+            km.update(b)
+        km.finish()
+    assert len(many.restart_inertias) == 8 and one.restart_inertias == []
+    assert min(many.restart_inertias) == pytest.approx(_inertia(x, many.centroids), rel=1e-4)
+    assert _inertia(x, many.centroids) <= _inertia(x, one.centroids) + 1e-6

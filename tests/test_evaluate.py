@@ -129,3 +129,40 @@ def test_running_statistics_evaluation_scores_a_copy_and_its_predictions_can_be_
         hits += int(((predicted == label) & (label >= 0)).sum())
         total += int((label >= 0).sum())
     assert 100 * hits / total == pytest.approx(result["scores"]["acc_all"], abs=1e-9)
+
+
+def test_evaluation_seeds_score_the_same_weights_once_per_kmeans_seed(smoke):
+    cfg, train, val = smoke
+    cfg = cfg.replace(eval_seeds=3, eval_kmeans_restarts=2)
+    model = build_model(cfg, "cpu")
+    result = evaluate_model(model, cfg, train, val)
+    spread = result["eval_spread"]
+    assert spread["seeds"] == [0, 1, 2]
+    assert spread["acc_all"]["values"][0] == pytest.approx(result["scores"]["acc_all"])
+    # seed 2's score is what a one-seed evaluation of a run seeded 2 gives on the same weights
+    alone = evaluate_model(model, cfg.replace(seed=2, eval_seeds=1), train, val)
+    assert spread["acc_all"]["values"][2] == pytest.approx(alone["scores"]["acc_all"])
+    assert spread["acc_all"]["range"] == pytest.approx(np.ptp(spread["acc_all"]["values"]))
+    assert len(set(spread["miou_all"]["values"])) > 1  # the seeds do draw different k-means
+
+
+def test_an_initial_fit_on_every_batch_is_one_lloyd_fit_on_every_pixel(smoke):
+    from picie_lib.clustering import lloyd_kmeans
+    from picie_lib.evaluate import STREAM_EVAL_KMEANS, STREAM_EVAL_ORDER, fit_centroids
+    from picie_lib.loader import Batches
+    from picie_lib.picie import derive_seed, permutation
+
+    cfg, train, _ = smoke
+    cfg = cfg.replace(eval_kmeans_init_batches=len(train), kmeans_backend="torch")  # more than the split's batches
+    extract = rgb_feature_fn()
+    centroids, _ = fit_centroids(extract, train, cfg, seed=3)
+    order = permutation(len(train), derive_seed(3, STREAM_EVAL_ORDER))
+    pixels = torch.cat(
+        [extract(b[1]).permute(0, 2, 3, 1).reshape(-1, 3) for b in Batches(train, order, cfg.batch_size_cluster, cfg)]
+    )
+    expected = lloyd_kmeans(pixels, cfg.n_clusters, cfg.kmeans_iters, derive_seed(3, STREAM_EVAL_KMEANS))
+    assert torch.allclose(centroids, expected, atol=1e-5)
+    # PiCIE's protocol (one initial batch here, then running means) ends elsewhere
+    assert not torch.allclose(
+        fit_centroids(extract, train, cfg.replace(eval_kmeans_init_batches=None), seed=3)[0], expected, atol=1e-3
+    )

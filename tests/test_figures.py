@@ -316,7 +316,16 @@ def test_takeaways_say_what_happened_not_what_should_have():
     fixed = {"epochs": 4, "switch_epoch": 3, "ce_min_epoch": None, "seconds_per_pass": {"train": 60.0}}
     assert "after 2 CE epochs (a fixed switch)" in takeaways.training(log, fixed)
     minimum = {**fixed, "ce_min_epoch": 2}
-    assert "after the CE minimum at epoch 2 (or the cap" in takeaways.training(log, minimum)
+    falling = takeaways.training(log, minimum)  # no epoch discarded: the loss still fell, the cap switched
+    assert "forced by the cap (half the epochs): the CE loss was still falling at epoch 2" in falling
+    rose = [log[0], log[1], {**log[1], "epoch": 3, "discarded": True}, *log[2:]]
+    assert "after the CE minimum at epoch 2." in takeaways.training(rose, minimum)
+    assert "cap" not in takeaways.training(rose, minimum)
+    assert "At most 1 empty cluster in an epoch's k-means." in falling
+    none_empty = [{**r, "empty_clusters": [0, 0]} for r in log]
+    assert "No epoch's k-means left a cluster empty." in takeaways.training(none_empty, fixed)
+    assert "At most 0" not in takeaways.training(none_empty, fixed)
+    assert "3 empty clusters" in takeaways.training([{**r, "empty_clusters": [3, 1]} for r in log], fixed)
     never = {**fixed, "switch_epoch": 5}
     assert "IB-Focal never ran" in takeaways.training(log[:2], never)
     assert takeaways.training([], fixed) == "- No epoch finished yet."

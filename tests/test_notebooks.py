@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -115,16 +116,40 @@ def test_run_rejects_bad_parameters_before_writing(tmp_path, capsys):
     assert (tmp_path / "taken" / "x").read_text() == "keep me"
 
 
+REPO = notebook.NOTEBOOK_DIR.parent
+
+
+def tracked_state() -> tuple[str, str]:
+    """What git sees of the tracked files: which differ from the commit, and how (a dirty tree compares too)."""
+    status, diff = (
+        subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout
+        for args in (["status", "--porcelain", "--untracked-files=no"], ["diff", "--binary"])
+    )
+    return status, diff
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "smoke"
+    before = tracked_state()
     proc = picie("run", "--preset", "smoke", "--out", str(out), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc
+    return out, proc, before != tracked_state()
+
+
+def test_a_run_changes_no_tracked_file_and_keeps_its_runtimes_in_its_folder(smoke_run):
+    out, _, changed_tracked_files = smoke_run
+    assert not changed_tracked_files  # notebooks and notebooks/runtimes.json stay as committed
+    table = json.loads((out / "runtimes.json").read_text())
+    assert (
+        table["preset"] == "smoke"
+        and table["overrides"] == {}
+        and set(table["per_notebook"]) == {name for _, name, _ in pipeline.plan(load_preset("smoke"), out)}
+    )
 
 
 def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
-    out, proc = smoke_run
+    out, proc, _ = smoke_run
     steps = pipeline.plan(load_preset("smoke"), out)
     for _, name, _ in steps:
         executed = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -143,7 +168,7 @@ def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
 
 
 def test_every_figure_is_read_for_the_reader_in_the_notebooks_and_the_report(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     published = {"01_data": 2, "02_views": 2, "03_clustering": 2, "04_losses": 2, "05_train-ib_focal-seed0": 1}
     published |= {"06_evaluate-focal-seed0": 4, "07_compare": 4}  # 05 also shows its live curves, unread
     for name, count in published.items():
@@ -167,7 +192,7 @@ def _rendered_markdown(html: str) -> list[str]:
 
 
 def test_executed_notebooks_teach_and_stay_quiet(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     pages = {p.stem: p.read_text() for p in (out / "notebooks").glob("*.html")}
     assert len(pages) == 12
     for name, html in pages.items():
@@ -202,14 +227,22 @@ def test_every_notebook_states_its_runtime_from_the_committed_table(tmp_path):
     for path in NOTEBOOKS:
         line = report.runtime_line(path.stem, table)
         assert line and line in nbformat.read(path, as_version=4).cells[0].source, path.name
-    # run rewrites the table and the lines (a copy here): one line per notebook, however often it runs
-    folder = tmp_path / "nb"
+    # `runtimes DIR` publishes a demo run's table and lines (into a copy here): one line per notebook, however
+    # often; a run of another preset, or with -p, is refused and changes nothing
+    folder, run_dir = tmp_path / "nb", tmp_path / "run"
     folder.mkdir()
+    run_dir.mkdir()
     for path in NOTEBOOKS:
         (folder / path.name).write_text(path.read_text())
     timings = {name: 1.0 + i for i, name in enumerate(table["per_notebook"])}
+    for preset, overrides in (("smoke", {}), ("demo", {"seed": 1})):
+        runs.write_json(run_dir / "runtimes.json", report.runtimes_table(timings, 600.0, preset, overrides))
+        with pytest.raises(ValueError, match="the notebooks state the demo preset's runtimes as shipped"):
+            report.publish_runtimes(run_dir, folder)
+    assert [(folder / p.name).read_text() for p in NOTEBOOKS] == [p.read_text() for p in NOTEBOOKS]
+    runs.write_json(run_dir / "runtimes.json", report.runtimes_table(timings, 600.0, "demo", {}))
     for _ in range(2):
-        report.update_runtimes(timings, 600.0, folder)
+        report.publish_runtimes(run_dir, folder)
     title = nbformat.read(folder / "05_train.ipynb", as_version=4).cells[0].source
     assert title.count(report.RUNTIME_MARK) == 1 and "CE 5 s, Focal 8 s, IB-Focal 10 s" in title
     assert "whole run 10.0 min" in title
@@ -217,7 +250,7 @@ def test_every_notebook_states_its_runtime_from_the_committed_table(tmp_path):
 
 
 def test_report_has_the_table_the_claims_and_figures_that_exist(smoke_run):
-    out, _ = smoke_run
+    out, _, _ = smoke_run
     report = (out / "report.md").read_text()
     assert "| PiCIE, the paper's row (= PiCIE + H, Cho et al. 2021) | 49.99 | 14.36 |" in report
     assert "The paper's claims" in report and "figures/07_protocols.png" in report

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib import loader, picie
-from picie_lib.checkpoints import CE_MIN_KEYS, load_checkpoint
+from picie_lib.checkpoints import CE_MIN_KEYS, SWITCH_KEYS, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans, assign_labels
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
@@ -352,6 +352,22 @@ def test_min_loss_restores_the_minimum_epochs_weights(tmp_path, monkeypatch):
     # three IB-Focal epochs after going back to epoch 1's weights: epoch-1 weights + 3 * 0.01
     key = "decoder.layer1.weight"
     assert final["epoch"] == 4 and torch.allclose(final["model"][key], ce_min["model"][key] + 0.03, atol=1e-6)
+
+
+def test_the_ib_focal_phase_records_how_far_it_moved_the_weights(tmp_path, monkeypatch):
+    _scripted_training(monkeypatch, [2.0, 2.5, 1.0, 1.0, 1.0])
+    summary = train(_cfg(loss="ib_focal"), tmp_path)
+    at_switch = load_checkpoint(tmp_path / "switch.pt", SWITCH_KEYS)
+    ce_min = load_checkpoint(tmp_path / "ce_min.pt", CE_MIN_KEYS)
+    assert at_switch["epoch"] == 1  # IB-Focal started from the CE minimum's weights
+    assert all(torch.equal(at_switch["model"][k], v) for k, v in ce_min["model"].items())
+    final = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    names = [n for n, _ in picie.build_model(_cfg(), "cpu").named_parameters()]
+    before = torch.cat([at_switch["model"][n].flatten().double() for n in names])
+    after = torch.cat([final[n].flatten().double() for n in names])
+    moved = [r.get("weights_moved_since_switch") for r in read_jsonl(tmp_path / "log.jsonl")]
+    assert moved[:2] == [None, None] and moved[2] < moved[3] < moved[4]
+    assert summary["weights_moved_after_switch"] == pytest.approx(float((after - before).norm() / before.norm()))
 
 
 def test_min_loss_ends_where_a_switch_at_the_minimum_ends(tmp_path, monkeypatch):

@@ -1,0 +1,104 @@
+"""The evaluation's noise on fixed weights, and what restarts of its k-means cost.
+
+    python benchmarks/eval_noise.py RUN_DIR [--seeds 5] [--restarts 1,10] [--init-batches B] [--out DIR]
+
+For each number of restarts (``eval_kmeans_restarts``) the trained weights in RUN_DIR are scored under
+``--seeds`` evaluation k-means seeds (the run's seed, then the next ones); the table gives, per setting,
+All Acc and mIoU of every seed, their range and sample std, and the seconds of one evaluation, measured side
+by side in one run. Then one Lloyd fit at the paper's initial-fit size is timed on this machine, scaled down
+by ``--paper-scale`` (20 batches x 256 images x 80 x 80 pixels, 128-d, K = 27, 20 iterations: restarts add
+(R - 1) such fits to an evaluation). Writes eval_noise.json and eval_noise.md under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from picie_lib.clustering import lloyd_kmeans
+from picie_lib.config import load_config
+from picie_lib.data import build_dataset
+from picie_lib.distributed import resolve_device
+from picie_lib.evaluate import evaluate_model, load_trained_model
+
+PAPER_INIT_POINTS = 20 * 256 * 80 * 80  # the evaluation's initial fit at the paper preset
+
+
+def noise_of(run_dir: Path, seeds: int, restarts: int, init_batches: int | None) -> dict:
+    cfg = load_config(run_dir / "config.json").replace(
+        eval_seeds=seeds, eval_kmeans_restarts=restarts, eval_kmeans_init_batches=init_batches
+    )
+    model = load_trained_model(run_dir, cfg)
+    train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
+    start = time.perf_counter()
+    spread = evaluate_model(model, cfg, train_set, val_set)["eval_spread"]
+    seconds = (time.perf_counter() - start) / seeds
+    return {"restarts": restarts, "init_batches": init_batches or cfg.kmeans_init_batches, "seeds": spread["seeds"],
+            "seconds_per_evaluation": seconds,
+            **{k: spread[k] for k in ("acc_all", "miou_all")}}  # fmt: skip
+
+
+def lloyd_seconds(points: int, device: str) -> float:
+    x = torch.nn.functional.normalize(torch.randn(points, 128, device=device), dim=1)
+    start = time.perf_counter()
+    lloyd_kmeans(x, 27, 20, seed=0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def markdown(rows: list[dict], fit: dict) -> str:
+    lines = ["| restarts (initial-fit batches) | All Acc per seed | range | std | mIoU per seed | range | std "
+             "| s per evaluation |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        cells = [f"{r['restarts']} ({r['init_batches']})"]
+        for key in ("acc_all", "miou_all"):
+            spread = r[key]
+            cells += [", ".join(f"{v:.2f}" for v in spread["values"]), f"{spread['range']:.2f}", f"{spread['std']:.2f}"]
+        lines.append("| " + " | ".join(cells) + f" | {r['seconds_per_evaluation']:.1f} |")
+    base = rows[0]["seconds_per_evaluation"]
+    ratios = ", ".join(f"{r['restarts']} restart(s) {r['seconds_per_evaluation'] / base:.2f}x" for r in rows)
+    lines += ["", f"Cost of an evaluation against the first setting: {ratios}."]
+    lines += [
+        "",
+        f"One Lloyd fit of {fit['points']:,} points on {fit['device']}: {fit['seconds']:.2f} s; at the paper's "
+        f"{PAPER_INIT_POINTS:,} points about {fit['paper_seconds']:.0f} s, so each restart beyond the first adds that "
+        "to the paper preset's evaluation (linear in the points).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a trained run's folder (python -m picie_lib train ... --out)")
+    parser.add_argument("--seeds", type=int, default=5, help="evaluation k-means seeds per setting")
+    parser.add_argument("--restarts", default="1,10", help="comma-separated eval_kmeans_restarts to compare")
+    parser.add_argument(
+        "--init-batches", type=int, default=None, help="batches in the initial fit (default: the run's; all: one fit)"
+    )
+    parser.add_argument("--paper-scale", type=float, default=1 / 256, help="share of the paper's fit size timed")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/eval_noise"))
+    args = parser.parse_args()
+    rows = []
+    for restarts in [int(r) for r in args.restarts.split(",")]:
+        rows.append(noise_of(args.run_dir, args.seeds, restarts, args.init_batches))
+        acc, miou, seconds = rows[-1]["acc_all"], rows[-1]["miou_all"], rows[-1]["seconds_per_evaluation"]
+        print(f"restarts {restarts}: All Acc range {acc['range']:.2f}, mIoU range {miou['range']:.2f}, "
+              f"{seconds:.1f} s per evaluation", flush=True)  # fmt: skip
+    device = str(resolve_device("auto"))
+    points = int(PAPER_INIT_POINTS * args.paper_scale)
+    seconds = lloyd_seconds(points, device)
+    fit = {"points": points, "device": device, "seconds": seconds, "paper_seconds": seconds / args.paper_scale}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval_noise.json").write_text(json.dumps({"settings": rows, "lloyd_fit": fit}, indent=1))
+    text = markdown(rows, fit)
+    (args.out / "eval_noise.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
