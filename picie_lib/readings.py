@@ -6,12 +6,14 @@ their figures (``plots.publish``) and ``report.md`` repeats them (``plots.save_f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config
-from picie_lib.losses import cosine_logit_max_probability, reachable_l1_norms
+from picie_lib.losses import cosine_logit_max_probability, cross_entropy, ib_focal_loss, reachable_l1_norms
 from picie_lib.metrics import boundary_errors
 from picie_lib.model import FEATURE_DIM
 
@@ -111,13 +113,43 @@ def confusion(confusion: np.ndarray, names: Sequence[str], assignment: Sequence[
     order = seen[np.argsort(-matched[seen])]
     top, bottom = _ends(order)
     best = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in top]
-    worst = [f"{names[c]} ({100 * matched[c]:.0f}%)" for c in bottom]
+    owner = {k: names[c] for c, k in enumerate(assignment) if k >= 0}
+    worst = [_where_it_went(confusion[c], names[c], matched[c], assignment[c], owner) for c in bottom]
     unmatched = confusion.shape[1] - sum(1 for k in assignment if k >= 0)
     text = (
         f"{method}: the brightest diagonal cells, the share of a class's pixels in its own cluster, are "
-        f"{_listed(best)}" + (f"; the most scattered classes are {_listed(worst)}" if worst else "")
+        f"{_listed(best)}" + (f"; the least in their own cluster are {_listed(worst)}" if worst else "")
     )
     return text + (f"; {unmatched} cluster(s) are matched to no class (right-hand columns)." if unmatched else ".")
+
+
+def _where_it_went(row: np.ndarray, name: str, own: float, cluster: int, owner: dict[int, str]) -> str:
+    """One class's row of the confusion: merged (most of its pixels in one other cluster) or scattered."""
+    others = row.copy()
+    if cluster >= 0:
+        others[cluster] = 0
+    k = int(others.argmax())
+    share = others[k] / max(row.sum(), 1)
+    if share >= 0.5:
+        into = f"{owner[k]}'s cluster" if k in owner else "an unmatched cluster"
+        return f"{name} ({100 * own:.0f}%; merged: {100 * share:.0f}% in {into})"
+    return f"{name} ({100 * own:.0f}%; scattered: no other cluster holds more than {100 * share:.0f}%)"
+
+
+def matching(vote_acc: float, hungarian_acc: float, voted_classes: int, present: int) -> str:
+    """Majority vote against the Hungarian matching on one confusion: where the vote's extra accuracy comes from."""
+    if vote_acc - hungarian_acc < 0.05:
+        return (
+            f"Majority vote and the Hungarian matching agree here ({hungarian_acc:.1f}% All Acc): each cluster's "
+            "majority class is a different class."
+        )
+    text = f"Majority vote scores {vote_acc:.1f}% against the Hungarian matching's {hungarian_acc:.1f}%"
+    if voted_classes < present:
+        return text + (
+            f", but names only {voted_classes} of the {present} classes present: its extra "
+            f"{vote_acc - hungarian_acc:.1f} points come from clusters given to a class that already has one."
+        )
+    return text + ": every class gets a cluster, and the extra clusters go to classes that already have one."
 
 
 def loss_curves(log: Sequence[dict]) -> str:
@@ -245,21 +277,72 @@ def gains(per_class: dict[str, Sequence[Sequence[dict]]], baseline: str = "ce", 
     return "; ".join(parts) + f" (IoU points over {METHOD_NAMES[baseline]}, subset protocol)."
 
 
+def two_class_logits(p_t: float) -> torch.Tensor:
+    """Logits of two classes whose softmax gives class 0 the probability ``p_t`` (04's curves)."""
+    return torch.tensor([[math.log(p_t), math.log1p(-p_t)]], dtype=torch.float64)
+
+
+def ib_focal_over_ce(cfg: Config, p_values: Sequence[float] = (0.1, 0.5, 0.9), points: int = 60) -> tuple[float, float]:
+    """The smallest and largest ratio IB-Focal / CE over 04's figure: ``p_values`` of the true class, and the
+    L1 norms ``h`` a normalised feature can reach (``losses.reachable_l1_norms``), at ``cfg``'s alpha."""
+    target, ratios = torch.tensor([0]), []
+    for p in p_values:
+        ce = float(cross_entropy(two_class_logits(p), target))
+        for h in np.linspace(*reachable_l1_norms(FEATURE_DIM), points):
+            feature = torch.full((1, FEATURE_DIM), h / FEATURE_DIM, dtype=torch.float64)
+            logits = two_class_logits(p)
+            ib = ib_focal_loss(logits, target, feature, alpha=cfg.ib_alpha, gamma=cfg.ib_gamma, eps=cfg.ib_eps)
+            ratios.append(float(ib) / ce)
+    return min(ratios), max(ratios)
+
+
+def times(low: float, high: float) -> str:
+    """A range of ratios in words: "4.4 to 450 times", "0.0044 to 0.45 times"."""
+
+    def number(r: float) -> str:
+        return f"{r:.0f}" if r >= 10 else (f"{r:.1f}" if r >= 1 else f"{r:.2g}")
+
+    return f"{number(low)} to {number(high)} times"
+
+
+def ib_against_ce(cfg: Config) -> str:
+    """Where IB-Focal lies against CE over 04's figure, chosen by the ratio's range: above, below, or across."""
+    low, high = ib_focal_over_ce(cfg)
+    if low > 1:
+        return f"lies above CE (dashed) everywhere plotted, {times(low, high)} CE's loss"
+    if high < 1:
+        return f"lies below CE (dashed) everywhere plotted, {times(low, high)} CE's loss"
+    return f"crosses CE (dashed): from {times(low, high)} CE's loss"
+
+
 def loss_shapes(cfg: Config) -> str:
     low, high = reachable_l1_norms(FEATURE_DIM)
-    return (
+    text = (
         f"Focal weighs a pixel with p_t = 0.9 at (1 - 0.9)^{cfg.gamma:g} = {0.1**cfg.gamma:.2g} of its CE, one "
         f"with p_t = 0.1 at {0.9**cfg.gamma:.2f}: easy pixels fade. IB-Focal divides by the influence "
         f"2(1 - p_t) h: over the norms a normalised feature can have (h = {low:g} to {high:.1f}) it falls by "
-        f"{high / low:.1f}x, and alpha = {cfg.ib_alpha:g} lifts it far above CE (dashed), which is why the IB "
-        f"phase trains at ib_lr_factor = {cfg.ib_lr_factor:g} times the learning rate."
+        f"{high / low:.1f}x, and at alpha = {cfg.ib_alpha:g} it {ib_against_ce(cfg)}"
     )
+    if ib_focal_over_ce(cfg)[0] > 1 and cfg.ib_lr_factor < 1:
+        return text + f", which is why the IB phase trains at ib_lr_factor = {cfg.ib_lr_factor:g} times the rate."
+    return text + f"; the IB phase's learning rate is ib_lr_factor = {cfg.ib_lr_factor:g} times CE's."
+
+
+def probability(p: float) -> str:
+    """A probability with the digits that tell it from 1 (0.9988, not 1.00)."""
+    return f"{p:.2f}" if p < 0.99 else f"{p:.{1 + math.ceil(-math.log10(max(1 - p, 1e-12)))}f}"
+
+
+def focal_reach(cfg: Config, temperature: float) -> tuple[float, float]:
+    """``p_t`` of a pixel on its centroid, the others orthogonal, at ``temperature``, and Focal's factor there."""
+    p = cosine_logit_max_probability(cfg.n_clusters, temperature, "orthogonal")
+    return p, (1 - p) ** cfg.gamma
 
 
 def temperature(cfg: Config) -> str:
     def reach(t: float) -> str:
-        p = cosine_logit_max_probability(cfg.n_clusters, t, "orthogonal")
-        return f"p_t = {p:.2f} (Focal factor {(1 - p) ** cfg.gamma:.2f})"
+        p, factor = focal_reach(cfg, t)
+        return f"p_t = {probability(p)} (Focal factor {factor:.2g})"
 
     here = reach(cfg.temperature)
     text = f"At this run's T = {cfg.temperature:g} a pixel on its centroid, the others orthogonal, reaches {here}"

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from picie_lib import readings
+from picie_lib.claims import OVERSEGMENTATION_CLAIM
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES
-from picie_lib.losses import cosine_logit_max_probability
 
 VERDICTS = {
     "yes": "holds",
@@ -24,13 +25,14 @@ def bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def setup(report: Sequence[dict], changed: dict, preset: str) -> str:
+def setup(report: Sequence[dict], changed: dict, source: str) -> str:
+    """00's Takeaways; ``source`` names where the parameters came from (``notebook.parameters_source``)."""
     found = {r["item"]: r["found"] for r in report}
     missing = [r["item"] for r in report if r["status"] == "missing"]
     return bullets(
         [
             f"This machine runs torch {found['torch']} on {found['device / k-means']} (device / k-means backend).",
-            f"The `{preset}` preset changes {len(changed)} of the paper's parameters"
+            f"The {source} changes {len(changed)} of the paper's parameters"
             + (f" ({', '.join(sorted(changed)[:6])}{', ...' if len(changed) > 6 else ''})." if changed else "."),
             "Nothing this preset needs is missing."
             if not missing
@@ -53,7 +55,8 @@ def data(counts: np.ndarray, names: Sequence[str], things: Sequence[int], stuff_
             f"Things are {share[list(things)].sum():.1f}% of the labelled pixels; the three largest classes "
             f"({', '.join(names[c] for c in order[:3])}) hold {top3:.0f}%.",
             f"The largest class has {counts[order[0]] / counts[order[-1]]:.0f} times the pixels of the smallest "
-            "present: frequency-proportional CE weights (PiCIE's `balance: picie`) favour the head of this tail.",
+            "present. PiCIE's CE weights each cluster by its share of the pixels (`balance: picie`): where clusters "
+            "follow classes, that favours the head of this tail.",
             f"{100 * np.mean(labelled >= 0.75):.0f}% of the scanned images have at least 75% stuff pixels "
             "(PiCIE's curation rule)."
             if len(labelled)
@@ -105,15 +108,26 @@ def clustering(refs: Sequence[dict]) -> str:
 
 
 def losses(cfg) -> str:
-    typical = cosine_logit_max_probability(cfg.n_clusters, cfg.temperature, "orthogonal")
+    p, factor = readings.focal_reach(cfg, cfg.temperature)
+    low, high = readings.ib_focal_over_ce(cfg)
+    if factor >= 0.1:
+        reach = f"so Focal's factor stays above {factor:.2f}: no pixel fades much, and Focal is close to a rescaled CE."
+    else:
+        reach = f"where Focal's factor falls to {factor:.2g}: confident pixels fade, as the paper intends."
+    if low > 1:
+        drop = f", which the learning-rate drop (x{cfg.ib_lr_factor:g}) compensates" if cfg.ib_lr_factor < 1 else ""
+        scale = f"its values are {readings.times(low, high)} CE's{drop}."
+    elif high < 1:
+        scale = f"its values are {readings.times(low, high)} CE's: below CE everywhere plotted."
+    else:
+        scale = f"its values range from {readings.times(low, high)} CE's, crossing it."
     return bullets(
         [
             f"Focal multiplies CE by (1 - p_t)^{cfg.gamma:g}: a pixel at p_t = 0.9 counts {0.1**cfg.gamma:.2g} as "
             "much as under CE.",
-            f"With cosine logits at T = {cfg.temperature:g} a pixel reaches at most p_t = {typical:.2f} in the "
-            f"typical case, so Focal's factor stays above {(1 - typical) ** cfg.gamma:.2f}.",
-            f"IB-Focal divides by 2(1 - p_t) ||f||_1 and multiplies by alpha = {cfg.ib_alpha:g}: its values are "
-            f"hundreds of times CE's, which the learning-rate drop (x{cfg.ib_lr_factor:g}) compensates.",
+            f"With cosine logits at T = {cfg.temperature:g} a pixel on its centroid, the others orthogonal, reaches "
+            f"p_t = {readings.probability(p)}, {reach}",
+            f"IB-Focal divides by 2(1 - p_t) ||f||_1 and multiplies by alpha = {cfg.ib_alpha:g}: {scale}",
         ]
     )
 
@@ -207,7 +221,8 @@ def conclusion(rows: Sequence[dict], claims: Sequence[dict]) -> str:
             for p in parts
         )
         verdict = VERDICTS.get(parts[0]["holds"], parts[0]["holds"])
-        lines.append(f"**{claim}**: {verdict} (difference from PiCIE: {numbers}).")
+        against = "things minus stuff in PiCIE's runs" if claim == OVERSEGMENTATION_CLAIM else "difference from PiCIE"
+        lines.append(f"**{claim}**: {verdict} ({against}: {numbers}).")
     if len(seeds) == 1:
         lines.append(
             "One seed judges nothing: rerun with `-p seeds=[0,1,2]` to see which claims survive the seed spread."

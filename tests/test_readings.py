@@ -1,0 +1,94 @@
+"""The sentences under 04's figures, its Takeaways and the confusion readings: each qualitative word chosen by a
+rule on the numbers, checked with numbers that flip it."""
+
+import numpy as np
+import pytest
+import torch
+
+from picie_lib import readings, takeaways
+from picie_lib.config import load_preset
+from picie_lib.losses import cross_entropy, ib_focal_loss
+
+
+def _ratio_by_hand(cfg, p: float, h: float) -> float:
+    """IB-Focal / CE for one pixel by the formula: (1 - p)^gamma alpha / (2 (1 - p) h + eps)."""
+    return (1 - p) ** cfg.ib_gamma * cfg.ib_alpha / (2 * (1 - p) * h + cfg.ib_eps)
+
+
+def test_the_ratio_of_ib_focal_to_ce_is_the_formulas():
+    cfg = load_preset("demo")
+    low, high = readings.ib_focal_over_ce(cfg)
+    grid = [_ratio_by_hand(cfg, p, h) for p in (0.1, 0.5, 0.9) for h in np.linspace(1, np.sqrt(128), 60)]
+    assert low == pytest.approx(min(grid), rel=1e-4) and high == pytest.approx(max(grid), rel=1e-4)
+    logits, target = readings.two_class_logits(0.3), torch.tensor([0])
+    assert float(torch.softmax(logits, 1)[0, 0]) == pytest.approx(0.3)
+    feature = torch.full((1, 128), 2.0 / 128, dtype=torch.float64)
+    ib = ib_focal_loss(logits, target, feature, alpha=cfg.ib_alpha, gamma=cfg.ib_gamma, eps=cfg.ib_eps)
+    assert float(ib) / float(cross_entropy(logits, target)) == pytest.approx(_ratio_by_hand(cfg, 0.3, 2.0), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "reading", "takeaway"),
+    [
+        (1000, "lies above CE (dashed) everywhere plotted, 4.4 to 450 times", "which the learning-rate drop"),
+        (1, "lies below CE (dashed) everywhere plotted", "below CE everywhere plotted"),
+        (10, "crosses CE (dashed)", "crossing it"),
+    ],
+)
+def test_ib_focal_is_said_above_below_or_across_ce_as_its_ratio_lies(alpha, reading, takeaway):
+    cfg = load_preset("demo", ib_alpha=alpha)
+    assert reading in readings.loss_shapes(cfg)
+    assert takeaway in takeaways.losses(cfg)
+    contrary = {"above", "below", "crosses"} - {reading.split()[1]}
+    assert not any(f"lies {w} CE" in readings.loss_shapes(cfg) for w in contrary if w != "crosses")
+    assert ("hundreds" not in takeaways.losses(cfg)) and ("far above" not in readings.loss_shapes(cfg))
+
+
+def test_focals_reach_is_never_a_degenerate_number():
+    sharp, flat = load_preset("demo", temperature=0.1), load_preset("demo", temperature=1.0)
+    text = takeaways.losses(sharp)
+    assert "p_t = 0.9988" in text and "falls to 1.4e-06" in text and "1.00" not in text and "0.00" not in text
+    assert "stays above 0.82" in takeaways.losses(flat) and "close to a rescaled CE" in takeaways.losses(flat)
+    assert "p_t = 0.9988 (Focal factor 1.4e-06)" in readings.temperature(flat)
+    assert readings.probability(0.5) == "0.50" and readings.probability(0.9988) == "0.9988"
+    assert readings.probability(0.99996).startswith("0.99996") and float(readings.probability(0.999996)) < 1
+
+
+def test_a_class_in_one_other_cluster_is_merged_and_one_spread_out_is_scattered():
+    names = [f"c{i}" for i in range(7)]
+    confusion = np.diag([100.0] * 7)
+    confusion[5] = [0, 90, 0, 0, 0, 10, 0]  # c5: 90% in c1's cluster
+    confusion[6] = [20, 20, 20, 20, 0, 0, 20]  # c6: 20% in its own, the rest spread evenly
+    text = readings.confusion(confusion, names, list(range(7)), "CE")
+    assert "c5 (10%; merged: 90% in c1's cluster)" in text
+    assert "c6 (20%; scattered: no other cluster holds more than 20%)" in text
+    confusion[6] = [0, 0, 80, 0, 0, 0, 20]  # now merged too
+    assert "c6 (20%; merged: 80% in c2's cluster)" in readings.confusion(confusion, names, list(range(7)), "CE")
+
+
+def test_the_over_segmentation_claim_is_labelled_things_minus_stuff_not_a_difference_from_picie():
+    from picie_lib.claims import OVERSEGMENTATION_CLAIM
+
+    row = [{"loss": "ce", "seed": 0, "acc_all": 50.0, "miou_all": 20.0}]
+    part = {"metric": "clusters", "difference": 0.5, "se": None, "holds": "no data", "n_seeds": 1}
+    text = takeaways.conclusion(row, [{**part, "claim": OVERSEGMENTATION_CLAIM}, {**part, "claim": "Focal helps"}])
+    assert (
+        f"**{OVERSEGMENTATION_CLAIM}**: not judged (no data) (things minus stuff in PiCIE's runs: clusters +0.50)"
+        in text
+    )
+    assert "**Focal helps**: not judged (no data) (difference from PiCIE: clusters +0.50)" in text
+
+
+def test_majority_vote_against_hungarian_is_said_by_the_accuracies_and_the_classes_named():
+    confusion = np.array([[50, 40, 0], [10, 0, 30], [0, 0, 5]])  # clusters 0 and 1 both vote class 0
+    vote = confusion.argmax(0)
+    vote_acc = 100 * confusion.max(0).sum() / confusion.sum()
+    from picie_lib.metrics import hungarian
+
+    match = hungarian(confusion)
+    match_acc = 100 * confusion[np.arange(3), match].sum() / confusion.sum()
+    assert (vote_acc, match_acc, len(set(vote.tolist()))) == pytest.approx((100 * 120 / 135, 100 * 80 / 135, 2))
+    text = readings.matching(vote_acc, match_acc, 2, 3)
+    assert "names only 2 of the 3 classes present" in text and f"{vote_acc - match_acc:.1f} points" in text
+    assert "agree here (50.0% All Acc)" in readings.matching(50.0, 50.0, 3, 3)
+    assert "every class gets a cluster" in readings.matching(60.0, 50.0, 3, 3)
