@@ -28,5 +28,9 @@ test: setup  ## lint, every test, then every notebook under nbval on the smoke p
 test-fast: setup  ## the unit tier: pytest -m "not slow" (under a minute; no process started, no model trained)
 	$(PY) -m pytest -m "not slow"
 
-lab: setup  ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+# `make lab RUN=outputs/demo-...` opens the notebooks on a finished run: out_dir and the parameters are that run's.
+RUN ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab: setup  ## JupyterLab on the notebooks (RUN=DIR: on the run in DIR; as root, with --allow-root)
+	$(if $(RUN),PICIE_NOTEBOOK_OUT=$(abspath $(RUN))) $(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/

@@ -24,7 +24,7 @@ from picie_lib.runs import (
 CHECKPOINT_FORMAT = "picie_lib.checkpoint/2"  # 2: the log is kept in the checkpoint
 
 # Parameters that do not change what training computes; a resumed run may differ in them.
-TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"eval_batch_size", "probe_epochs", *EVALUATION_KEYS}
+TRAINING_RUNTIME_KEYS = RUNTIME_KEYS | {"probe_epochs", *EVALUATION_KEYS}
 
 RUN_FILES = ("log.jsonl", "checkpoint.pt", "ce_min.pt", "switch.pt", "summary.json")
 
@@ -129,3 +129,17 @@ def check_same_config(saved: dict, cfg: Config, path: Path) -> None:
     diff = differences(saved, cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
     if diff:
         raise ValueError(f"{path} was written by a different configuration ({'; '.join(diff)})")
+
+
+def evaluation_asked(run_dir: Path, saved: Config, cfg: Config) -> dict:
+    """What ``cfg`` (a notebook's or a comparison's parameters) asks of the run that ``run_dir`` holds, trained
+    with ``saved``: the evaluation parameters (``EVALUATION_KEYS``) to score its weights with where they
+    differ, or, where a parameter that changes training differs, an error naming it: those weights are not
+    the run asked for, and scoring them under the new name would be a silent no-op."""
+    trained = differences(saved.to_dict(), cfg, TRAINING_RUNTIME_KEYS, saved_as="trained with")
+    if trained:
+        raise ValueError(
+            f"{run_dir} holds a run of other training parameters ({'; '.join(trained)}); pick a new folder for "
+            "this setting (out_dir or run_dir: it is trained there), or set the parameters back to the folder's"
+        )
+    return {k: getattr(cfg, k) for k in EVALUATION_KEYS if getattr(saved, k) != getattr(cfg, k)}

@@ -110,6 +110,22 @@ def cmd_runtimes(args: argparse.Namespace) -> None:
         f"whole run {table['wall_seconds'] / 60:.1f} min")  # fmt: skip
 
 
+def cmd_notebook(args: argparse.Namespace) -> None:
+    from picie_lib.pipeline import execute, notebook_parameters
+
+    given = parse_overrides(args.param)
+    unknown = sorted(set(given) - notebook_parameters(args.name))
+    if unknown:
+        raise ValueError(f"-p {', '.join(unknown)}: not in {args.name}'s parameters cell "
+                         f"({', '.join(sorted(notebook_parameters(args.name)))})")  # fmt: skip
+    for key in ("out_dir", "run_dir"):  # read from here, not from notebooks/ where the kernel runs
+        if isinstance(given.get(key), str):
+            given[key] = str(Path(given[key]).resolve())
+    output = Path(args.output).resolve()
+    execute(args.name, output, given)
+    say(f"wrote {output} and {output.with_suffix('.html')}")
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from picie_lib.data.prepare import PREPARE
 
@@ -187,7 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _upkeep_commands(sub) -> None:
-    """The commands that prepare or publish, not run: the pretext backbone, the notebooks' runtimes."""
+    """The commands around the method's: one notebook, the pretext backbone, the notebooks' runtimes."""
+    p = sub.add_parser("notebook", help="execute one notebook with its parameters (quiet kernel), and its HTML copy")
+    p.add_argument("name", help="a notebook of notebooks/ without .ipynb, e.g. 06_evaluate")
+    p.add_argument("output", help="the executed copy to write (.ipynb; the .html beside it)")
+    p.add_argument(
+        "-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a value of the parameters cell, as YAML: -p loss=focal -p 'params={temperature: 1.0}'",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_notebook)
+
     p = sub.add_parser(
         "pretext", help="pretrain a backbone on built-in texture scenes (no demo class), for -p pretrained="
     )

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from picie_lib import distributed, readings
-from picie_lib.checkpoints import checkpoint_record, load_checkpoint
+from picie_lib.checkpoints import checkpoint_record, evaluation_asked, load_checkpoint
 from picie_lib.claims import (
     CODE_COLUMNS,
     COLUMNS,
@@ -82,6 +82,20 @@ def resumable(out_dir: Path, cfg: Config) -> Path:
     return Path(out_dir)
 
 
+def train_missing(cfg: Config, out_dir: Path) -> None:
+    """07_compare's start when run alone: each trained folder the comparison needs is first checked to hold
+    a run of ``cfg`` (a folder of other training parameters is refused, naming them, before anything is
+    written: a changed parameter is never scored under the old weights), then the missing runs are trained."""
+    steps = [(seed, loss, Path(out_dir) / f"{loss}-seed{seed}") for seed in cfg.seeds for loss in LOSSES]
+    for seed, loss, folder in steps:
+        if (folder / "config.json").is_file():
+            evaluation_asked(folder, load_config(folder / "config.json"), cfg.replace(seed=seed, loss=loss))
+    for seed, loss, folder in steps:
+        if not (folder / "summary.json").is_file():
+            print(f"training {loss}, seed {seed} (missing in {out_dir})")
+            train(cfg.replace(loss=loss, seed=seed), folder, resume=True)
+
+
 def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=None, val_set=None) -> dict:
     """The results row of one method and seed, from ``out_dir/{method}-seed{seed}/metrics.json``.
 
@@ -98,7 +112,8 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
         if method in LOSSES:
             if not (run_dir / "checkpoint.pt").is_file():
                 raise FileNotFoundError(f"{run_dir}: no trained run of {method!r} for seed {seed}; train it first")
-            evaluate_run(run_dir, train_set, val_set)
+            evaluation = evaluation_asked(run_dir, load_config(run_dir / "config.json"), run_cfg)
+            evaluate_run(run_dir, train_set, val_set, evaluation=evaluation)
         else:
             if method == "rgb_kmeans":
                 result = evaluate_rgb(run_cfg, train_set, val_set)

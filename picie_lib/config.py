@@ -406,7 +406,7 @@ def parse_overrides(texts: list[str]) -> dict[str, Any]:
 # Parameters that change how a run executes, not what it computes.
 RUNTIME_KEYS = frozenset({"device", "num_workers", "seeds"})
 # The evaluation's own parameters: what `evaluate` may change on a finished run (training never reads them).
-EVALUATION_KEYS = ("eval_seeds", "eval_kmeans_restarts", "eval_kmeans_init_batches")
+EVALUATION_KEYS = ("eval_seeds", "eval_kmeans_restarts", "eval_kmeans_init_batches", "eval_batch_size")
 
 
 def differences(

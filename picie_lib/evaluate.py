@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from picie_lib import distributed
-from picie_lib.checkpoints import TRAINING_RUNTIME_KEYS, checkpoint_record, load_checkpoint
+from picie_lib.checkpoints import TRAINING_RUNTIME_KEYS, checkpoint_record, evaluation_asked, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans
 from picie_lib.config import EVALUATION_KEYS, Config, differences, from_dict, load_config
 from picie_lib.data import SceneDataset, build_dataset
@@ -395,16 +395,20 @@ def stored_scores(metrics: Path, cfg: Config, weights: str | None, ignore: froze
     return None if differences(saved.get("config", {}), cfg, ignore) else saved
 
 
-def current_evaluation(run_dir: Path) -> dict:
-    """The scores of the weights now in ``run_dir``: its ``metrics.json`` while that scored these weights
-    with the folder's configuration (a resumed batch run rescores nothing), else ``evaluate_run``."""
+def current_evaluation(run_dir: Path, cfg: Config | None = None) -> dict:
+    """The scores of the weights now in ``run_dir`` under ``cfg``'s evaluation parameters (default: the
+    folder's): its ``metrics.json`` while that scored these weights so, else ``evaluate_run`` with them. A
+    ``cfg`` that trains differently from the folder's run is refused (``checkpoints.evaluation_asked``)."""
     run_dir = Path(run_dir)
-    if (run_dir / "centroids.pt").is_file() and (run_dir / "metrics.json").is_file():
-        cfg, ckpt = scored_checkpoint(run_dir)
-        saved = stored_scores(run_dir / "metrics.json", cfg, weights_digest(ckpt["model"]), TRAINING_RUNTIME_KEYS)
+    folder_cfg, ckpt = scored_checkpoint(run_dir)
+    evaluation = {} if cfg is None else evaluation_asked(run_dir, folder_cfg, cfg)
+    ignore = TRAINING_RUNTIME_KEYS if cfg is None else TRAINING_RUNTIME_KEYS - set(EVALUATION_KEYS)
+    if (run_dir / "centroids.pt").is_file():
+        wanted = folder_cfg.replace(**evaluation)
+        saved = stored_scores(run_dir / "metrics.json", wanted, weights_digest(ckpt["model"]), ignore)
         if saved is not None:
             return saved
-    return evaluate_run(run_dir)
+    return evaluate_run(run_dir, evaluation=evaluation)
 
 
 def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 from pathlib import Path
 
 import torch
 
 from picie_lib.clustering import faiss, faiss_gpu_count, resolve_backend
-from picie_lib.config import LOSS_NAMES, Config, load_preset
+from picie_lib.config import LOSS_NAMES, Config, load_config, load_preset
 from picie_lib.distributed import resolve_device
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -27,11 +28,33 @@ def absolute_paths(cfg: Config, base: Path) -> dict:
     return paths
 
 
-def notebook_config(preset: str, params: dict | None = None, **fixed) -> Config:
-    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own).
-    Relative paths (a preset's ``data_root: data/cocostuff``) are read from the repository's root,
-    where the commands run, not from notebooks/ where the kernel runs."""
-    cfg = load_preset(preset, **{**(params or {}), **{k: v for k, v in fixed.items() if v is not None}})
+def saved_config_of(folders: tuple[Path | str | None, ...]) -> Path | None:
+    """The first ``config.json`` among ``folders``, then ``PICIE_NOTEBOOK_OUT`` (a run's or a comparison's, as
+    `run`, `train` and `compare` save it; so a fresh ``out_dir`` in JupyterLab on a finished run keeps that run's
+    parameters), None where none holds one."""
+    for folder in (*folders, os.environ.get("PICIE_NOTEBOOK_OUT")):
+        if folder is not None and (Path(folder) / "config.json").is_file():
+            return Path(folder) / "config.json"
+    return None
+
+
+def parameters_source(preset: str | None, *folders: Path | str | None) -> str:
+    """Where a notebook's parameters come from, in words: the preset named, else a folder's saved run."""
+    saved = saved_config_of(folders) if preset is None else None
+    return f"`{preset or 'smoke'}` preset" if saved is None else f"run saved in `{saved}`"
+
+
+def notebook_config(preset: str | None, params: dict | None = None, *folders: Path | str | None, **fixed) -> Config:
+    """The parameters cell's ``preset`` and ``params`` as a Config (``fixed`` = the notebook's own). With
+    ``preset = None`` the base is the configuration saved in the first of ``folders`` that holds one (a finished
+    run opened in JupyterLab: ``out_dir``, ``run_dir``), else the smoke preset; ``params`` change the base.
+    Relative paths (a preset's ``data_root: data/cocostuff``) are read from the repository's root, where the
+    commands run, not from notebooks/ where the kernel runs."""
+    overrides = {**(params or {}), **{k: v for k, v in fixed.items() if v is not None}}
+    saved = saved_config_of(folders) if preset is None else None
+    if saved is not None:
+        return load_config(saved).replace(**overrides)
+    cfg = load_preset(preset or "smoke", **overrides)
     return cfg.replace(**absolute_paths(cfg, NOTEBOOK_DIR.parent))
 
 

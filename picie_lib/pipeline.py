@@ -158,6 +158,17 @@ def _is_running(pid: int) -> bool:
         return False
 
 
+def notebook_parameters(notebook: str) -> set[str]:
+    """The names the parameters cell of ``notebooks/<notebook>.ipynb`` assigns."""
+    import nbformat
+
+    path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: notebook not found (expected a name like 06_evaluate)")
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return set(re.findall(r"^(\w+) = ", cell.source, flags=re.M))
+
+
 def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = None) -> None:
     """Run ``cwd/notebook.ipynb`` (default: the repository's notebooks) with papermill into
     ``output``, and render the executed copy to HTML beside it (``html_copy``), failed or not."""
