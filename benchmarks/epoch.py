@@ -59,6 +59,8 @@ from picie_lib.transforms import augment, draw_view_params, geometric_views, ref
 
 PASSES = ("cluster", "label", "train", "evaluate")
 CURATED = "Coco164kFull_Stuff_Coarse_7.txt"
+COCO_TRAIN, COCO_VAL = 49_629, 2_175  # COCO-Stuff-27's curated splits (IIC's lists), what Table 2 reads
+WAYS = {"e2e": "end to end", "data": "data path alone", "network": "network alone"}
 
 
 # ---- the data set ----------------------------------------------------------------------------------
@@ -311,6 +313,30 @@ def table(results: dict, n: int) -> str:
     return "\n".join(lines)
 
 
+def table2_hours(results: dict, epochs: dict[str, int]) -> dict[str, float]:
+    """Hours Table 2 would take on COCO-Stuff-27 at this run's per-image costs, for each way measured: every
+    method's ``epochs`` of the three passes over the 49,629 training images, and one evaluation per method
+    (its fresh k-means over the training images and its scores over the 2,175 validation images)."""
+    hours = {}
+    for way in WAYS:
+        if not all(way in results[p] for p in PASSES):
+            continue
+        per_image = {p: results[p][way]["seconds"] / results[p][way]["images"] for p in PASSES}
+        epoch = COCO_TRAIN * sum(per_image[p] for p in ("cluster", "label", "train"))
+        evaluation = (COCO_TRAIN + COCO_VAL) * per_image["evaluate"]
+        hours[way] = (sum(epochs.values()) * epoch + len(epochs) * evaluation) / 3600
+    return hours
+
+
+def table2_line(hours: dict[str, float], epochs: dict[str, int]) -> str:
+    plan = " + ".join(str(e) for e in epochs.values())
+    measured = "; ".join(f"{WAYS[w]} {h:.2f} h" for w, h in hours.items())
+    return (
+        f"Table 2 on COCO-Stuff-27 ({COCO_TRAIN:,} train / {COCO_VAL:,} val images; {plan} epochs and one "
+        f"evaluation per method) at these per-image costs: {measured}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2048, help="train images (val: n / 8)")
@@ -324,6 +350,7 @@ def main() -> None:
     parser.add_argument("--measure", default="data,network,e2e", help="any of data, network, e2e")
     parser.add_argument("--views", action="store_true", help="also: one item's views, definition vs fast path")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (the paper preset: float32)")
+    parser.add_argument("--both", action="store_true", help="float32 and bf16 side by side, in this one run")
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -355,9 +382,20 @@ def main() -> None:
         f"k-means initial fit on {init_batches} batch(es), {'bf16' if args.amp else 'float32'}",
         flush=True,
     )
-    results = measure_epoch(cfg, device, set(args.measure.split(",")))
-    report = {"epoch": results}
-    markdown = table(results, args.n)
+    epochs = {loss: cfg.epochs_for(loss) for loss in ("ce", "focal", "ib_focal")}
+    precisions = (False, True) if args.both else (cfg.amp,)
+    report, sections = {}, []
+    for amp in precisions:
+        name = "bf16" if amp else "float32"
+        print(f"{name}:", flush=True)
+        results = measure_epoch(cfg.replace(amp=amp), device, set(args.measure.split(",")))
+        hours = table2_hours(results, epochs)
+        report[name] = {"epoch": results, "table2_hours": hours}
+        sections.append(f"**{name}**\n\n{table(results, args.n)}\n\n{table2_line(hours, epochs)}")
+    if args.both and report["float32"]["table2_hours"].get("e2e") and report["bf16"]["table2_hours"].get("e2e"):
+        speedup = report["float32"]["table2_hours"]["e2e"] / report["bf16"]["table2_hours"]["e2e"]
+        sections.append(f"bf16 against float32, end to end, same run: x{speedup:.2f}.")
+    markdown = "\n\n".join(sections)
     if args.views:
         report["views"] = views_side_by_side(cfg, min(args.n, 256))
         v = report["views"]
