@@ -196,7 +196,7 @@ def class_frequency(pixels: Sequence[float], class_names: Sequence[str], things:
     ax.set_yscale("log")
     ax.tick_params(axis="x", rotation=75, labelsize=7)
     ax.set_xlabel("")
-    ax.set_title("Pixel frequency per class (log scale): the long tail PiCIE's CE weights follow")
+    ax.set_title("Pixel frequency per class (log scale): the long tail")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never on them
     fig.tight_layout()
     return fig
