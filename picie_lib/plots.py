@@ -240,7 +240,7 @@ PHASE_STYLE = {"ce": ("o", "#1b9e77"), "focal": ("s", "#d95f02"), "ib_focal": ("
 
 def loss_curves(log: Sequence[dict], title: str = ""):
     """Training loss and the k-means loss per epoch from ``log.jsonl``. A second phase (IB-Focal after
-    its CE warm-up) gets its own y axis on the right, in its colour: its loss is tens of times CE's. The
+    its CE warm-up) gets its own y axis on the right, in its colour: its loss is on another scale than CE's. The
     switch is a dashed line; the CE epoch past the minimum (discarded, the run went back) a grey cross."""
     kept = [r for r in log if not r.get("discarded")]
     phases = [p for p in LOSS_NAMES if any(r["phase"] == p for r in kept)]
