@@ -15,6 +15,7 @@ import torch
 
 from picie_lib import distributed
 from picie_lib.config import EVALUATION_KEYS, RUNTIME_KEYS, Config, differences, from_dict
+from picie_lib.notebook import NOTEBOOK_DIR, absolute_paths
 from picie_lib.runs import (
     first_line,
     load_tensors,
@@ -136,6 +137,8 @@ def evaluation_asked(run_dir: Path, saved: Config, cfg: Config) -> dict:
     with ``saved``: the evaluation parameters (``EVALUATION_KEYS``) to score its weights with where they
     differ, or, where a parameter that changes training differs, an error naming it: those weights are not
     the run asked for, and scoring them under the new name would be a silent no-op."""
+    root = NOTEBOOK_DIR.parent  # a relative file parameter (`train --preset paper`) is read from there, as notebooks do
+    saved, cfg = (c.replace(**absolute_paths(c, root)) for c in (saved, cfg))
     trained = differences(saved.to_dict(), cfg, TRAINING_RUNTIME_KEYS, saved_as="trained with")
     if trained:
         raise ValueError(

@@ -1,6 +1,7 @@
-"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare,pretext,runtimes} ...``.
+"""Command line: ``python -m picie_lib {run,train,evaluate,compare,prepare,notebook,pretext,runtimes} ...``.
 
     python -m picie_lib run --preset demo            # the notebooks, executed, with report.md
+    python -m picie_lib notebook 06_evaluate out.ipynb -p loss=focal   # one notebook, its own parameters
     python -m picie_lib train --preset demo --loss ib_focal --out outputs/ib
     python -m picie_lib evaluate outputs/ib
     python -m picie_lib compare --preset demo --out outputs/compare
@@ -230,7 +231,7 @@ def _upkeep_commands(sub) -> None:
 
 
 def _evaluation_args(p: argparse.ArgumentParser) -> None:
-    """evaluate's own parameters (``config.EVALUATION_KEYS``), as flags."""
+    """evaluate's own parameters (``config.EVALUATION_KEYS``; eval_batch_size stays the run's), as flags."""
     p.add_argument(
         "--eval-seeds", type=_positive, default=None, metavar="N",
         help="score the same weights under N k-means seeds (eval_seeds; metrics.json: eval_spread)",

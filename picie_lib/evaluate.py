@@ -350,11 +350,15 @@ def evaluate_run(
     return result
 
 
-def kmeans_seed_scores(run_dir: Path, seeds: list[int], restarts: int | None = None) -> list[dict]:
+def kmeans_seed_scores(
+    run_dir: Path, seeds: list[int], restarts: int | None = None, cfg: Config | None = None
+) -> list[dict]:
     """The scores of ``run_dir``'s weights, fixed, under each evaluation k-means seed in ``seeds`` (with
-    ``restarts`` starts each, by default the run's ``eval_kmeans_restarts``); nothing is written. What the
-    evaluation alone moves: the same weights, only the k-means drawn again."""
-    cfg, ckpt = scored_checkpoint(Path(run_dir))
+    ``restarts`` starts each, by default ``cfg``'s or the run's ``eval_kmeans_restarts``; ``cfg``'s evaluation
+    parameters as ``current_evaluation`` takes them); nothing is written. What the evaluation alone moves: the
+    same weights, only the k-means drawn again."""
+    folder_cfg, ckpt = scored_checkpoint(Path(run_dir))
+    cfg = folder_cfg.replace(**({} if cfg is None else evaluation_asked(run_dir, folder_cfg, cfg)))
     cfg = cfg.replace(eval_seeds=1, eval_kmeans_restarts=restarts or cfg.eval_kmeans_restarts)
     model = build_model(cfg, resolve_device(cfg.device))
     model.load_state_dict(ckpt["model"])

@@ -52,9 +52,7 @@ def notebook_config(preset: str | None, params: dict | None = None, *folders: Pa
     commands run, not from notebooks/ where the kernel runs."""
     overrides = {**(params or {}), **{k: v for k, v in fixed.items() if v is not None}}
     saved = saved_config_of(folders) if preset is None else None
-    if saved is not None:
-        return load_config(saved).replace(**overrides)
-    cfg = load_preset(preset or "smoke", **overrides)
+    cfg = load_config(saved).replace(**overrides) if saved is not None else load_preset(preset or "smoke", **overrides)
     return cfg.replace(**absolute_paths(cfg, NOTEBOOK_DIR.parent))
 
 

@@ -61,9 +61,10 @@ def permutation(n: int, seed: int) -> list[int]:
 
 # ---- the network and the views' features -------------------------------------------------------------
 def build_model(cfg: Config, device: torch.device) -> PanopticFPN:
-    torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed alone
     with distributed.main_first(enabled=bool(cfg.pretrained)):  # rank 0 trains or downloads the backbone once
-        model = PanopticFPN(pretrained=resolve_pretrained(cfg.pretrained)).to(device)
+        pretrained = resolve_pretrained(cfg.pretrained)  # training the pretext backbone here draws random numbers,
+        torch.manual_seed(cfg.seed)  # so the seed comes after: the initial weights are a function of the seed alone
+        model = PanopticFPN(pretrained=pretrained).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -140,8 +140,8 @@ def matching(vote_acc: float, hungarian_acc: float, voted_classes: int, present:
     """Majority vote against the Hungarian matching on one confusion: where the vote's extra accuracy comes from."""
     if vote_acc - hungarian_acc < 0.05:
         return (
-            f"Majority vote and the Hungarian matching agree here ({hungarian_acc:.1f}% All Acc): each cluster's "
-            "majority class is a different class."
+            f"Majority vote and the Hungarian matching score the same here ({hungarian_acc:.1f}% All Acc): giving "
+            "clusters to a class that already has one gains nothing on this confusion."
         )
     text = f"Majority vote scores {vote_acc:.1f}% against the Hungarian matching's {hungarian_acc:.1f}%"
     if voted_classes < present:

@@ -138,3 +138,24 @@ def test_bf16_autocast_runs_only_where_the_device_has_bfloat16(monkeypatch, flag
     assert [str(w.message).startswith("amp=true: this CPU has no bfloat16") for w in caught] == (
         [True] if wanted and not expected else []
     )
+
+
+def test_initial_weights_do_not_depend_on_whether_the_backbone_was_trained_in_the_call(tmp_path, monkeypatch):
+    """The pretext backbone is trained inside build_model the first time (random numbers drawn), read from disk
+    after: the network before training, the floor, must be the same weights either way."""
+    from picie_lib import picie
+    from picie_lib.config import load_preset
+
+    backbone = tmp_path / "r18.pth"
+    torch.save(resnet18().state_dict(), backbone)
+
+    def trained_here(pretrained):  # as a first run: training draws from the global generator
+        torch.rand(1000)
+        return backbone
+
+    cfg = load_preset("smoke", pretrained=str(backbone))
+    read = picie.build_model(cfg, torch.device("cpu")).state_dict()
+    monkeypatch.setattr(picie, "resolve_pretrained", trained_here)
+    torch.manual_seed(123)  # whatever the generator held before
+    first = picie.build_model(cfg, torch.device("cpu")).state_dict()
+    assert all(torch.equal(read[k], first[k]) for k in read)

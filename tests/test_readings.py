@@ -90,5 +90,5 @@ def test_majority_vote_against_hungarian_is_said_by_the_accuracies_and_the_class
     assert (vote_acc, match_acc, len(set(vote.tolist()))) == pytest.approx((100 * 120 / 135, 100 * 80 / 135, 2))
     text = readings.matching(vote_acc, match_acc, 2, 3)
     assert "names only 2 of the 3 classes present" in text and f"{vote_acc - match_acc:.1f} points" in text
-    assert "agree here (50.0% All Acc)" in readings.matching(50.0, 50.0, 3, 3)
+    assert "score the same here (50.0% All Acc)" in readings.matching(50.0, 50.0, 3, 3)
     assert "every class gets a cluster" in readings.matching(60.0, 50.0, 3, 3)

@@ -55,15 +55,25 @@ def outputs_text(path: Path) -> str:
     return "\n".join(texts)
 
 
+# The smoke preset with the demo's temperature and BatchNorm, so that the prompts that set PiCIE's (T = 1,
+# bn_eval: running, the paper's defaults) change something a check can see.
+TEST_PRESET = {"temperature": 0.5, "bn_eval": "batch"}
+
+
 class Runner:
-    """Runs notebooks into a tmp folder; ``base`` is the out_dir a prompt uses unless it names its own."""
+    """Runs notebooks into a tmp folder with the test preset; ``base`` is the out_dir a prompt uses unless it
+    names its own."""
 
     def __init__(self, root: Path):
         self.root, self.base, self.count = root, root / "base", 0
+        self.preset = root / "test.yaml"
+        smoke = (NOTEBOOK_DIR.parent / "picie_lib" / "presets" / "smoke.yaml").read_text()
+        self.preset.write_text(smoke + "".join(f"\n{k}: {v}" for k, v in TEST_PRESET.items()) + "\n")
 
     def __call__(self, name: str, parameters: dict, out: Path | None = None) -> tuple[str, Path]:
         given = {k: str(self.root / Path(v).name) if k in FOLDERS else v for k, v in parameters.items()}
         given.setdefault("out_dir", str(out or self.base))
+        given.setdefault("preset", str(self.preset))
         self.count += 1
         executed = self.root / "executed" / f"{self.count:02d}-{name}.ipynb"
         self.executed = executed
@@ -160,7 +170,7 @@ def check_05(number, text, out, baseline, run):
 
 def check_06(number, text, out, baseline, run):
     if number == 1:
-        assert metrics(out / "focal-seed0")["method"] == "focal" and "Focal: " in text
+        assert "Method 1: Focal: All Acc" in text and "PiCIE (CE): All Acc" not in text
     elif number in (2, 3):
         scored = metrics(out / "ce-seed0")
         trained = json.loads((out / "ce-seed0" / "config.json").read_text())
@@ -237,8 +247,8 @@ def _curated(run, parameters):
 def test_a_setting_that_changes_training_is_refused_in_a_folder_trained_otherwise(run):
     scored = (run.base / "ce-seed0" / "metrics.json").read_bytes()
     results = (run.base / "results.json").read_bytes()
-    with pytest.raises(pipeline.NotebookFailed, match=r"bn_eval: trained with 'running', now 'batch'"):
-        run("06_evaluate", {"params": {"bn_eval": "batch"}})  # the smoke preset trains with PiCIE's "running"
+    with pytest.raises(pipeline.NotebookFailed, match=r"bn_eval: trained with 'batch', now 'running'"):
+        run("06_evaluate", {"params": {"bn_eval": "running"}})  # 06's fourth prompt in the run's own folder
     with pytest.raises(pipeline.NotebookFailed, match=r"switch: trained with 'min_loss', now 2"):
         run("07_compare", {"params": {"switch": 2}})
     assert (run.base / "ce-seed0" / "metrics.json").read_bytes() == scored  # nothing rescored under the old weights
@@ -304,3 +314,17 @@ def test_tables_show_whole_in_the_executed_notebooks(baseline):
     classes = build_dataset(load_preset("smoke"), "train", mode="eval").class_names
     shown = outputs_text(baseline("01_data")[2])
     assert all(f"{c}: {n}" in shown for c, n in enumerate(classes))
+
+
+def test_a_relative_file_parameter_is_the_same_run_as_its_absolute_path(tmp_path):
+    from picie_lib.checkpoints import evaluation_asked
+    from picie_lib.config import load_preset, save_config
+    from picie_lib.notebook import notebook_config
+
+    trained = load_preset("smoke", class_table="tables/t.yaml")  # as `train` saves it: relative to the root
+    asked = trained.replace(class_table=str(NOTEBOOK_DIR.parent / "tables" / "t.yaml"), eval_seeds=3)
+    assert evaluation_asked(tmp_path, trained, asked) == {"eval_seeds": 3}
+    with pytest.raises(ValueError, match="class_table: trained with"):
+        evaluation_asked(tmp_path, trained, asked.replace(class_table="/elsewhere/t.yaml"))
+    save_config(trained, tmp_path / "config.json")
+    assert notebook_config(None, {}, tmp_path).class_table == asked.class_table  # read from the root, not notebooks/
