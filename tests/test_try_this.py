@@ -293,8 +293,10 @@ def test_make_lab_opens_a_run_and_starts_as_root():
     import subprocess
 
     repo = NOTEBOOK_DIR.parent
-    proc = subprocess.run(["make", "-n", "lab", "RUN=outputs/demo-x"], cwd=repo, capture_output=True, text=True)
-    line = proc.stdout.strip().splitlines()[-1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+    args = ["make", "--no-print-directory", "-n", "lab", "RUN=outputs/demo-x"]
+    proc = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=env)
+    line = next(line for line in proc.stdout.splitlines() if "jupyter lab" in line)
     assert line.startswith(f"PICIE_NOTEBOOK_OUT={repo / 'outputs' / 'demo-x'} ") and "jupyter lab" in line
     assert ("--allow-root" in line) == (os.getuid() == 0)
 
