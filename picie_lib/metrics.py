@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, sparse
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csgraph
 
 from picie_lib.data.base import SkippedItem
 
@@ -215,10 +216,27 @@ def over_segmentation(confusion: np.ndarray, share: float = 0.9) -> dict[str, np
     }
 
 
+def constant_regions(values: np.ndarray) -> np.ndarray:
+    """Connected regions of equal value in an (H, W) integer map, 4-connected as ``ndimage.label``'s default:
+    one label per pixel, 0 .. regions - 1, from one connected-components call on the graph of equal
+    neighbours (instead of one ``ndimage.label`` per value and region)."""
+    h, w = values.shape
+    index = np.arange(h * w).reshape(h, w)
+    right = values[:, :-1] == values[:, 1:]
+    down = values[:-1, :] == values[1:, :]
+    rows = np.concatenate([index[:, :-1][right], index[:-1, :][down]])
+    cols = np.concatenate([index[:, 1:][right], index[1:, :][down]])
+    graph = sparse.coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(h * w, h * w))
+    return csgraph.connected_components(graph, directed=False)[1].reshape(h, w)
+
+
 class ObjectFragments:
     """Fragments per object: for each connected region of a class in the ground truth (an
     "object"), the number of connected pieces the prediction cuts it into, counting pieces of at
     least ``min_piece`` of the object's area. Averaged per class; 1 = never split.
+
+    A piece is a connected region of one (class, prediction) pair: it lies inside one object, so one
+    labelling of the pair map and one of the class map count every object's pieces at once.
     """
 
     def __init__(self, num_classes: int, min_piece: float = 0.05, min_object_pixels: int = 16) -> None:
@@ -227,25 +245,28 @@ class ObjectFragments:
         self.objects = np.zeros(num_classes, dtype=np.int64)
 
     def update(self, pred, target) -> None:
-        """One image: ``pred`` and ``target`` (H, W) integer maps, target -1 ignored."""
-        pred, target = np.asarray(pred), np.asarray(target)
-        for cls in np.unique(target):
-            if cls < 0:
-                continue
-            objects, n = ndimage.label(target == cls)
-            for j, box in enumerate(ndimage.find_objects(objects), start=1):
-                mask = objects[box] == j
-                area = int(mask.sum())
-                if area < self.min_object_pixels:
-                    continue
-                inside = pred[box]
-                pieces = 0
-                for cluster in np.unique(inside[mask]):
-                    parts, _ = ndimage.label(mask & (inside == cluster))
-                    sizes = np.bincount(parts.ravel())[1:]
-                    pieces += int((sizes >= self.min_piece * area).sum())
-                self.fragments[cls] += max(pieces, 1)
-                self.objects[cls] += 1
+        """One image: ``pred`` and ``target`` (H, W) integer maps, target -1 ignored (a prediction of -1,
+        an unmatched cluster, is a piece like any other)."""
+        pred, target = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+        labelled = target >= 0
+        if not labelled.any():
+            return
+        objects = constant_regions(np.where(labelled, target, -1))
+        pairs = np.where(labelled, target * (int(pred.max()) + 2) + pred + 1, -1)
+        pieces = constant_regions(pairs)[labelled]
+        objects, classes = objects[labelled], target[labelled]
+        area = np.bincount(objects)
+        # each piece's object and size; a piece counts when it holds min_piece of its object
+        piece_object = np.zeros(pieces.max() + 1, dtype=np.int64)
+        piece_object[pieces] = objects
+        piece_size = np.bincount(pieces)
+        kept = (piece_size > 0) & (piece_size >= self.min_piece * area[piece_object])
+        counted = np.bincount(piece_object[kept], minlength=len(area))
+        object_class = np.zeros(len(area), dtype=np.int64)
+        object_class[objects] = classes
+        scored = area >= self.min_object_pixels
+        np.add.at(self.fragments, object_class[scored], np.maximum(counted[scored], 1))
+        np.add.at(self.objects, object_class[scored], 1)
 
     def per_class(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,7 +1,9 @@
 """Metrics against scikit-learn and brute force over all matchings."""
 
+import importlib
 import itertools
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,10 @@ from picie_lib.metrics import (
     over_segmentation,
     score,
 )
+from picie_lib.notebook import NOTEBOOK_DIR
+
+sys.path.insert(0, str(NOTEBOOK_DIR.parent / "benchmarks"))
+evaluate_parts = importlib.import_module("evaluate_parts")
 
 
 def _brute_force(conf: np.ndarray, classes=None):
@@ -239,3 +245,31 @@ def test_object_fragments_counts_pieces_per_object():
     frag2 = ObjectFragments(num_classes=2)
     frag2.update(pred2, target)
     assert frag2.fragments[0] == 3 + 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_object_fragments_match_labelling_each_object_and_cluster_apart(seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+
+    # blobby maps: smoothed noise cut into levels, with unlabelled pixels and unmatched (-1) predictions
+    def blobs(levels, size=(40, 48)):
+        field = ndimage.gaussian_filter(rng.normal(size=size), sigma=rng.uniform(1, 4))
+        return np.digitize(field, np.quantile(field, np.linspace(0, 1, levels + 1)[1:-1]))
+
+    target = blobs(4)
+    target[blobs(5) == 0] = -1
+    pred = blobs(6) - 1  # -1 .. 4
+    frag = ObjectFragments(num_classes=4, min_piece=0.05, min_object_pixels=8)
+    frag.update(pred, target)
+    fragments, objects = evaluate_parts.fragments_by_object(pred, target, 4, 0.05, 8)
+    assert objects.sum() > 3 and fragments.sum() > objects.sum()  # several objects, some of them split
+    np.testing.assert_array_equal(frag.objects, objects)
+    np.testing.assert_array_equal(frag.fragments, fragments)
+
+
+def test_object_fragments_of_an_image_without_labels_count_nothing():
+    frag = ObjectFragments(num_classes=2)
+    frag.update(np.zeros((5, 5), dtype=int), np.full((5, 5), -1))
+    assert frag.objects.sum() == 0 and np.isnan(frag.per_class()).all()
