@@ -1,6 +1,11 @@
-"""The evaluation's noise on fixed weights, and what restarts of its k-means cost.
+"""The evaluation's noise on fixed weights: what averaging k-means draws and restarts of its k-means buy, and cost.
 
-    python benchmarks/eval_noise.py RUN_DIR [--seeds 5] [--restarts 1,10] [--init-batches B] [--out DIR]
+    python benchmarks/eval_noise.py RUN_DIR [--seeds 5] [--draws 1,10,30 | --restarts 1,10 [--init-batches B]]
+
+``--draws``: the scores of ``--seeds`` evaluations, each the mean of M k-means draws (``eval_seeds`` = M, run
+seeds ``seed``, ``seed + M``, ...: disjoint draws), for each M; computed from one series of ``--seeds`` x max(M)
+single draws, which is what those evaluations compute. Per M: every evaluation's All Acc and mIoU, their range
+and std, and the seconds of one evaluation (M draws).
 
 For each number of restarts (``eval_kmeans_restarts``) the trained weights in RUN_DIR are scored under
 ``--seeds`` evaluation k-means seeds (the run's seed, then the next ones); the table gives, per setting,
@@ -17,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from picie_lib.clustering import lloyd_kmeans
@@ -40,6 +46,48 @@ def noise_of(run_dir: Path, seeds: int, restarts: int, init_batches: int | None)
     return {"restarts": restarts, "init_batches": init_batches or cfg.kmeans_init_batches, "seeds": spread["seeds"],
             "seconds_per_evaluation": seconds,
             **{k: spread[k] for k in ("acc_all", "miou_all")}}  # fmt: skip
+
+
+def draw_series(run_dir: Path, draws: int) -> tuple[dict, float]:
+    """``draws`` single k-means draws on the run's weights (seeds ``seed`` .. ``seed + draws - 1``, one start
+    each): their ``eval_spread`` and the seconds per draw."""
+    cfg = load_config(run_dir / "config.json").replace(eval_seeds=draws, eval_kmeans_restarts=1)
+    model = load_trained_model(run_dir, cfg)
+    train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
+    start = time.perf_counter()
+    spread = evaluate_model(model, cfg, train_set, val_set)["eval_spread"]
+    return spread, (time.perf_counter() - start) / draws
+
+
+def averaged_evaluations(values: list[float], draws: int, evaluations: int) -> list[float]:
+    """The scores of ``evaluations`` evaluations with ``eval_seeds = draws`` and run seeds ``s, s + draws, ...``,
+    from the single draws' ``values`` of seeds ``s, s + 1, ...``: the means of consecutive groups of ``draws``."""
+    if len(values) < draws * evaluations:
+        raise ValueError(f"{len(values)} draws: expected at least {draws} x {evaluations}")
+    return [float(np.mean(values[i * draws : (i + 1) * draws])) for i in range(evaluations)]
+
+
+def draws_rows(spread: dict, seconds_per_draw: float, draw_counts: list[int], evaluations: int) -> list[dict]:
+    rows = []
+    for m in draw_counts:
+        row = {"draws": m, "seconds_per_evaluation": m * seconds_per_draw}
+        for key in ("acc_all", "miou_all"):
+            scores = averaged_evaluations(spread[key]["values"], m, evaluations)
+            row[key] = {"values": scores, "range": float(np.ptp(scores)), "std": float(np.std(scores, ddof=1))}
+        rows.append(row)
+    return rows
+
+
+def draws_markdown(rows: list[dict], evaluations: int) -> str:
+    lines = [f"| k-means draws per score | All Acc of {evaluations} evaluations | range | std | mIoU range | std "
+             "| s per evaluation |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        acc, miou = r["acc_all"], r["miou_all"]
+        lines.append(
+            f"| {r['draws']} | {', '.join(f'{v:.2f}' for v in acc['values'])} | {acc['range']:.2f} | {acc['std']:.2f} "
+            f"| {miou['range']:.2f} | {miou['std']:.2f} | {r['seconds_per_evaluation']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def lloyd_seconds(points: int, device: str) -> float:
@@ -77,12 +125,23 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a trained run's folder (python -m picie_lib train ... --out)")
     parser.add_argument("--seeds", type=int, default=5, help="evaluation k-means seeds per setting")
     parser.add_argument("--restarts", default="1,10", help="comma-separated eval_kmeans_restarts to compare")
+    parser.add_argument("--draws", default=None, help="comma-separated eval_seeds to compare (e.g. 1,10,30)")
     parser.add_argument(
         "--init-batches", type=int, default=None, help="batches in the initial fit (default: the run's; all: one fit)"
     )
     parser.add_argument("--paper-scale", type=float, default=1 / 256, help="share of the paper's fit size timed")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/eval_noise"))
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.draws:
+        counts = [int(m) for m in args.draws.split(",")]
+        spread, per_draw = draw_series(args.run_dir, args.seeds * max(counts))
+        rows = draws_rows(spread, per_draw, counts, args.seeds)
+        (args.out / "eval_draws.json").write_text(json.dumps({"rows": rows, "single_draws": spread}, indent=1))
+        text = draws_markdown(rows, args.seeds)
+        (args.out / "eval_draws.md").write_text(text + "\n")
+        print(text)
+        return
     rows = []
     for restarts in [int(r) for r in args.restarts.split(",")]:
         rows.append(noise_of(args.run_dir, args.seeds, restarts, args.init_batches))
@@ -93,7 +152,6 @@ def main() -> None:
     points = int(PAPER_INIT_POINTS * args.paper_scale)
     seconds = lloyd_seconds(points, device)
     fit = {"points": points, "device": device, "seconds": seconds, "paper_seconds": seconds / args.paper_scale}
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "eval_noise.json").write_text(json.dumps({"settings": rows, "lloyd_fit": fit}, indent=1))
     text = markdown(rows, fit)
     (args.out / "eval_noise.md").write_text(text + "\n")

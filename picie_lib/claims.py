@@ -58,12 +58,13 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     return float(diffs.mean()), se, n
 
 
-def evaluation_se(a_std: dict[int, float], b_std: dict[int, float]) -> float:
-    """The evaluation's standard error of the mean paired difference ``a - b``. Each run's score is one
-    draw of the evaluation's k-means, whose standard deviation on that run's fixed weights is ``std[seed]``
-    (``evaluate --eval-seeds``): a difference of two runs has variance ``std_a^2 + std_b^2``, the mean of n
-    such differences that sum over n^2. NaN where no run measured its evaluation's spread."""
-    pairs = [(a_std[s], b_std[s]) for s in sorted(set(a_std) & set(b_std))]
+def evaluation_se(a_se: dict[int, float], b_se: dict[int, float]) -> float:
+    """The evaluation's standard error of the mean paired difference ``a - b``. Each run's score carries the
+    evaluation's noise on that run's fixed weights, of standard error ``se[seed]`` (one k-means draw's standard
+    deviation over the square root of the draws its score averages, ``eval_spread``): a difference of two runs
+    has variance ``se_a^2 + se_b^2``, the mean of n such differences that sum over n^2. NaN where no run
+    measured its evaluation's spread."""
+    pairs = [(a_se[s], b_se[s]) for s in sorted(set(a_se) & set(b_se))]
     pairs = [(a, b) for a, b in pairs if a is not None and b is not None and not (math.isnan(a) or math.isnan(b))]
     if not pairs:
         return math.nan
@@ -145,7 +146,7 @@ def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
             mine, ce = by_seed(rows, method, column), by_seed(rows, "ce", column)
             difference, se, n = paired_difference(mine, ce)
             eval_se = evaluation_se(
-                by_seed(rows, method, f"eval_std_{column}"), by_seed(rows, "ce", f"eval_std_{column}")
+                by_seed(rows, method, f"eval_se_{column}"), by_seed(rows, "ce", f"eval_se_{column}")
             )
             plain, theirs, their_ce = PLAIN_PICIE[i], PAPER_TABLE[method][i], PAPER_TABLE["ce"][i]
             parts.append(
@@ -219,8 +220,8 @@ def claims_markdown(parts: list[dict]) -> str:
         "\n\nA claim holds when the mean paired difference from PiCIE (same seeds) is at least two standard "
         "errors in the claimed direction, fails when it is two standard errors against, and is within noise "
         "otherwise; with one seed it is not judged. Before that, a difference under two of the evaluation's "
-        "standard errors (\u00b1 evaluation: each run's scores moved by its k-means seed alone, `evaluate "
-        "--eval-seeds`) is within evaluation noise: a claim holds only beyond both."
+        "standard errors (\u00b1 evaluation: what the k-means draws alone leave in each run's scores, their mean, "
+        "`evaluate --eval-seeds`) is within evaluation noise: a claim holds only beyond both."
     )
 
 
@@ -229,29 +230,38 @@ def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
+def _mean_of(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
 def noise_markdown(rows: list[dict], columns: tuple[str, ...] = ("acc_all", "miou_all")) -> str:
-    """Per method, two noises of its scores side by side: the spread over training seeds (sample std of the
-    seeds' scores) and the evaluation's own spread on fixed weights (the k-means seed alone: sample std over
-    ``eval_seeds`` seeds, averaged over the training seeds); then IB-Focal's move after its switch."""
+    """Per method, the noises of its scores side by side: the spread over training seeds (sample std of the
+    seeds' scores), and the evaluation's own on fixed weights: one k-means draw's sample std over the
+    ``eval_seeds`` draws, and the standard error left in the score, which averages them (both averaged over
+    the training seeds); then IB-Focal's move after its switch."""
     header = dict(zip(COLUMNS, HEADERS, strict=True))
     lines = [
         "| Method | "
-        + " | ".join(f"{header[c]}: seeds' std | {header[c]}: evaluation's std" for c in columns)
-        + " | evaluation seeds |",
-        "|---" * (2 * len(columns) + 2) + "|",
+        + " | ".join(
+            f"{header[c]}: seeds' std | {header[c]}: one k-means draw's std | {header[c]}: the score's evaluation se"
+            for c in columns
+        )
+        + " | k-means draws per score |",
+        "|---" * (3 * len(columns) + 2) + "|",
     ]
     for method in dict.fromkeys(r["loss"] for r in rows):
         mine = [r for r in rows if r["loss"] == method]
         cells = []
         for c in columns:
-            eval_stds = [r.get(f"eval_std_{c}") for r in mine]
-            eval_stds = [v for v in eval_stds if v is not None and not math.isnan(v)]
-            cells += [_number(_std([r[c] for r in mine])), _number(float(np.mean(eval_stds)) if eval_stds else None)]
+            cells += [_number(_std([r[c] for r in mine]))]
+            cells += [_number(_mean_of([r.get(f"eval_{kind}_{c}") for r in mine])) for kind in ("std", "se")]
         n_eval = min(r.get("eval_seeds", 1) for r in mine)
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + f" | {n_eval} |")
     lines += [
         "",
-        "A dash: one seed (no spread), or an evaluation with one k-means seed (`-p eval_seeds=5` measures it).",
+        "A score is the mean of its k-means draws, so its evaluation noise is one draw's std over the square root "
+        "of their number. A dash: one seed (no spread), or one k-means draw (`-p eval_seeds=5` measures it).",
     ]
     moved = [
         (r["seed"], r["weights_moved_after_switch"]) for r in rows if r.get("weights_moved_after_switch") is not None
@@ -275,7 +285,7 @@ def switch_sentence(rows: list[dict], moved: list[tuple[int, float]]) -> str:
     difference, _, n = paired_difference({s: ib[s] for s in seeds if s in ib}, ce)
     if n == 0:
         return text + "."
-    eval_se = evaluation_se(by_seed(rows, "ib_focal", "eval_std_acc_all"), by_seed(rows, "ce", "eval_std_acc_all"))
+    eval_se = evaluation_se(by_seed(rows, "ib_focal", "eval_se_acc_all"), by_seed(rows, "ce", "eval_se_acc_all"))
     text += f"; its All Acc differs from PiCIE (CE)'s by {difference:+.2f}"
     if math.isnan(eval_se):
         return text + " (the evaluation's noise was not measured: `-p eval_seeds=5` measures it)."

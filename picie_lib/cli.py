@@ -67,8 +67,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if len(spread["seeds"]) > 1:
         acc, miou = spread["acc_all"], spread["miou_all"]
         say(
-            f"over {len(spread['seeds'])} k-means seeds on these weights: All Acc {acc['mean']:.2f} ± {acc['std']:.2f} "
-            f"(range {acc['range']:.2f}), mIoU {miou['mean']:.2f} ± {miou['std']:.2f} (range {miou['range']:.2f})"
+            f"the mean of {len(spread['seeds'])} k-means seeds on these weights: one draw's All Acc spreads "
+            f"± {acc['std']:.2f} (range {acc['range']:.2f}), mIoU ± {miou['std']:.2f} (range {miou['range']:.2f}); "
+            f"the scores' standard error: All Acc {acc['se']:.2f}, mIoU {miou['se']:.2f}"
         )
     say(f"wrote {Path(args.run_dir) / 'metrics.json'}")
 
@@ -234,7 +235,7 @@ def _evaluation_args(p: argparse.ArgumentParser) -> None:
     """evaluate's own parameters (``config.EVALUATION_KEYS``; eval_batch_size stays the run's), as flags."""
     p.add_argument(
         "--eval-seeds", type=_positive, default=None, metavar="N",
-        help="score the same weights under N k-means seeds (eval_seeds; metrics.json: eval_spread)",
+        help="score the same weights by the mean of N k-means draws (eval_seeds; metrics.json: eval_spread)",
     )  # fmt: skip
     p.add_argument(
         "--restarts", type=_positive, default=None, metavar="R",

@@ -38,6 +38,7 @@ from picie_lib.claims import (
 from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differences, load_config, save_config
 from picie_lib.data import build_dataset
 from picie_lib.distributed import resolve_device
+from picie_lib.eval_seeds import score_standard_error
 from picie_lib.evaluate import (
     evaluate_model,
     evaluate_rgb,
@@ -139,7 +140,8 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     }
     spread = metrics.get("eval_spread", {})  # the evaluation's noise on these weights (evaluate --eval-seeds)
     row["eval_seeds"] = len(spread.get("seeds", [])) or 1
-    row.update({f"eval_std_{c}": spread.get(c, {}).get("std") for c in COLUMNS})
+    row.update({f"eval_std_{c}": spread.get(c, {}).get("std") for c in COLUMNS})  # one k-means draw's
+    row.update({f"eval_se_{c}": score_standard_error(spread, c) for c in COLUMNS})  # the score's (a mean of draws)
     row["seconds"] = metrics.get("seconds")
     if (run_dir / "summary.json").is_file():  # a trained method: its epochs and the training time
         summary = json.loads((run_dir / "summary.json").read_text())

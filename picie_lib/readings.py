@@ -353,13 +353,24 @@ def temperature(cfg: Config) -> str:
     return text + ": Focal differs from a rescaled CE only at low temperatures."
 
 
-def evaluation_noise(acc_all: list[float], miou_all: list[float], what: str) -> str:
-    """How far the evaluation's k-means alone moves one run's scores: the span over its seeds."""
+def evaluation_noise(acc_all: list[float], miou_all: list[float], what: str, draws_in_score: int = 1) -> str:
+    """How far the evaluation's k-means alone moves one run's scores: the span over its draws, and what is left
+    in a score that averages ``draws_in_score`` of them (one draw's std over the square root of their number)."""
     if len(acc_all) < 2:
-        return f"{what}: one k-means seed, so no spread yet (set `eval_seeds` to 5, or run the cell below)."
-    return (
+        return f"{what}: one k-means draw, so no spread yet (set `eval_seeds` to 5, or run the cell below)."
+    text = (
         f"{what}: over {len(acc_all)} k-means seeds on the same weights, All Acc spans {np.ptp(acc_all):.2f} points "
         f"({min(acc_all):.2f} to {max(acc_all):.2f}) and mIoU {np.ptp(miou_all):.2f} ({min(miou_all):.2f} to "
-        f"{max(miou_all):.2f}). A difference between methods smaller than this cannot be told from the evaluation's "
-        "own."
+        f"{max(miou_all):.2f})."
+    )
+    if draws_in_score < 2:
+        return text + (
+            " The run's score is one such draw: a difference between methods smaller than this cannot be told "
+            "from the evaluation's own (`eval_seeds` averages several draws)."
+        )
+    se = float(np.std(acc_all, ddof=1)) / math.sqrt(draws_in_score)
+    return text + (
+        f" The run's score is their mean, which leaves a standard error of {se:.2f} All Acc from the evaluation "
+        "(one draw's std over the square root of the draws): a difference between two such scores under about "
+        f"{2 * math.sqrt(2) * se:.2f} cannot be told from the evaluation's own."
     )

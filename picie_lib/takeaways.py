@@ -15,7 +15,7 @@ VERDICTS = {
     "yes": "holds",
     "no": "fails",
     "within noise": "within noise",
-    "within evaluation noise": "within the evaluation's noise (its k-means seed alone moves the scores as much)",
+    "within evaluation noise": "within the evaluation's noise (its k-means draws alone move the scores as much)",
     "one seed": "not judged (one seed)",
     "no data": "not judged (no data)",
 }

@@ -3,6 +3,7 @@
 import importlib
 import sys
 
+import numpy as np
 import pytest
 
 from picie_lib.notebook import NOTEBOOK_DIR
@@ -32,3 +33,40 @@ def test_table2_estimate_is_45_epochs_over_cocos_train_split_and_one_evaluation_
     results["evaluate"]["network"] = _row(1, 120)
     assert set(epoch.table2_hours(results, epochs)) == {"e2e", "network"}
     assert epoch.table2_hours(results, {"ce": 10})["e2e"] < hours["e2e"]  # fewer epochs, fewer hours
+
+
+eval_noise = importlib.import_module("eval_noise")
+evaluate_parts = importlib.import_module("evaluate_parts")
+
+
+def test_averaged_evaluations_are_what_evaluations_of_m_draws_on_disjoint_seeds_give():
+    from picie_lib.config import load_preset
+    from picie_lib.eval_seeds import over_eval_seeds
+
+    draws = {s: float(v) for s, v in enumerate(np.random.default_rng(0).normal(50, 2, 12))}
+    values = [draws[s] for s in range(12)]
+    cfg = load_preset("smoke").replace(eval_seeds=4)
+    scored = [
+        over_eval_seeds(lambda s: {"scores": {"acc_all": draws[s]}, "seconds": 0.0}, cfg.replace(seed=4 * i))
+        for i in range(3)
+    ]
+    assert eval_noise.averaged_evaluations(values, 4, 3) == pytest.approx([r["scores"]["acc_all"] for r in scored])
+    with pytest.raises(ValueError, match="12 draws: expected at least 5 x 3"):
+        eval_noise.averaged_evaluations(values, 5, 3)
+
+
+def test_the_evaluation_profile_names_every_part():
+    from picie_lib.config import load_preset
+    from picie_lib.picie import build_model
+
+    cfg = load_preset("smoke").replace(num_workers=0)
+    result = evaluate_parts.profile_evaluation(build_model(cfg, "cpu"), cfg)
+    parts = result["parts"]
+    assert set(parts) == set(evaluate_parts.PARTS)
+    assert all(0 <= seconds <= result["seconds"] for seconds in parts.values())
+    # the two update methods of metrics.py are told apart, and the network's share is found
+    assert parts["network features"] > 0 and parts["fragments per object"] > 0 and parts["confusion matrix"] > 0
+    assert parts["fragments per object"] != parts["confusion matrix"]
+    assert parts["k-means fit"] > 0 and parts["matching and scores"] > 0
+    row = evaluate_parts.fragments_side_by_side(24, 2)  # asserts that the two counts agree
+    assert row["per_object_ms"] > 0 and row["pair_map_ms"] > 0

@@ -9,33 +9,69 @@ import torch
 
 from picie_lib.claims import combined_verdict, evaluation_se, noise_markdown, switch_sentence, verdict
 from picie_lib.config import load_preset
-from picie_lib.eval_seeds import eval_seed_list, over_eval_seeds
+from picie_lib.eval_seeds import eval_seed_list, over_eval_seeds, score_standard_error
 from picie_lib.train import relative_change
 
 
-def test_over_eval_seeds_keeps_the_first_result_and_records_every_seeds_scores():
+def test_over_eval_seeds_scores_the_mean_of_the_draws_and_records_every_draw():
     cfg = load_preset("smoke").replace(seed=4, eval_seeds=3)
     assert eval_seed_list(cfg) == [4, 5, 6]
     acc = {4: 50.0, 5: 53.0, 6: 47.5}
     miou = {4: 20.0, 5: math.nan, 6: 22.0}  # a score that was not a number for one seed is left out
+    iou = {4: [10.0, math.nan], 5: [20.0, math.nan], 6: [60.0, 5.0]}  # class 1 matched in one draw only
 
     def fake(seed):
-        return {"scores": {"acc_all": acc[seed], "miou_all": miou[seed]}, "seconds": 1.5, "tag": seed}
+        return {
+            "scores": {"acc_all": acc[seed], "miou_all": miou[seed]},
+            "per_class": [{"class": f"c{c}", "cluster": seed, "iou_all": iou[seed][c]} for c in range(2)],
+            "oversegmentation": {"thing": {"effective_clusters": float(seed)}},
+            "confusion": [[seed]],
+            "seconds": 1.5,
+        }
 
     result = over_eval_seeds(fake, cfg)
-    assert result["tag"] == 4 and result["scores"]["acc_all"] == 50.0  # the run's own seed stays its score
+    assert result["scores"]["acc_all"] == pytest.approx(np.mean([50, 53, 47.5]))  # the mean of the draws
+    assert result["scores"]["miou_all"] == pytest.approx(21.0)  # the draws that are numbers
+    assert [r["iou_all"] for r in result["per_class"]] == [pytest.approx(30.0), 5.0]
+    assert [r["cluster"] for r in result["per_class"]] == [4, 4] and result["confusion"] == [[4]]  # the first draw's
+    assert result["oversegmentation"]["thing"]["effective_clusters"] == pytest.approx(5.0)
     assert result["seconds"] == pytest.approx(4.5)
     spread = result["eval_spread"]
     assert spread["seeds"] == [4, 5, 6] and spread["acc_all"]["values"] == [50.0, 53.0, 47.5]
-    assert spread["acc_all"]["mean"] == pytest.approx(np.mean([50, 53, 47.5]))
+    assert spread["acc_all"]["mean"] == pytest.approx(result["scores"]["acc_all"])
     assert spread["acc_all"]["std"] == pytest.approx(np.std([50, 53, 47.5], ddof=1))
+    assert spread["acc_all"]["se"] == pytest.approx(np.std([50, 53, 47.5], ddof=1) / math.sqrt(3))
     assert spread["acc_all"]["range"] == pytest.approx(5.5)
     assert spread["miou_all"]["std"] == pytest.approx(np.std([20, 22], ddof=1))
+    assert spread["miou_all"]["se"] == pytest.approx(np.std([20, 22], ddof=1) / math.sqrt(2))
+
+
+def test_a_score_of_m_draws_is_as_noisy_as_one_draw_over_root_m():
+    # many evaluations of fixed "weights" whose single draws scatter with std 2: the mean of 16 draws has std 0.5,
+    # and the recorded standard error says so
+    rng = np.random.default_rng(1)
+    draws = dict(enumerate(rng.normal(50.0, 2.0, 16 * 400)))
+    cfg = load_preset("smoke").replace(eval_seeds=16)
+    results = [
+        over_eval_seeds(lambda s: {"scores": {"acc_all": draws[s]}, "seconds": 0.0}, cfg.replace(seed=16 * i))
+        for i in range(400)
+    ]
+    scores = np.array([r["scores"]["acc_all"] for r in results])
+    assert scores.std(ddof=1) == pytest.approx(0.5, rel=0.1)
+    assert np.mean([r["eval_spread"]["acc_all"]["se"] for r in results]) == pytest.approx(0.5, rel=0.1)
+
+
+def test_an_older_metrics_file_scored_its_first_draw_alone():
+    old = {"acc_all": {"values": [50.0, 52.0], "std": 1.41}}  # written before scores averaged the draws
+    assert score_standard_error(old, "acc_all") == 1.41
+    new = {"acc_all": {"values": [50.0, 52.0], "std": 1.41, "se": 1.0}}
+    assert score_standard_error(new, "acc_all") == 1.0 and score_standard_error(new, "miou_all") is None
 
 
 def test_one_evaluation_seed_has_no_spread():
     result = over_eval_seeds(lambda s: {"scores": {"acc_all": 1.0}, "seconds": 1.0}, load_preset("smoke"))
     assert result["eval_spread"]["seeds"] == [0] and math.isnan(result["eval_spread"]["acc_all"]["std"])
+    assert math.isnan(result["eval_spread"]["acc_all"]["se"]) and result["scores"]["acc_all"] == 1.0
 
 
 def test_evaluation_standard_error_of_a_mean_paired_difference():
@@ -63,12 +99,16 @@ def test_a_claim_holds_only_beyond_both_noises():
     assert combined_verdict(["one seed", "within evaluation noise"]) == "within evaluation noise"
 
 
-def _rows(ib_acc, ce_std, ib_std, switch_epoch=7, ce_epochs=6, moved=0.002):
+def _rows(ib_acc, ce_se, ib_se, switch_epoch=7, ce_epochs=6, moved=0.002):
+    # each score the mean of 4 draws: one draw's std is twice the score's standard error
+    def noise(se):
+        return {"eval_se_acc_all": se, "eval_std_acc_all": None if se is None else 2 * se, "eval_seeds": 4}
+
     return [
-        {"loss": "ce", "seed": 0, "acc_all": 57.0, "miou_all": 30.0, "eval_std_acc_all": ce_std, "epochs": ce_epochs,
-         "switch_epoch": None, "eval_seeds": 5},
-        {"loss": "ib_focal", "seed": 0, "acc_all": ib_acc, "miou_all": 30.0, "eval_std_acc_all": ib_std,
-         "epochs": 12, "switch_epoch": switch_epoch, "weights_moved_after_switch": moved, "eval_seeds": 5},
+        {"loss": "ce", "seed": 0, "acc_all": 57.0, "miou_all": 30.0, **noise(ce_se), "epochs": ce_epochs,
+         "switch_epoch": None},
+        {"loss": "ib_focal", "seed": 0, "acc_all": ib_acc, "miou_all": 30.0, **noise(ib_se),
+         "epochs": 12, "switch_epoch": switch_epoch, "weights_moved_after_switch": moved},
     ]  # fmt: skip
 
 
@@ -86,12 +126,13 @@ def test_the_switch_sentence_follows_the_numbers():
     assert "not measured" in switch_sentence(rows, [(0, 0.002)])
 
 
-def test_the_noise_table_sets_the_two_spreads_side_by_side():
+def test_the_noise_table_sets_the_spreads_side_by_side():
     rows = _rows(56.0, 0.3, 0.4)
-    rows += [dict(rows[0], seed=1, acc_all=59.0, eval_std_acc_all=0.5)]
+    rows += [dict(rows[0], seed=1, acc_all=59.0, eval_se_acc_all=0.5, eval_std_acc_all=1.0)]
     table = noise_markdown(rows)
     ce_line = next(line for line in table.splitlines() if line.startswith("| PiCIE (CE)"))
-    assert f"| {np.std([57.0, 59.0], ddof=1):.2f} | 0.40 |" in ce_line  # seeds' std, then the mean evaluation std
+    # seeds' std, then one draw's std and the score's standard error, each averaged over the seeds
+    assert f"| {np.std([57.0, 59.0], ddof=1):.2f} | 0.80 | 0.40 |" in ce_line and ce_line.endswith("| 4 |")
     assert "IB-Focal's phase moved the weights" in table
 
 

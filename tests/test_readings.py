@@ -92,3 +92,14 @@ def test_majority_vote_against_hungarian_is_said_by_the_accuracies_and_the_class
     assert "names only 2 of the 3 classes present" in text and f"{vote_acc - match_acc:.1f} points" in text
     assert "score the same here (50.0% All Acc)" in readings.matching(50.0, 50.0, 3, 3)
     assert "every class gets a cluster" in readings.matching(60.0, 50.0, 3, 3)
+
+
+def test_the_evaluation_noise_sentence_follows_what_the_score_averages():
+    acc, miou = [57.6, 57.4, 54.2, 55.2], [35.4, 33.7, 30.6, 34.5]
+    one = readings.evaluation_noise(acc, miou, "CE", draws_in_score=1)
+    assert "All Acc spans 3.40 points (54.20 to 57.60)" in one and "The run's score is one such draw" in one
+    averaged = readings.evaluation_noise(acc, miou, "CE", draws_in_score=4)
+    se = np.std(acc, ddof=1) / 2
+    assert f"standard error of {se:.2f} All Acc" in averaged and f"under about {2 * np.sqrt(2) * se:.2f}" in averaged
+    assert "one such draw" not in averaged
+    assert "no spread yet" in readings.evaluation_noise([57.6], [35.4], "CE", draws_in_score=1)

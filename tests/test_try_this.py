@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from commands import picie
 
@@ -176,7 +177,8 @@ def check_06(number, text, out, baseline, run):
         trained = json.loads((out / "ce-seed0" / "config.json").read_text())
         if number == 2:
             assert scored["config"]["eval_seeds"] == 8 and len(scored["eval_spread"]["seeds"]) == 8
-            assert "over 8 k-means seeds" in text
+            assert "over 8 k-means seeds" in text and "The run's score is their mean" in text
+            assert scored["scores"]["acc_all"] == pytest.approx(np.mean(scored["eval_spread"]["acc_all"]["values"]))
         else:
             assert scored["config"]["eval_kmeans_restarts"] == 5 != trained["eval_kmeans_restarts"]
         assert scored["checkpoint"]["weights_sha256"] == metrics_before_06(run)["checkpoint"]["weights_sha256"]
