@@ -2,10 +2,10 @@
 
     python benchmarks/eval_noise.py RUN_DIR [--seeds 5] [--draws 1,10,30 | --restarts 1,10 [--init-batches B]]
 
-``--draws``: the scores of ``--seeds`` evaluations, each the mean of M k-means draws (``eval_seeds`` = M, run
-seeds ``seed``, ``seed + M``, ...: disjoint draws), for each M; computed from one series of ``--seeds`` x max(M)
-single draws, which is what those evaluations compute. Per M: every evaluation's All Acc and mIoU, their range
-and std, and the seconds of one evaluation (M draws).
+``--draws``: the scores of ``--seeds`` evaluations, each the mean of M k-means draws (``eval_seeds`` = M under
+run seeds 0, 1, ...: disjoint blocks of draws 0 .. M - 1, M .. 2M - 1, ...), for each M; computed from one series
+of ``--seeds`` x max(M) single draws, which is what those evaluations compute. Per M: every evaluation's
+All Acc and mIoU, their range and std, and the seconds of one evaluation (M draws).
 
 For each number of restarts (``eval_kmeans_restarts``) the trained weights in RUN_DIR are scored under
 ``--seeds`` evaluation k-means seeds (the run's seed, then the next ones); the table gives, per setting,
@@ -49,9 +49,9 @@ def noise_of(run_dir: Path, seeds: int, restarts: int, init_batches: int | None)
 
 
 def draw_series(run_dir: Path, draws: int) -> tuple[dict, float]:
-    """``draws`` single k-means draws on the run's weights (seeds ``seed`` .. ``seed + draws - 1``, one start
-    each): their ``eval_spread`` and the seconds per draw."""
-    cfg = load_config(run_dir / "config.json").replace(eval_seeds=draws, eval_kmeans_restarts=1)
+    """``draws`` single k-means draws on the run's weights (k-means seeds 0 .. ``draws - 1``, one start each):
+    their ``eval_spread`` and the seconds per draw."""
+    cfg = load_config(run_dir / "config.json").replace(seed=0, eval_seeds=draws, eval_kmeans_restarts=1)
     model = load_trained_model(run_dir, cfg)
     train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
     start = time.perf_counter()
@@ -60,8 +60,8 @@ def draw_series(run_dir: Path, draws: int) -> tuple[dict, float]:
 
 
 def averaged_evaluations(values: list[float], draws: int, evaluations: int) -> list[float]:
-    """The scores of ``evaluations`` evaluations with ``eval_seeds = draws`` and run seeds ``s, s + draws, ...``,
-    from the single draws' ``values`` of seeds ``s, s + 1, ...``: the means of consecutive groups of ``draws``."""
+    """The scores of ``evaluations`` evaluations with ``eval_seeds = draws`` under run seeds 0, 1, ..., from the
+    single draws' ``values`` of k-means seeds 0, 1, ...: the means of consecutive groups of ``draws``."""
     if len(values) < draws * evaluations:
         raise ValueError(f"{len(values)} draws: expected at least {draws} x {evaluations}")
     return [float(np.mean(values[i * draws : (i + 1) * draws])) for i in range(evaluations)]

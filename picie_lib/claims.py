@@ -220,8 +220,9 @@ def claims_markdown(parts: list[dict]) -> str:
         "\n\nA claim holds when the mean paired difference from PiCIE (same seeds) is at least two standard "
         "errors in the claimed direction, fails when it is two standard errors against, and is within noise "
         "otherwise; with one seed it is not judged. Before that, a difference under two of the evaluation's "
-        "standard errors (\u00b1 evaluation: what the k-means draws alone leave in each run's scores, their mean, "
-        "`evaluate --eval-seeds`) is within evaluation noise: a claim holds only beyond both."
+        "standard errors (\u00b1 evaluation: the standard error that the k-means draws alone leave in the mean paired "
+        "difference, sqrt(sum over seeds of se_method^2 + se_PiCIE^2) / seeds, each run's se its draws' std over "
+        "sqrt(draws), `evaluate --eval-seeds`) is within evaluation noise: a claim holds only beyond both."
     )
 
 

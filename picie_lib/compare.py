@@ -139,7 +139,8 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
         **{k: metrics["scores"].get(k) for k in COLUMNS + GLOBAL_COLUMNS + CODE_COLUMNS},
     }
     spread = metrics.get("eval_spread", {})  # the evaluation's noise on these weights (evaluate --eval-seeds)
-    row["eval_seeds"] = len(spread.get("seeds", [])) or 1
+    averaged = "se" in spread.get("acc_all", {})  # a metrics.json from before scores averaged the draws: one draw
+    row["eval_seeds"] = len(spread["seeds"]) if averaged else 1  # k-means draws per score
     row.update({f"eval_std_{c}": spread.get(c, {}).get("std") for c in COLUMNS})  # one k-means draw's
     row.update({f"eval_se_{c}": score_standard_error(spread, c) for c in COLUMNS})  # the score's (a mean of draws)
     row["seconds"] = metrics.get("seconds")

@@ -132,8 +132,9 @@ class Config:
     """Batches in the initial fit of the evaluation's k-means; null = `kmeans_init_batches` (PiCIE's protocol).
     At least the train split's batches: one Lloyd fit on every train pixel, no running-mean updates."""
     eval_seeds: int = param(1, integer(1))
-    """k-means draws the evaluation scores the same weights with (seeds: the run's, seed + 1, ...); the scores are
-    their mean (noise / sqrt(draws)); metrics.json holds every draw's and their spread (docs/evaluation-noise.md)."""
+    """k-means draws the evaluation scores the same weights with (seeds: a block per training seed, seed x draws
+    + 0, 1, ...); the scores are their mean (noise / sqrt(draws)); metrics.json holds every draw's and their spread
+    (docs/evaluation-noise.md)."""
 
     # --- training (design section 3) ------------------------------------------------------------
     loss: str = param("ce", choice(*LOSSES))

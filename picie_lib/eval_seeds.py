@@ -27,8 +27,10 @@ AVERAGED = (
 
 
 def eval_seed_list(cfg: Config) -> list[int]:
-    """The k-means seeds of an evaluation: the run's seed, then the next ``eval_seeds - 1`` integers."""
-    return [cfg.seed + i for i in range(cfg.eval_seeds)]
+    """The k-means seeds of an evaluation: ``seed * eval_seeds`` and the next ``eval_seeds - 1`` integers, a
+    block of its own for every training seed (seeds 0, 1, 2 with 24 draws: 0-23, 24-47, 48-71), so that no two
+    runs of a comparison share a draw; with one draw, the run's seed (PiCIE's protocol)."""
+    return [cfg.seed * cfg.eval_seeds + i for i in range(cfg.eval_seeds)]
 
 
 def over_eval_seeds(evaluate_with: Callable[[int], dict], cfg: Config) -> dict:

@@ -252,7 +252,8 @@ class ObjectFragments:
         if not labelled.any():
             return
         objects = constant_regions(np.where(labelled, target, -1))
-        pairs = np.where(labelled, target * (int(pred.max()) + 2) + pred + 1, -1)
+        values = int(pred.max()) - int(pred.min()) + 1  # one code per (class, prediction) pair, whatever the values
+        pairs = np.where(labelled, target * values + pred - int(pred.min()), -1)
         pieces = constant_regions(pairs)[labelled]
         objects, classes = objects[labelled], target[labelled]
         area = np.bincount(objects)
@@ -264,7 +265,7 @@ class ObjectFragments:
         counted = np.bincount(piece_object[kept], minlength=len(area))
         object_class = np.zeros(len(area), dtype=np.int64)
         object_class[objects] = classes
-        scored = area >= self.min_object_pixels
+        scored = (area > 0) & (area >= self.min_object_pixels)  # area 0: a label of the unlabelled pixels
         np.add.at(self.fragments, object_class[scored], np.maximum(counted[scored], 1))
         np.add.at(self.objects, object_class[scored], 1)
 

@@ -47,7 +47,7 @@ def test_averaged_evaluations_are_what_evaluations_of_m_draws_on_disjoint_seeds_
     values = [draws[s] for s in range(12)]
     cfg = load_preset("smoke").replace(eval_seeds=4)
     scored = [
-        over_eval_seeds(lambda s: {"scores": {"acc_all": draws[s]}, "seconds": 0.0}, cfg.replace(seed=4 * i))
+        over_eval_seeds(lambda s: {"scores": {"acc_all": draws[s]}, "seconds": 0.0}, cfg.replace(seed=i))
         for i in range(3)
     ]
     assert eval_noise.averaged_evaluations(values, 4, 3) == pytest.approx([r["scores"]["acc_all"] for r in scored])

@@ -14,11 +14,11 @@ from picie_lib.train import relative_change
 
 
 def test_over_eval_seeds_scores_the_mean_of_the_draws_and_records_every_draw():
-    cfg = load_preset("smoke").replace(seed=4, eval_seeds=3)
-    assert eval_seed_list(cfg) == [4, 5, 6]
-    acc = {4: 50.0, 5: 53.0, 6: 47.5}
-    miou = {4: 20.0, 5: math.nan, 6: 22.0}  # a score that was not a number for one seed is left out
-    iou = {4: [10.0, math.nan], 5: [20.0, math.nan], 6: [60.0, 5.0]}  # class 1 matched in one draw only
+    cfg = load_preset("smoke").replace(seed=1, eval_seeds=3)
+    assert eval_seed_list(cfg) == [3, 4, 5]  # training seed 1's own block of draws
+    acc = {3: 50.0, 4: 53.0, 5: 47.5}
+    miou = {3: 20.0, 4: math.nan, 5: 22.0}  # a score that was not a number for one seed is left out
+    iou = {3: [10.0, math.nan], 4: [20.0, math.nan], 5: [60.0, 5.0]}  # class 1 matched in one draw only
 
     def fake(seed):
         return {
@@ -33,17 +33,24 @@ def test_over_eval_seeds_scores_the_mean_of_the_draws_and_records_every_draw():
     assert result["scores"]["acc_all"] == pytest.approx(np.mean([50, 53, 47.5]))  # the mean of the draws
     assert result["scores"]["miou_all"] == pytest.approx(21.0)  # the draws that are numbers
     assert [r["iou_all"] for r in result["per_class"]] == [pytest.approx(30.0), 5.0]
-    assert [r["cluster"] for r in result["per_class"]] == [4, 4] and result["confusion"] == [[4]]  # the first draw's
-    assert result["oversegmentation"]["thing"]["effective_clusters"] == pytest.approx(5.0)
+    assert [r["cluster"] for r in result["per_class"]] == [3, 3] and result["confusion"] == [[3]]  # the first draw's
+    assert result["oversegmentation"]["thing"]["effective_clusters"] == pytest.approx(4.0)
     assert result["seconds"] == pytest.approx(4.5)
     spread = result["eval_spread"]
-    assert spread["seeds"] == [4, 5, 6] and spread["acc_all"]["values"] == [50.0, 53.0, 47.5]
+    assert spread["seeds"] == [3, 4, 5] and spread["acc_all"]["values"] == [50.0, 53.0, 47.5]
     assert spread["acc_all"]["mean"] == pytest.approx(result["scores"]["acc_all"])
     assert spread["acc_all"]["std"] == pytest.approx(np.std([50, 53, 47.5], ddof=1))
     assert spread["acc_all"]["se"] == pytest.approx(np.std([50, 53, 47.5], ddof=1) / math.sqrt(3))
     assert spread["acc_all"]["range"] == pytest.approx(5.5)
     assert spread["miou_all"]["std"] == pytest.approx(np.std([20, 22], ddof=1))
     assert spread["miou_all"]["se"] == pytest.approx(np.std([20, 22], ddof=1) / math.sqrt(2))
+
+
+def test_training_seeds_never_share_a_kmeans_draw():
+    cfg = load_preset("smoke").replace(eval_seeds=24)
+    blocks = [set(eval_seed_list(cfg.replace(seed=s))) for s in range(6)]
+    assert all(len(b) == 24 for b in blocks) and len(set().union(*blocks)) == 24 * len(blocks)
+    assert eval_seed_list(cfg.replace(seed=7, eval_seeds=1)) == [7]  # one draw: the run's seed, PiCIE's protocol
 
 
 def test_a_score_of_m_draws_is_as_noisy_as_one_draw_over_root_m():
@@ -53,7 +60,7 @@ def test_a_score_of_m_draws_is_as_noisy_as_one_draw_over_root_m():
     draws = dict(enumerate(rng.normal(50.0, 2.0, 16 * 400)))
     cfg = load_preset("smoke").replace(eval_seeds=16)
     results = [
-        over_eval_seeds(lambda s: {"scores": {"acc_all": draws[s]}, "seconds": 0.0}, cfg.replace(seed=16 * i))
+        over_eval_seeds(lambda s: {"scores": {"acc_all": draws[s]}, "seconds": 0.0}, cfg.replace(seed=i))
         for i in range(400)
     ]
     scores = np.array([r["scores"]["acc_all"] for r in results])

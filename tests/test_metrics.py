@@ -249,21 +249,17 @@ def test_object_fragments_counts_pieces_per_object():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_object_fragments_match_labelling_each_object_and_cluster_apart(seed):
-    from scipy import ndimage
-
+    # blobby maps with unlabelled pixels and unmatched (-1) predictions (other negative values too, and objects of
+    # any size on odd seeds); the reference labels every object, and every cluster inside it, on its own
+    # (benchmarks/evaluate_parts.py times the two side by side)
     rng = np.random.default_rng(seed)
-
-    # blobby maps: smoothed noise cut into levels, with unlabelled pixels and unmatched (-1) predictions
-    def blobs(levels, size=(40, 48)):
-        field = ndimage.gaussian_filter(rng.normal(size=size), sigma=rng.uniform(1, 4))
-        return np.digitize(field, np.quantile(field, np.linspace(0, 1, levels + 1)[1:-1]))
-
-    target = blobs(4)
-    target[blobs(5) == 0] = -1
-    pred = blobs(6) - 1  # -1 .. 4
-    frag = ObjectFragments(num_classes=4, min_piece=0.05, min_object_pixels=8)
+    target = evaluate_parts.blobs(rng, 4, (40, 48), rng.uniform(1, 4))
+    target[evaluate_parts.blobs(rng, 5, (40, 48), 2.0) == 0] = -1
+    pred = evaluate_parts.blobs(rng, 6, (40, 48), rng.uniform(1, 4)) - 1 - 2 * (seed % 3 == 2)  # -1 .. 4 or -3 .. 2
+    min_object_pixels = 0 if seed % 2 else 8
+    frag = ObjectFragments(num_classes=4, min_piece=0.05, min_object_pixels=min_object_pixels)
     frag.update(pred, target)
-    fragments, objects = evaluate_parts.fragments_by_object(pred, target, 4, 0.05, 8)
+    fragments, objects = evaluate_parts.fragments_by_object(pred, target, 4, 0.05, min_object_pixels)
     assert objects.sum() > 3 and fragments.sum() > objects.sum()  # several objects, some of them split
     np.testing.assert_array_equal(frag.objects, objects)
     np.testing.assert_array_equal(frag.fragments, fragments)
