@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from picie_lib.config import METHOD_NAMES
+from picie_lib.eval_seeds import mean_over_draws
 from picie_lib.evaluate import read_metrics
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
@@ -231,11 +232,6 @@ def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def _mean_of(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else None
-
-
 def noise_markdown(rows: list[dict], columns: tuple[str, ...] = ("acc_all", "miou_all")) -> str:
     """Per method, the noises of its scores side by side: the spread over training seeds (sample std of the
     seeds' scores), and the evaluation's own on fixed weights: one k-means draw's sample std over the
@@ -256,7 +252,7 @@ def noise_markdown(rows: list[dict], columns: tuple[str, ...] = ("acc_all", "mio
         cells = []
         for c in columns:
             cells += [_number(_std([r[c] for r in mine]))]
-            cells += [_number(_mean_of([r.get(f"eval_{kind}_{c}") for r in mine])) for kind in ("std", "se")]
+            cells += [_number(mean_over_draws([r.get(f"eval_{kind}_{c}") for r in mine])) for kind in ("std", "se")]
         n_eval = min(r.get("eval_seeds", 1) for r in mine)
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + f" | {n_eval} |")
     lines += [
