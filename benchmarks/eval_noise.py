@@ -1,6 +1,7 @@
 """The evaluation's noise on fixed weights: what averaging k-means draws and restarts of its k-means buy, and cost.
 
-    python benchmarks/eval_noise.py RUN_DIR [--seeds 5] [--draws 1,10,30 | --restarts 1,10 [--init-batches B]]
+    python benchmarks/eval_noise.py RUN_DIR [--seeds 5] [--draws 1,10,30 | --restarts 1,10 [--init-batches B]
+                                             | --split 8x8]
 
 ``--draws``: the scores of ``--seeds`` evaluations, each the mean of M k-means draws (``eval_seeds`` = M under
 run seeds 0, 1, ...: disjoint blocks of draws 0 .. M - 1, M .. 2M - 1, ...), for each M; computed from one series
@@ -13,12 +14,21 @@ All Acc and mIoU of every seed, their range and sample std, and the seconds of o
 by side in one run. Then one Lloyd fit at the paper's initial-fit size is timed on this machine, scaled down
 by ``--paper-scale`` (20 batches x 256 images x 80 x 80 pixels, 128-d, K = 27, 20 iterations: restarts add
 (R - 1) such fits to an evaluation). Writes eval_noise.json and eval_noise.md under --out.
+
+``--split OxS``: where one draw's noise comes from. A draw has two random parts: the train split's reading order
+(which images form the initial fit, and under batch statistics which images share a BatchNorm batch) and the
+k-means' random start. O orders x S starts are scored (``evaluate_clusters(seed=start, order_seed=order)``), and
+the draws' variance is split into a between-orders and a within-order part (one-way random effects, balanced:
+``variance_split``). What it tells: whether draws could share one pass over the split (one order, many starts)
+and still average the noise away. Writes eval_split.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -29,7 +39,8 @@ from picie_lib.clustering import lloyd_kmeans
 from picie_lib.config import load_config
 from picie_lib.data import build_dataset
 from picie_lib.distributed import resolve_device
-from picie_lib.evaluate import evaluate_model, load_trained_model
+from picie_lib.evaluate import evaluate_clusters, evaluate_model, load_trained_model, network_feature_fn
+from picie_lib.picie import clustering_bn, labelling_bn
 
 PAPER_INIT_POINTS = 20 * 256 * 80 * 80  # the evaluation's initial fit at the paper preset
 
@@ -90,6 +101,56 @@ def draws_markdown(rows: list[dict], evaluations: int) -> str:
     return "\n".join(lines)
 
 
+def order_start_series(run_dir: Path, orders: int, starts: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """All Acc and mIoU (orders, starts) of the run's weights under reading-order seeds 0 .. ``orders - 1`` and
+    k-means start seeds 0 .. ``starts - 1`` (one start each; draw (s, s) is the evaluation seeded s), and the seconds
+    per draw. Each draw scores a fresh copy of the model (``bn_eval: running`` moves its statistics)."""
+    cfg = load_config(run_dir / "config.json").replace(eval_kmeans_restarts=1)
+    model = load_trained_model(run_dir, cfg)
+    train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
+    acc, miou = np.zeros((orders, starts)), np.zeros((orders, starts))
+    start_time = time.perf_counter()
+    for o in range(orders):
+        for s in range(starts):
+            copied = copy.deepcopy(model)
+            scores = evaluate_clusters(
+                network_feature_fn(copied, cfg, clustering_bn(cfg)), cfg, "dot", train_set, val_set,
+                score_extract=network_feature_fn(copied, cfg, labelling_bn(cfg)), seed=s, order_seed=o,
+            )["scores"]  # fmt: skip
+            acc[o, s], miou[o, s] = scores["acc_all"], scores["miou_all"]
+        print(f"order {o + 1}/{orders}: All Acc {acc[o].mean():.2f} over {starts} starts", flush=True)
+    return acc, miou, (time.perf_counter() - start_time) / (orders * starts)
+
+
+def variance_split(values: np.ndarray) -> dict:
+    """One-way random effects on a balanced (orders, starts) table: a draw = mean + order effect (std
+    ``between``) + start noise (std ``within``). Method of moments: within^2 = the mean of the rows' sample
+    variances, between^2 = the variance of the row means less within^2 / starts (0 when negative).
+    ``total``: the sample std of all draws."""
+    orders, starts = values.shape
+    if orders < 2 or starts < 2:
+        raise ValueError(f"a table of {orders} x {starts}: expected at least 2 orders and 2 starts")
+    within = float(values.var(axis=1, ddof=1).mean())
+    between = max(0.0, float(values.mean(axis=1).var(ddof=1)) - within / starts)
+    return {"total": float(values.std(ddof=1)), "within": math.sqrt(within), "between": math.sqrt(between)}
+
+
+def mean_std(split: dict, draws: int, orders: int) -> float:
+    """The std of a score that averages ``draws`` draws spread evenly over ``orders`` reading orders."""
+    return math.sqrt(split["between"] ** 2 / orders + split["within"] ** 2 / draws)
+
+
+def split_markdown(splits: dict[str, dict], draws: int, seconds: float, shape: tuple[int, int]) -> str:
+    lines = [f"{shape[0]} reading orders x {shape[1]} k-means starts, {seconds:.1f} s per draw.", "",
+             f"| score | one draw's std | within an order (starts) | between orders | mean of {draws} draws: "
+             f"{draws} orders | 4 orders | 1 order |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, sp in splits.items():
+        stds = [mean_std(sp, draws, g) for g in (draws, 4, 1)]
+        lines.append(f"| {key} | {sp['total']:.2f} | {sp['within']:.2f} | {sp['between']:.2f} | "
+                     + " | ".join(f"{v:.2f}" for v in stds) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def lloyd_seconds(points: int, device: str) -> float:
     x = torch.nn.functional.normalize(torch.randn(points, 128, device=device), dim=1)
     start = time.perf_counter()
@@ -129,10 +190,22 @@ def main() -> None:
     parser.add_argument(
         "--init-batches", type=int, default=None, help="batches in the initial fit (default: the run's; all: one fit)"
     )
+    parser.add_argument("--split", default=None, help="OxS: O reading orders x S k-means starts (e.g. 8x8)")
     parser.add_argument("--paper-scale", type=float, default=1 / 256, help="share of the paper's fit size timed")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/eval_noise"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.split:
+        orders, starts = (int(n) for n in args.split.lower().split("x"))
+        acc, miou, seconds = order_start_series(args.run_dir, orders, starts)
+        splits = {"All Acc": variance_split(acc), "mIoU": variance_split(miou)}
+        (args.out / "eval_split.json").write_text(
+            json.dumps({"acc_all": acc.tolist(), "miou_all": miou.tolist(), "split": splits, "seconds": seconds})
+        )
+        text = split_markdown(splits, 24, seconds, acc.shape)
+        (args.out / "eval_split.md").write_text(text + "\n")
+        print(text)
+        return
     if args.draws:
         counts = [int(m) for m in args.draws.split(",")]
         spread, per_draw = draw_series(args.run_dir, args.seeds * max(counts))

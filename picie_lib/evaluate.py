@@ -80,14 +80,15 @@ def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -
     raise ValueError(f"rule={rule!r}: expected 'dot' or 'nearest'")
 
 
-def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int) -> torch.Tensor:
-    """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation); also the items left
-    out as bad files. Under torchrun each process reads its share of every batch and the k-means sums
-    over the processes (``MiniBatchKMeans.update``); BatchNorm statistics moved by ``extract`` are averaged."""
+def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int, order_seed=None) -> torch.Tensor:
+    """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation), its start and the split's reading
+    order seeded by ``seed`` (the order by ``order_seed`` if given); also the items left out as bad files.
+    Under torchrun each process reads its share of every batch and the k-means sums over the processes
+    (``MiniBatchKMeans.update``); BatchNorm statistics moved by ``extract`` are averaged."""
     km = MiniBatchKMeans.from_config(
         cfg, derive_seed(seed, STREAM_EVAL_KMEANS), cfg.eval_kmeans_restarts, cfg.eval_kmeans_init_batches
     )
-    order = permutation(len(dataset), derive_seed(seed, STREAM_EVAL_ORDER))
+    order = permutation(len(dataset), derive_seed(seed if order_seed is None else order_seed, STREAM_EVAL_ORDER))
     batches = Batches(dataset, order, cfg.batch_size_cluster, cfg, keep_empty=distributed.world() > 1)
     for batch in progress(batches, "eval k-means"):
         if batch is None:  # this process has no usable item in this step
@@ -206,16 +207,17 @@ def evaluate_clusters(
     val_set=None,
     score_extract: FeatureFn | None = None,
     seed: int | None = None,
+    order_seed: int | None = None,
 ) -> dict:
     """Fresh k-means on the train split's features (``extract``, no augmentation), seeded ``seed`` (default
-    the run's), the best of ``eval_kmeans_restarts`` starts; predictions scored on val (with
-    ``score_extract``, by default ``extract``)."""
+    the run's; ``order_seed``: another seed for the split's order, ``fit_centroids``), the best of
+    ``eval_kmeans_restarts`` starts; predictions scored on val (with ``score_extract``, default ``extract``)."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
     score_extract = score_extract or extract
     start = time.perf_counter()
     distributed.trace("evaluation: fresh k-means on train")
-    centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed if seed is None else seed)
+    centroids, skipped_train = fit_centroids(extract, train_set, cfg, cfg.seed if seed is None else seed, order_seed)
     distributed.trace("evaluation: scoring val")
     result = score_predictions(
         lambda x, size: predict(score_extract, x, size, centroids, rule), val_set, cfg, cfg.n_clusters

@@ -55,6 +55,30 @@ def test_averaged_evaluations_are_what_evaluations_of_m_draws_on_disjoint_seeds_
         eval_noise.averaged_evaluations(values, 5, 3)
 
 
+def test_the_variance_split_is_the_anova_estimate_and_recovers_known_parts():
+    rng = np.random.default_rng(1)
+    table = rng.normal(50, 2, (5, 4)) + rng.normal(0, 1, (5, 1))
+    orders, starts = table.shape
+    grand, row_means = table.mean(), table.mean(axis=1)
+    ms_between = starts * sum((m - grand) ** 2 for m in row_means) / (orders - 1)
+    ms_within = sum((x - row_means[o]) ** 2 for o in range(orders) for x in table[o]) / (orders * (starts - 1))
+    split = eval_noise.variance_split(table)
+    assert split["within"] == pytest.approx(np.sqrt(ms_within))
+    assert split["between"] == pytest.approx(np.sqrt(max(0.0, (ms_between - ms_within) / starts)))
+    assert split["total"] == pytest.approx(np.std(table, ddof=1))
+    # known parts: order effects of std 0.5, starts of std 2
+    big = rng.normal(0, 0.5, (400, 1)) + rng.normal(0, 2, (400, 30))
+    split = eval_noise.variance_split(big)
+    assert split["within"] == pytest.approx(2, rel=0.03) and split["between"] == pytest.approx(0.5, rel=0.15)
+    no_order_effect = eval_noise.variance_split(np.tile(rng.normal(0, 1, 6), (5, 1)))  # every order alike
+    assert no_order_effect["between"] == 0.0 and no_order_effect["within"] > 0.5
+    # averaging: one order keeps its effect whole; one order per draw divides it by the draws
+    assert eval_noise.mean_std(split, 24, 1) ** 2 == pytest.approx(split["between"] ** 2 + split["within"] ** 2 / 24)
+    assert eval_noise.mean_std(split, 24, 24) == pytest.approx(split["total"] / np.sqrt(24), rel=0.05)
+    with pytest.raises(ValueError, match="1 x 4: expected at least 2 orders"):
+        eval_noise.variance_split(table[:1])
+
+
 def test_the_evaluation_profile_names_every_part():
     from picie_lib.config import load_preset
     from picie_lib.picie import build_model

@@ -147,10 +147,17 @@ def test_evaluation_seeds_score_the_same_weights_once_per_kmeans_seed(smoke):
     assert len(set(spread["miou_all"]["values"])) > 1  # the seeds do draw different k-means
 
 
+def _pixels_read_in(order, dataset, cfg, extract):
+    """The (N, 3) pixel features of ``dataset``'s batches read in ``order``, as the evaluation's k-means sees them."""
+    from picie_lib.loader import Batches
+
+    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg)
+    return torch.cat([extract(b[1]).permute(0, 2, 3, 1).reshape(-1, 3) for b in batches])
+
+
 def test_an_initial_fit_on_every_batch_is_one_lloyd_fit_on_every_pixel(smoke):
     from picie_lib.clustering import lloyd_kmeans
     from picie_lib.evaluate import STREAM_EVAL_KMEANS, STREAM_EVAL_ORDER, fit_centroids
-    from picie_lib.loader import Batches
     from picie_lib.picie import derive_seed, permutation
 
     cfg, train, _ = smoke
@@ -158,12 +165,29 @@ def test_an_initial_fit_on_every_batch_is_one_lloyd_fit_on_every_pixel(smoke):
     extract = rgb_feature_fn()
     centroids, _ = fit_centroids(extract, train, cfg, seed=3)
     order = permutation(len(train), derive_seed(3, STREAM_EVAL_ORDER))
-    pixels = torch.cat(
-        [extract(b[1]).permute(0, 2, 3, 1).reshape(-1, 3) for b in Batches(train, order, cfg.batch_size_cluster, cfg)]
-    )
+    pixels = _pixels_read_in(order, train, cfg, extract)
     expected = lloyd_kmeans(pixels, cfg.n_clusters, cfg.kmeans_iters, derive_seed(3, STREAM_EVAL_KMEANS))
     assert torch.allclose(centroids, expected, atol=1e-5)
     # PiCIE's protocol (one initial batch here, then running means) ends elsewhere
     assert not torch.allclose(
         fit_centroids(extract, train, cfg.replace(eval_kmeans_init_batches=None), seed=3)[0], expected, atol=1e-3
     )
+
+
+def test_an_order_seed_moves_the_reading_order_alone(smoke):
+    from picie_lib.clustering import lloyd_kmeans
+    from picie_lib.evaluate import STREAM_EVAL_KMEANS, STREAM_EVAL_ORDER, fit_centroids
+    from picie_lib.picie import derive_seed, permutation
+
+    cfg, train, _ = smoke
+    cfg = cfg.replace(kmeans_backend="torch")
+    extract = rgb_feature_fn()
+    alone = fit_centroids(extract, train, cfg, seed=3)[0]
+    assert torch.equal(fit_centroids(extract, train, cfg, seed=3, order_seed=3)[0], alone)
+    assert not torch.allclose(fit_centroids(extract, train, cfg, seed=3, order_seed=4)[0], alone, atol=1e-4)
+    # one Lloyd fit on the whole split read in order 4's order, from start 3's points
+    whole = cfg.replace(eval_kmeans_init_batches=len(train))
+    order = permutation(len(train), derive_seed(4, STREAM_EVAL_ORDER))
+    pixels = _pixels_read_in(order, train, cfg, extract)
+    expected = lloyd_kmeans(pixels, cfg.n_clusters, cfg.kmeans_iters, derive_seed(3, STREAM_EVAL_KMEANS))
+    assert torch.allclose(fit_centroids(extract, train, whole, seed=3, order_seed=4)[0], expected, atol=1e-5)
