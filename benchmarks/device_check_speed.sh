@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# GPU check of the Speed issue's targets, run from the repository root on a machine with a CUDA GPU
-# and many cores: one epoch and the evaluation at the paper's settings (320 px views from 640 px
-# bases, batch 256, float32, random init) on 2,048 textured 640x480 JPEGs, each pass end to end,
-# data path alone and network alone; then the clustering pass's k-means memory at the paper's size.
+# GPU check of the Speed targets (docs/speed.md), run from the repository root on a machine with a CUDA GPU
+# and many cores, in under 6 minutes: (1) the training command a user runs, the paper preset for 2 CE epochs
+# on N_CLI textured 640x480 JPEGs (random init, every core but one as workers): images/s per epoch;
+# (2) benchmarks/epoch.py on N_BENCH images: every pass end to end, data path alone and network alone, float32
+# and bf16 side by side, and what Table 2 would take on COCO-Stuff-27. Writes OUT_DIR/results.md.
 #     bash benchmarks/device_check_speed.sh [OUT_DIR]
+# (DEVICE=cpu N_CLI=32 N_BENCH=32 EXTRA="-p res=64 -p base_res=96" BENCH="--res 64 --base-res 96 --batch 16" try
+# the script itself on a CPU.)
 set -uo pipefail
 out=${1:-outputs/device-speed}
+n_cli=${N_CLI:-8192} n_bench=${N_BENCH:-2048} device=${DEVICE:-cuda}
+workers=${WORKERS:-$(( $(nproc) > 1 ? $(nproc) - 1 : 0 ))}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PICIE_PROGRESS=0
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, os; print('torch', torch.__version__, '| cores', os.cpu_count())"
-echo "== epoch at the paper's settings"
-timeout 420 python3 benchmarks/epoch.py --n 2048 --device cuda --root "$out/coco-2048" --out "$out/epoch"
-echo "== k-means memory, paper size (both schedules at full size)"
-timeout 240 python3 benchmarks/kmeans_memory.py --scale 1.0 --device cuda --out "$out/kmeans"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+python3 -c "import torch, os; print('torch', torch.__version__, '| cores', os.cpu_count(), '| CUDA', torch.version.cuda)"
+echo "== $n_cli train images for the command, $n_bench for the benchmark"
+timeout 60 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from epoch import write_root
+write_root(Path('$out/coco-$n_cli'), $n_cli, max(1, $n_cli // 8)); write_root(Path('$out/coco-$n_bench'), $n_bench, max(1, $n_bench // 8))"
+echo "== python -m picie_lib train --preset paper ... --loss ce --epochs 2 ($workers workers)"
+timeout 170 python3 -m picie_lib train --preset paper -p data_root="$out/coco-$n_cli" -p pretrained=null \
+    -p num_workers="$workers" -p device="$device" ${EXTRA:-} --loss ce --epochs 2 --out "$out/cli" --overwrite
+echo "== exit code $?"
+echo "== benchmarks/epoch.py --n $n_bench --both"
+timeout 150 python3 benchmarks/epoch.py --n "$n_bench" --device "$device" --workers "$workers" --both \
+    --root "$out/coco-$n_bench" --out "$out/epoch" ${BENCH:-}
+echo "== exit code $?"
+python3 benchmarks/speed_results.py "$out" "$n_cli" | tee "$out/results.md"

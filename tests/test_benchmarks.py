@@ -1,6 +1,7 @@
 """The benchmarks' arithmetic: what benchmarks/epoch.py says Table 2 would take, from a run's own numbers."""
 
 import importlib
+import json
 import sys
 
 import numpy as np
@@ -77,6 +78,24 @@ def test_the_variance_split_is_the_anova_estimate_and_recovers_known_parts():
     assert eval_noise.mean_std(split, 24, 24) == pytest.approx(split["total"] / np.sqrt(24), rel=0.05)
     with pytest.raises(ValueError, match="1 x 4: expected at least 2 orders"):
         eval_noise.variance_split(table[:1])
+
+
+def test_the_speed_checks_table_gives_each_epochs_images_per_second(tmp_path):
+    speed_results = importlib.import_module("speed_results")
+    (tmp_path / "cli").mkdir()
+    log = [{"epoch": 1, "seconds": {"cluster": 40.0, "label": 20.0, "train": 20.0}},
+           {"epoch": 2, "seconds": {"cluster": 30.0, "label": 18.0, "train": 16.0}}]  # fmt: skip
+    (tmp_path / "cli" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    rows = speed_results.epoch_rows(tmp_path / "cli" / "log.jsonl", 8192)
+    assert [r["images_per_s"] for r in rows] == pytest.approx([8192 / 80, 8192 / 64])
+    text = speed_results.markdown(tmp_path, 8192)
+    assert "| 1 | 40.0 | 20.0 | 20.0 | 102.4 |" in text and "| 2 | 30.0 | 18.0 | 16.0 | 128.0 |" in text
+    assert "no results.md" in text  # the benchmark did not finish: said, not hidden
+    (tmp_path / "epoch").mkdir()
+    (tmp_path / "epoch" / "results.md").write_text("| pass | end to end |\n")
+    assert speed_results.markdown(tmp_path, 8192).endswith("| pass | end to end |")
+    (tmp_path / "cli" / "log.jsonl").unlink()
+    assert "no epoch finished" in speed_results.markdown(tmp_path, 8192)
 
 
 def test_the_evaluation_profile_names_every_part():

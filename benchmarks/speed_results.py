@@ -1,0 +1,43 @@
+"""The table of ``device_check_speed.sh``: the training command's seconds per pass and images/s per epoch
+(from its log.jsonl), then the benchmark's own results.md (every pass three ways, float32 and bf16, and the
+Table 2 estimate).
+
+    python benchmarks/speed_results.py OUT_DIR N_IMAGES
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+PASSES = ("cluster", "label", "train")
+
+
+def epoch_rows(log: Path, images: int) -> list[dict]:
+    """Per epoch of a run's log.jsonl: the seconds of each pass and the images per second of the whole epoch."""
+    rows = []
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        seconds = {name: record["seconds"].get(name, 0.0) for name in PASSES}
+        rows.append({"epoch": record["epoch"], **seconds, "images_per_s": images / sum(seconds.values())})
+    return rows
+
+
+def markdown(out: Path, images: int) -> str:
+    log = out / "cli" / "log.jsonl"
+    lines = [f"**The training command** (paper preset, CE, {images:,} images; `{out / 'cli'}`)", ""]
+    if log.is_file():
+        lines += ["| epoch | cluster s | label s | train s | images/s per epoch |", "|---|---|---|---|---|"]
+        for r in epoch_rows(log, images):
+            cells = [f"{r[name]:.1f}" for name in PASSES]
+            lines.append(f"| {r['epoch']} | {' | '.join(cells)} | {r['images_per_s']:.1f} |")
+    else:
+        lines.append("no epoch finished (no log.jsonl)")
+    bench = out / "epoch" / "results.md"
+    lines += ["", "**benchmarks/epoch.py**", "", bench.read_text().strip() if bench.is_file() else "no results.md"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(Path(sys.argv[1]), int(sys.argv[2])))
