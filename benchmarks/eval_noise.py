@@ -196,13 +196,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.split:
-        orders, starts = (int(n) for n in args.split.lower().split("x"))
+        try:
+            orders, starts = (int(n) for n in args.split.lower().split("x"))
+        except ValueError:
+            parser.error(f"--split {args.split}: expected ORDERSxSTARTS, e.g. 8x8")
         acc, miou, seconds = order_start_series(args.run_dir, orders, starts)
         splits = {"All Acc": variance_split(acc), "mIoU": variance_split(miou)}
         (args.out / "eval_split.json").write_text(
             json.dumps({"acc_all": acc.tolist(), "miou_all": miou.tolist(), "split": splits, "seconds": seconds})
         )
-        text = split_markdown(splits, 24, seconds, acc.shape)
+        draws = max(2, load_config(args.run_dir / "config.json").eval_seeds)  # the run's draws per score
+        text = split_markdown(splits, draws, seconds, acc.shape)
         (args.out / "eval_split.md").write_text(text + "\n")
         print(text)
         return

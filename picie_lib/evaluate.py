@@ -80,11 +80,12 @@ def cluster_logits(features: torch.Tensor, centroids: torch.Tensor, rule: str) -
     raise ValueError(f"rule={rule!r}: expected 'dot' or 'nearest'")
 
 
-def fit_centroids(extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int, order_seed=None) -> torch.Tensor:
-    """A fresh mini-batch k-means on ``dataset`` (eval mode: no augmentation), its start and the split's reading
-    order seeded by ``seed`` (the order by ``order_seed`` if given); also the items left out as bad files.
-    Under torchrun each process reads its share of every batch and the k-means sums over the processes
-    (``MiniBatchKMeans.update``); BatchNorm statistics moved by ``extract`` are averaged."""
+def fit_centroids(
+    extract: FeatureFn, dataset: SceneDataset, cfg: Config, seed: int, order_seed: int | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """A fresh mini-batch k-means on ``dataset`` (eval mode), its start and the split's reading order seeded by
+    ``seed`` (the order by ``order_seed`` if given); also the files left out. Under torchrun each process reads its
+    share of every batch, the k-means sums over the processes; BatchNorm statistics ``extract`` moves are averaged."""
     km = MiniBatchKMeans.from_config(
         cfg, derive_seed(seed, STREAM_EVAL_KMEANS), cfg.eval_kmeans_restarts, cfg.eval_kmeans_init_batches
     )
@@ -209,9 +210,8 @@ def evaluate_clusters(
     seed: int | None = None,
     order_seed: int | None = None,
 ) -> dict:
-    """Fresh k-means on the train split's features (``extract``, no augmentation), seeded ``seed`` (default
-    the run's; ``order_seed``: another seed for the split's order, ``fit_centroids``), the best of
-    ``eval_kmeans_restarts`` starts; predictions scored on val (with ``score_extract``, default ``extract``)."""
+    """Fresh k-means on the train split's features (``extract``), seeded ``seed`` (default the run's; ``order_seed``:
+    the split's order, ``fit_centroids``), best of ``eval_kmeans_restarts`` starts; val scored by ``score_extract``."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
     score_extract = score_extract or extract

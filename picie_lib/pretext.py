@@ -9,7 +9,7 @@ ResNet-18 state dict, which ``pretrained: PATH`` loads (the FPN starts random, a
     python -m picie_lib pretext --out outputs/pretext/backbone.pt      # then -p pretrained=that path
 
 ``pretrained: pretext`` (the demo preset's) names the default backbone, ``PRETEXT_CACHE``: the first
-run that needs it trains it (about 90 s on two CPU cores), later runs reuse it. The file is written
+run that needs it trains it (90 to 150 s on two CPU cores), later runs reuse it. The file is written
 once, atomically, with ``<out>.json`` beside it (parameters, seconds, the pretext accuracy per
 epoch); a call with other parameters trains it again.
 """

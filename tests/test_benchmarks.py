@@ -94,7 +94,13 @@ def test_the_speed_checks_table_gives_each_epochs_images_per_second(tmp_path):
     (tmp_path / "epoch").mkdir()
     (tmp_path / "epoch" / "results.md").write_text("| pass | end to end |\n")
     assert speed_results.markdown(tmp_path, 8192).endswith("| pass | end to end |")
-    (tmp_path / "cli" / "log.jsonl").unlink()
+    with (tmp_path / "cli" / "log.jsonl").open("a") as log_file:
+        log_file.write('{"epoch": 3, "seco')  # a line cut off by a kill
+    assert len(speed_results.epoch_rows(tmp_path / "cli" / "log.jsonl", 8192)) == 2
+    assert "Exit codes: none recorded." in text
+    (tmp_path / "exits.txt").write_text("data 0\ncommand 124\nbenchmark 0\n")
+    assert "command 124 (ended by its timeout), benchmark 0" in speed_results.markdown(tmp_path, 8192)
+    (tmp_path / "cli" / "log.jsonl").write_text("")
     assert "no epoch finished" in speed_results.markdown(tmp_path, 8192)
 
 

@@ -5,7 +5,7 @@ A change that stops PiCIE from learning (a loss sign, a detached view, labels th
 views) leaves a run at the floor; these tests fail then. They train the demo preset for half its CE epochs
 at one fixed seed and ask for half the gain measured over three seeds at the full budget (README,
 "What the demo prints": PiCIE (CE) 56.35, the floor 49.21 All Acc, each the mean of 24 k-means draws).
-The first run of the suite trains the demo's pretext backbone (about 90 s on two cores with bfloat16
+The first run of the suite trains the demo's pretext backbone (90 to 150 s on two cores with bfloat16
 instructions, about 12 min without, from a 1.4 s float32 step); later runs reuse it.
 """
 
@@ -21,7 +21,7 @@ from picie_lib.picie import build_model, view_agreement, view_features
 from picie_lib.train import train
 from picie_lib.transforms import augment, draw_view_params
 
-# The first run trains the pretext backbone: 90 s on a CPU with bfloat16 instructions, about 12 min in float32
+# The first run trains the pretext backbone: 90-150 s on a CPU with bfloat16 instructions, about 12 min in float32
 # (a 1.4 s step) on one without (AVX2); the reduced training then takes minutes more.
 # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 pytestmark = [

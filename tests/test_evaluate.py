@@ -176,10 +176,10 @@ def test_an_initial_fit_on_every_batch_is_one_lloyd_fit_on_every_pixel(smoke):
 
 def test_an_order_seed_moves_the_reading_order_alone(smoke):
     from picie_lib.clustering import lloyd_kmeans
-    from picie_lib.evaluate import STREAM_EVAL_KMEANS, STREAM_EVAL_ORDER, fit_centroids
+    from picie_lib.evaluate import STREAM_EVAL_KMEANS, STREAM_EVAL_ORDER, evaluate_clusters, fit_centroids
     from picie_lib.picie import derive_seed, permutation
 
-    cfg, train, _ = smoke
+    cfg, train, val = smoke
     cfg = cfg.replace(kmeans_backend="torch")
     extract = rgb_feature_fn()
     alone = fit_centroids(extract, train, cfg, seed=3)[0]
@@ -191,3 +191,6 @@ def test_an_order_seed_moves_the_reading_order_alone(smoke):
     pixels = _pixels_read_in(order, train, cfg, extract)
     expected = lloyd_kmeans(pixels, cfg.n_clusters, cfg.kmeans_iters, derive_seed(3, STREAM_EVAL_KMEANS))
     assert torch.allclose(fit_centroids(extract, train, whole, seed=3, order_seed=4)[0], expected, atol=1e-5)
+    # the evaluation passes the order seed on
+    scored = evaluate_clusters(extract, whole, "nearest", train, val, seed=3, order_seed=4)
+    assert torch.allclose(scored["centroids"], expected, atol=1e-5)
