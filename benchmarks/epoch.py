@@ -384,6 +384,23 @@ def main() -> None:
     )
     epochs = {loss: cfg.epochs_for(loss) for loss in ("ce", "focal", "ib_focal")}
     precisions = (False, True) if args.both else (cfg.amp,)
+    out = args.out or Path("outputs/benchmarks") / time.strftime("epoch-%Y%m%d-%H%M%S")
+    parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    meta = {"parameters": {**parameters, "workers": workers, "kmeans_init_batches": init_batches}}
+    flags = " ".join(
+        "--" + k.replace("_", "-") + ("" if v is True else f" {v}")
+        for k, v in parameters.items()
+        if v is not None and v is not False
+    )
+    header = f"`python benchmarks/epoch.py {flags}`\n\n{device_name(device)}, torch {torch.__version__}, "
+    header += f"{workers} workers"
+
+    def save(report: dict, markdown: str) -> None:
+        """results.json and results.md with what is measured so far (a run ended early keeps its first tables)."""
+        info = {"config": cfg.to_dict(), "device": device_name(device), "environment": environment()}
+        write_json(out / "results.json", {**meta, **report, **info})
+        (out / "results.md").write_text(f"{header}\n\n{markdown}\n")
+
     report, sections = {}, []
     for amp in precisions:
         name = "bf16" if amp else "float32"
@@ -392,6 +409,7 @@ def main() -> None:
         hours = table2_hours(results, epochs)
         report[name] = {"epoch": results, "table2_hours": hours}
         sections.append(f"**{name}**\n\n{table(results, args.n)}\n\n{table2_line(hours, epochs)}")
+        save(report, "\n\n".join(sections))
     if args.both and report["float32"]["table2_hours"].get("e2e") and report["bf16"]["table2_hours"].get("e2e"):
         speedup = report["float32"]["table2_hours"]["e2e"] / report["bf16"]["table2_hours"]["e2e"]
         sections.append(f"bf16 against float32, end to end, same run: x{speedup:.2f}.")
@@ -406,27 +424,7 @@ def main() -> None:
             f"x{v['ratio']:.1f}."
         )
     print("\n" + markdown)
-    out = args.out or Path("outputs/benchmarks") / time.strftime("epoch-%Y%m%d-%H%M%S")
-    parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    write_json(
-        out / "results.json",
-        {
-            "parameters": {**parameters, "workers": workers, "kmeans_init_batches": init_batches},
-            **report,
-            "config": cfg.to_dict(),
-            "device": device_name(device),
-            "environment": environment(),
-        },
-    )
-    flags = " ".join(
-        "--" + k.replace("_", "-") + ("" if v is True else f" {v}")
-        for k, v in parameters.items()
-        if v is not None and v is not False
-    )
-    command = f"python benchmarks/epoch.py {flags}"
-    (out / "results.md").write_text(
-        f"`{command}`\n\n{device_name(device)}, torch {torch.__version__}, {workers} workers\n\n{markdown}\n"
-    )
+    save(report, markdown)
     print(f"\nwrote {out}/results.json and results.md")
 
 
