@@ -37,7 +37,6 @@ from PIL import Image
 
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
-from picie_lib.data.images import to_tensor
 from picie_lib.distributed import resolve_device
 from picie_lib.evaluate import evaluate_model
 from picie_lib.loader import Batches
@@ -55,7 +54,7 @@ from picie_lib.picie import (
     view_features,
 )
 from picie_lib.runs import environment, write_json
-from picie_lib.transforms import augment, draw_view_params, geometric_views, reference_views, to_network_input
+from picie_lib.transforms import augment, cut_views, draw_view_params, reference_views, to_network_input
 
 PASSES = ("cluster", "label", "train", "evaluate")
 CURATED = "Coco164kFull_Stuff_Coarse_7.txt"
@@ -251,14 +250,14 @@ def views_side_by_side(cfg, n: int) -> dict:
     dataset = build_dataset(cfg.replace(max_images=n), "train", mode="train")
     params = draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0))
     dataset.set_view_params(params)
-    bases = [dataset.load(i)[0] for i in range(len(dataset))]  # RGB PIL, as the workers get them
-    tensors = [to_tensor(base) for base in bases]
+    bases = [dataset.load(i)[0] for i in range(len(dataset))]  # the square base images, decoded
     start = time.perf_counter()
-    for i, base in enumerate(tensors):
+    for i, base in enumerate(bases):
         reference_views(base.float() / 255, params, i, cfg.res)
     reference = (time.perf_counter() - start) / len(bases)
     start = time.perf_counter()
-    geometry = [geometric_views(base, params.crop[i], bool(params.flip[i]), cfg.res) for i, base in enumerate(bases)]
+    geometry = [cut_views(base[None], params.crop[i : i + 1], params.flip[i : i + 1], cfg.res)[0] for i, base in
+                enumerate(bases)]
     per_item = (time.perf_counter() - start) / len(bases)
     start = time.perf_counter()
     for lo in range(0, len(geometry), 32):

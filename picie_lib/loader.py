@@ -1,6 +1,10 @@
 """The batches of a pass: the data set's items in a given order, read by data-loader workers, without the
 items whose file is bad, and under torchrun split between the processes (``distributed.rank_batches``).
 
+Training views on a GPU: the workers only read the files (``SceneDataset.encoded``); each batch's JPEGs are
+decoded together on the GPU and its views cut there (``SceneDataset.train_views``). Without a GPU the workers
+make the views with the same functions on CPU tensors.
+
 Workers start from a fork server (``worker_context``) and end with the training process
 (``exit_with_the_training_process``); a batch is cut into chunks that all workers make at once and joined
 here in order, so the batches are the same for any ``num_workers``.
@@ -16,19 +20,46 @@ import sys
 import threading
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from picie_lib import distributed
 from picie_lib.config import Config
-from picie_lib.data.base import SkippedItem
+from picie_lib.data.base import BadFile, SkippedItem, skip
 from picie_lib.distributed import resolve_device
+
+
+def _usable_and_skipped(items: list) -> tuple[list, list[SkippedItem]]:
+    skipped = [item for item in items if isinstance(item, SkippedItem)]
+    return [item for item in items if not isinstance(item, SkippedItem)], skipped
 
 
 def collate_usable(items: list):
     """``(batch or None, skipped)``: the items a worker could read, batched, and the ``SkippedItem``s."""
-    skipped = [item for item in items if isinstance(item, SkippedItem)]
-    usable = [item for item in items if not isinstance(item, SkippedItem)]
+    usable, skipped = _usable_and_skipped(items)
     return (default_collate(usable) if usable else None), skipped
+
+
+class Encoded(Dataset):
+    """A train-mode data set's items as the workers read them when the views are made on the device:
+    ``(index, encoded)`` (``SceneDataset.encoded``: a file's bytes), or a ``SkippedItem``."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.dataset.encoded(index)
+        except BadFile as err:
+            return skip(index, err)
+
+
+def collate_encoded(items: list):
+    """``(the (index, encoded) pairs or None, skipped)``: ``Encoded``'s items as a list (files differ in length)."""
+    usable, skipped = _usable_and_skipped(items)
+    return (usable or None), skipped
 
 
 def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
@@ -113,6 +144,8 @@ class Batches:
     or with ``split=False`` the whole pass (the linear probe, trained alike in every process).
     ``keep_empty``: a step with no usable item of this process's yields None rather than nothing, so
     that every process sees every step (the k-means sums each step over the processes).
+    ``views_on_device``: a train-mode data set's views are made in batches on ``cfg.device`` from the bytes
+    the workers read (``Encoded``); by default where that device is a GPU.
     """
 
     def __init__(
@@ -124,8 +157,13 @@ class Batches:
         require_usable: bool = True,
         keep_empty: bool = False,
         split: bool = True,
+        views_on_device: bool | None = None,
     ) -> None:
         self.dataset, self.require_usable, self.keep_empty = dataset, require_usable, keep_empty
+        self.device = resolve_device(cfg.device)
+        if views_on_device is None:
+            views_on_device = self.device.type == "cuda"
+        self.views_on_device = views_on_device and dataset.mode == "train"
         if split:
             batches = distributed.rank_batches(order, batch_size)
         else:
@@ -146,9 +184,13 @@ class Batches:
             extra["multiprocessing_context"] = worker_context()
             extra["worker_init_fn"] = exit_with_the_training_process
         self.loader = DataLoader(
-            dataset, batch_sampler=chunks, num_workers=workers if chunks else 0, collate_fn=collate_usable, **extra
+            Encoded(dataset) if self.views_on_device else dataset,
+            batch_sampler=chunks,
+            num_workers=workers if chunks else 0,
+            collate_fn=collate_encoded if self.views_on_device else collate_usable,
+            **extra,
         )
-        self.pin = torch.cuda.is_available() and resolve_device(cfg.device).type == "cuda"
+        self.pin = torch.cuda.is_available() and self.device.type == "cuda"
         self.skipped: list[SkippedItem] = []
 
     def __len__(self) -> int:
@@ -164,12 +206,26 @@ class Batches:
                 self.skipped += skipped
                 if part is not None:
                     parts.append(part)
-            if parts:
-                yield _concatenate(parts, self.pin)
+            if not parts:
+                batch = None
+            elif self.views_on_device:
+                batch = self._made(parts)
+            else:
+                batch = _concatenate(parts, self.pin)
+            if batch is not None:
+                yield batch
             elif self.keep_empty:
                 yield None
         if self.require_usable:
             require_usable(self.dataset, len(self.order), self.skipped)
+
+    def _made(self, parts: list[list]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A batch's views made on the device from the chunks' ``(index, encoded)`` pairs; None if every
+        file of it turned out bad."""
+        indices, encoded = zip(*(pair for part in parts for pair in part), strict=True)
+        index, views, skipped = self.dataset.train_views(list(indices), list(encoded), self.device)
+        self.skipped += skipped
+        return (index, views) if len(index) else None
 
     @property
     def skipped_files(self) -> list[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless, matplotlib falls back to Agg by itself
 import numpy as np
 import torch
-from PIL import Image
 
 from picie_lib.config import LOSS_NAMES, METHOD_NAMES
 from picie_lib.data.base import first_usable
@@ -109,9 +108,9 @@ def add_class_key(fig, maps: Sequence[np.ndarray], class_names: Sequence[str], t
 
 
 def views_figure(bases, view1s, view2s, crops, flips):
-    """Per image: the base image (uint8 tensor or PIL) with view 1's crop drawn (dashed when flipped),
-    view 1, view 2."""
-    bases = [np.asarray(b) / 255 if isinstance(b, Image.Image) else to_rgb(b) for b in bases]
+    """Per image: the base image (uint8 (3, S, S)) with view 1's crop drawn (dashed when flipped), view 1,
+    view 2."""
+    bases = [to_rgb(b) for b in bases]
     fig = image_grid(
         [[b, to_rgb(v1), to_rgb(v2)] for b, v1, v2 in zip(bases, view1s, view2s, strict=True)],
         ["base image, view 1's crop", "view 1 (cropped, flipped)", "view 2 (whole image)"],

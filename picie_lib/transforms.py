@@ -10,11 +10,14 @@ the two feature maps are pixel-aligned.
 base image (brightness, contrast, saturation, hue, each on its own coin; blur; grayscale), then
 view 1's crop and flip resized to ``res``, and view 2 resized whole to ``res``.
 
-**How they are made** (same views, computed where they are cheap):
+**How they are made** (same views, computed where they are cheap, as batched tensor ops on the
+network's device, or on CPU tensors where there is no GPU):
 
-1. ``geometric_views``, per image, in the data-loader workers: view 1's crop box of the base image
-   resized to ``res`` and flipped, and the whole base resized to ``res``; uint8, antialiased bilinear.
-2. ``augment``, per batch, on the network's device: the photometric ops at ``res``, then ImageNet
+1. ``square_base`` and ``cut_views``: the square base image (shorter side to ``base_res``, centre crop),
+   then view 1's crop box resized to ``res`` and flipped, and the whole base resized to ``res``; uint8,
+   antialiased bilinear (``resize_uint8``). The crop boxes are whole base pixels (``ViewParams.snap_to``),
+   so view 1 is a plain slice and ``crop_flip`` cuts view 2's feature map at exactly the same box.
+2. ``augment``, per batch: the photometric ops at ``res``, then ImageNet
    normalisation. Applied after the resize they cost a quarter or less of what they cost on a 640 px
    base. The colour ops are per-pixel and so commute with the crop and (up to their clamps and the
    hue's non-linearity) with the resize; contrast is the exception, its reference grey level is the
@@ -55,6 +58,16 @@ class ViewParams:
     def __len__(self) -> int:
         return len(self.flip)
 
+    def snap_to(self, side: int) -> ViewParams:
+        """Round the crop boxes to whole pixels of a ``side`` x ``side`` base image, in place (at least one
+        pixel, inside the image): view 1 is then cut without resampling its box's edges, and view 2's
+        feature crop (``crop_flip``, same fractions) lands on exactly that box. Returns ``self``."""
+        box = (self.crop.double() * side).round()
+        box[:, 2].clamp_(1, side)
+        box[:, :2] = torch.minimum(box[:, :2], side - box[:, 2:3]).clamp_(min=0)
+        self.crop = (box / side).float()
+        return self
+
 
 def draw_view_params(n: int, cfg, generator: torch.Generator) -> ViewParams:
     """Draw every random choice of one epoch's views for ``n`` images (``cfg``: a Config)."""
@@ -82,24 +95,50 @@ def draw_view_params(n: int, cfg, generator: torch.Generator) -> ViewParams:
     )
 
 
-# ---- step 1: geometry, per image (data-loader workers) -------------------------------------------
-def geometric_views(base: torch.Tensor | Image.Image, crop: torch.Tensor, flip: bool, res: int) -> torch.Tensor:
-    """Both views of one square base image (uint8 (3, S, S) or RGB PIL) before their photometric ops:
-    uint8 (2, 3, res, res).
+# ---- step 1: geometry, per batch ----------------------------------------------------------------------
+def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (B, 3, H, W) images resized to ``size`` (h, w): bilinear, antialiased when shrinking (PIL's
+    BILINEAR within 1 grey level). On a CPU in uint8 and channels-last (its fast kernel); on a GPU, whose
+    kernel takes floats, through float32 and rounded back."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if images.device.type == "cpu":
+        out = F.interpolate(
+            images.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", antialias=True
+        )
+        return out.contiguous()
+    out = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
-    View 1 is the crop box ``crop`` (x0, y0, side as fractions of the side) resized to ``res`` and
-    mirrored if ``flip``; view 2 is the whole image resized to ``res``. PIL's bilinear filter,
-    antialiased when it shrinks; output pixel j samples the box at (j + 0.5) / res of its side, the
-    grid ``crop_flip`` uses on view 2's feature map.
+
+def square_base(image: torch.Tensor, side: int) -> torch.Tensor:
+    """PiCIE's ``BaseTransform(res2)`` on a uint8 (3, H, W) image: shorter side to ``side`` (bilinear), then a
+    centre ``side`` x ``side`` crop, with torchvision's rounding (longer side ``int(side * long / short)``,
+    offsets ``round(d / 2)``)."""
+    h, w = image.shape[-2:]
+    new_h, new_w = (int(side * h / w), side) if w <= h else (side, int(side * w / h))
+    image = resize_uint8(image[None], (new_h, new_w))[0]
+    top, left = int(round((new_h - side) / 2.0)), int(round((new_w - side) / 2.0))
+    return image[:, top : top + side, left : left + side]
+
+
+def cut_views(bases: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, res: int) -> torch.Tensor:
+    """Both views of square base images uint8 (B, 3, S, S), before their photometric ops: uint8
+    (B, 2, 3, res, res) on the bases' device.
+
+    View 1 is the crop box ``crop`` (B, 3: x0, y0, side as fractions of the side, rounded to whole pixels
+    as ``ViewParams.snap_to`` does) resized to ``res`` and mirrored where ``flip`` (B,); view 2 is the
+    whole image resized to ``res``. Output pixel j samples the box at (j + 0.5) / res of its side, the grid
+    ``crop_flip`` uses on view 2's feature map.
     """
-    image = base if isinstance(base, Image.Image) else Image.fromarray(base.permute(1, 2, 0).numpy())
-    side = image.width
-    x0, y0, extent = (float(v) * side for v in crop)
-    view1 = image.resize((res, res), Image.BILINEAR, box=(x0, y0, x0 + extent, y0 + extent))
-    if flip:
-        view1 = view1.transpose(Image.FLIP_LEFT_RIGHT)
-    view2 = image if side == res else image.resize((res, res), Image.BILINEAR)
-    return torch.from_numpy(np.stack([np.asarray(view1), np.asarray(view2)])).permute(0, 3, 1, 2).contiguous()
+    side = bases.shape[-1]
+    boxes = (crop.double() * side).round().long().tolist()
+    view1 = bases.new_empty((len(bases), 3, res, res))
+    for i, (x, y, s) in enumerate(boxes):  # a box per image: one resize each (cheap next to the network)
+        view1[i] = resize_uint8(bases[i : i + 1, :, y : y + s, x : x + s], (res, res))[0]
+    flipped = flip.nonzero().flatten().to(bases.device)
+    view1[flipped] = view1[flipped].flip(-1)
+    return torch.stack([view1, resize_uint8(bases, (res, res))], dim=1)
 
 
 # ---- step 2: photometry, per batch (the network's device) -----------------------------------------
@@ -227,7 +266,7 @@ CPU_CHUNK = 4  # images per photometric step on a CPU: a few images' planes stay
 def augment(
     views: torch.Tensor, index: torch.Tensor, params: ViewParams, base_size: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The network's inputs of a batch: ``views`` uint8 (B, 2, 3, res, res) from ``geometric_views``,
+    """The network's inputs of a batch: ``views`` uint8 (B, 2, 3, res, res) from ``cut_views``,
     ``index`` (B,) into ``params``, on ``device``; both views photometric-augmented and normalised,
     float (B, 3, res, res) each. ``base_size``: the side of the base images, in whose pixels the blur
     sigma is drawn. A GPU takes the batch at once; a CPU a few images at a time (same numbers). The

@@ -12,12 +12,14 @@ from layouts import FOLDER_NAMES, FOLDER_THINGS, write_cityscapes, write_cocostu
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from picie_lib import loader
 from picie_lib.cli import main
 from picie_lib.config import Config, load_preset
 from picie_lib.data import BadFile, Cityscapes27, CocoStuff27, FolderDataset, build_dataset
+from picie_lib.data.base import BadFileWarning
 from picie_lib.data.cocostuff_classes import COARSE_NAMES, FINE_NAMES, FINE_TO_COARSE, STUFF_CLASSES, THING_CLASSES
-from picie_lib.data.images import read_image, square_base
-from picie_lib.transforms import draw_view_params
+from picie_lib.data.images import decode_images, read_bytes, read_image
+from picie_lib.transforms import draw_view_params, square_base
 
 # pycocotools 2.0 with numpy 2 warns inside its own mask decoding
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -88,7 +90,8 @@ def test_coco_train_items_are_two_views_of_the_square_base(coco):
         base, label = ds.load(i)
         pil = Image.open(ds.image_path(i)).convert("RGB")
         ref = TF.center_crop(TF.resize(pil, 96, InterpolationMode.BILINEAR), 96)  # PiCIE's BaseTransform(res2)
-        assert label is None and torch.equal(TF.pil_to_tensor(base), TF.pil_to_tensor(ref))
+        assert label is None and base.shape == (3, 96, 96)
+        assert (base.int() - TF.pil_to_tensor(ref).int()).abs().max() <= 1  # the tensor resize: PIL's within 1
     ds.set_view_params(draw_view_params(len(ds), Config(), torch.Generator().manual_seed(0)))
     index, views = ds[2]
     assert index == 2 and views.shape == (2, 3, 64, 64) and views.dtype == torch.uint8 and ds.base_size == 96
@@ -201,9 +204,38 @@ def test_images_of_any_mode_read_as_rgb(tmp_path):
 
 @pytest.mark.parametrize("size", [(97, 100), (100, 103), (61, 50), (640, 480), (333, 500), (64, 64), (30, 41)])
 def test_square_base_is_picies_base_transform(size):
+    """The base from a uint8 tensor: PiCIE's PIL resize and centre crop within one grey level (random pixels,
+    so a crop one pixel off or another filter would differ by far more)."""
     pil = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
-    ref = TF.center_crop(TF.resize(pil, 64, InterpolationMode.BILINEAR), 64)  # torchvision, as PiCIE
-    assert np.array_equal(np.asarray(square_base(pil, 64)), np.asarray(ref))
+    ref = TF.pil_to_tensor(TF.center_crop(TF.resize(pil, 64, InterpolationMode.BILINEAR), 64))  # as PiCIE
+    base = square_base(TF.pil_to_tensor(pil), 64)
+    assert base.shape == (3, 64, 64) and (base.int() - ref.int()).abs().max() <= 1
+
+
+def test_decoded_bytes_are_read_images_pixels_and_bad_files_are_named(tmp_path):
+    """``decode_images`` (what the training passes decode) gives ``read_image``'s pixels exactly, for JPEGs
+    (torchvision) and for anything else (PIL), and a BadFile naming a truncated or garbage file."""
+    rng = np.random.default_rng(2)
+    rgb = np.asarray(Image.fromarray(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)).resize((60, 40)))
+    images = {
+        "rgb.jpg": Image.fromarray(rgb),
+        "grey.jpg": Image.fromarray(rgb[..., 0]),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "grey16.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "palette.png": Image.fromarray(rgb).quantize(16),
+    }
+    paths = []
+    for name, img in images.items():
+        img.save(tmp_path / name)
+        paths.append(tmp_path / name)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "rgb.jpg").read_bytes()[:300])
+    (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
+    paths += [tmp_path / "cut.jpg", tmp_path / "junk.jpg"]
+    decoded = decode_images([read_bytes(p) for p in paths], paths, "cpu")
+    for path, image in zip(paths[:5], decoded, strict=False):
+        assert torch.equal(image, read_image(path)), path.name
+    for path, error in zip(paths[5:], decoded[5:], strict=True):
+        assert isinstance(error, BadFile) and error.path == str(path) and "unreadable" in str(error), path.name
 
 
 # ---- prepare --------------------------------------------------------------------------------------------
@@ -246,7 +278,7 @@ def test_cityscapes_splits_and_label_mapping(tmp_path, label_root, capsys):
     assert val[0][2].shape == (32, 32)
     train = Cityscapes27(layout.root, "train", "train", res=32, base_res=40)
     assert [p for _, p in train.items] == layout.images["test"] + layout.images["train_extra"]
-    assert train.load(0)[0].size == (40, 40) and train.load(0)[1] is None
+    assert train.load(0)[0].shape == (3, 40, 40) and train.load(0)[1] is None
     assert (Cityscapes27(layout.root, "train", "eval", res=32)[0][2] == -1).all()  # no fine labels there
     assert val.class_names[0] == "road" and val.class_names[-1] == "bicycle" and len(val.class_names) == 27
     assert [val.class_names[c] for c in val.thing_classes][:2] == ["person", "rider"] and len(val.stuff_classes) == 17
@@ -282,7 +314,7 @@ def test_folder_with_labels_and_a_class_table(tmp_path):
         _, image, label = ds[i]
         assert image.shape == (3, 64, 64) and label.shape == (64, 64)  # small.png (40 x 50) is upsampled
     train = FolderDataset(layout.root, "train", "train", res=32, base_res=48)
-    assert len(train) == 5 and all(train.load(i)[0].size == (48, 48) for i in range(5))
+    assert len(train) == 5 and all(train.load(i)[0].shape == (3, 48, 48) for i in range(5))
 
 
 def test_folder_splits_json_table_and_no_labels(tmp_path, capsys):
@@ -340,7 +372,7 @@ def test_build_dataset_for_every_on_disk_set(tmp_path, coco):
         ev, tr = build_dataset(cfg, "val", "eval"), build_dataset(cfg, "train", "train")
         assert isinstance(ev, kind) and isinstance(tr, kind) and (ev.mode, tr.mode) == ("eval", "train")
         _, image, label = ev[0]
-        assert image.shape == (3, 32, 32) and label.shape == (32, 32) and tr.load(0)[0].size == (48, 48)
+        assert image.shape == (3, 32, 32) and label.shape == (32, 32) and tr.load(0)[0].shape == (3, 48, 48)
     cfg = Config(dataset="cocostuff27", data_root=str(coco.root), curated=False, max_images=3, **common)
     assert len(build_dataset(cfg, "train", "train")) == 3
     with pytest.raises(ValueError, match="data_root=None: dataset=folder"):
@@ -359,3 +391,27 @@ def test_paper_preset():
     assert (cfg.bn_eval, cfg.switch, cfg.ib_lr_factor) == ("running", "min_loss", 0.01)
     assert (cfg.epochs_ce, cfg.epochs_focal, cfg.epochs_ib_focal) == (10, 15, 20)
     assert (cfg.lr, cfg.balance, cfg.pretrained, cfg.curated) == (1e-4, "picie", "imagenet", True)
+
+
+def test_views_made_in_batches_from_the_files_bytes_equal_the_per_item_views(tmp_path):
+    """The GPU's way (workers read bytes, the batch is decoded and cut in this process) run on CPU tensors:
+    the same batches, bit for bit, as views made per item, with or without a worker, and the same bad file
+    left out and named."""
+    layout = write_cocostuff(tmp_path / "c")
+    ds = CocoStuff27(layout.root, "train", "train", res=32, base_res=48, curated=False)
+    bad = ds.image_path(1)
+    bad.write_bytes(bad.read_bytes()[:500])  # truncated: decoded only in the batch
+    ds.set_view_params(draw_view_params(len(ds), Config(), torch.Generator().manual_seed(5)))
+    cfg = Config(device="cpu", num_workers=0)
+    order = list(range(len(ds)))[::-1]
+    with pytest.warns(BadFileWarning, match="cut.jpg|unreadable"):
+        per_item = loader.Batches(ds, order, 3, cfg, views_on_device=False)
+        expected = list(per_item)
+    assert sum(len(index) for index, _ in expected) == len(ds) - 1 and per_item.skipped_files == [str(bad)]
+    for workers in (0, 1):
+        batches = loader.Batches(ds, order, 3, cfg.replace(num_workers=workers), views_on_device=True)
+        with pytest.warns(BadFileWarning, match="unreadable"):
+            made = list(batches)
+        assert batches.skipped_files == [str(bad)], workers
+        for (i, v), (j, w) in zip(expected, made, strict=True):
+            assert torch.equal(i, j) and torch.equal(v, w), workers

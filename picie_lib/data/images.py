@@ -1,7 +1,9 @@
 """Reading images and label maps from disk, for every on-disk data set.
 
 - ``read_image``: any image PIL decodes (RGB, L, 16-bit grey, P, RGBA, CMYK, ...) as RGB uint8 (3, H, W),
-  optionally as PiCIE's square base image (``square_base``: shorter side to ``side``, centre crop).
+  optionally as PiCIE's square base image (``transforms.square_base``: shorter side to ``side``, centre crop).
+- ``decode_images``: files' bytes as RGB uint8 (3, H, W) on a device: JPEGs by torchvision (in one batch by
+  nvJPEG on a GPU; libjpeg on a CPU, PIL's pixels exactly), anything else, or a JPEG it refuses, by PIL.
 - ``read_label``: a single-channel label PNG as an integer array (H, W).
 - ``label_table`` / ``map_label``: raw label values to class ids through a lookup table; values the
   table does not allow raise ``BadFile``.
@@ -14,23 +16,30 @@ COCO's and Cityscapes' label maps are aligned with the stored pixels, as PiCIE r
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from picie_lib.data.base import IGNORE_INDEX, BadFile, SceneDataset
+from picie_lib.data.base import IGNORE_INDEX, BadFile, SceneDataset, skip
+from picie_lib.transforms import square_base
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# torchvision 0.29 announces that torchcodec takes over its image decoding; torchvision.io is what the GPU images
+# ship with (nvJPEG included), so its notice would only repeat on every batch
+warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
 NOT_ALLOWED = -2  # in a label table: a raw value that the data set never uses
 
 
-def _open(path: Path, what: str) -> Image.Image:
-    """Open and fully decode ``path`` (decoding is where corrupt and truncated files fail)."""
+def _open(path: Path, what: str, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode ``path``, or its bytes ``data`` (decoding is where corrupt and truncated files fail)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             img.load()
             return img
     except FileNotFoundError:
@@ -56,33 +65,55 @@ def to_rgb(img: Image.Image, path: Path | str = "<image>") -> Image.Image:
         raise BadFile(path, f"an image of mode {img.mode} that PIL cannot convert to RGB", "an RGB image") from err
 
 
-def square_base(img: Image.Image, side: int) -> Image.Image:
-    """PiCIE's ``BaseTransform(res2)``: shorter side to ``side`` (bilinear), then a centre ``side`` x ``side``
-    crop, with torchvision's rounding (longer side ``int(side * long / short)``, offsets ``round(d / 2)``)."""
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = side, int(side * h / w)
-    else:
-        new_w, new_h = int(side * w / h), side
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BILINEAR)
-    left, top = int(round((new_w - side) / 2.0)), int(round((new_h - side) / 2.0))
-    return img.crop((left, top, left + side, top + side))
-
-
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image as uint8 (3, H, W)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: Path | str, base: int | None = None, pil: bool = False) -> torch.Tensor | Image.Image:
-    """uint8 (3, H, W) RGB, or the RGB PIL image if ``pil``; with ``base``, the square base image of that
-    side (``square_base``)."""
+def read_image(path: Path | str, base: int | None = None) -> torch.Tensor:
+    """uint8 (3, H, W) RGB; with ``base``, the square base image of that side (``transforms.square_base``)."""
     path = Path(path)
-    img = to_rgb(_open(path, "an image file PIL can decode (JPEG or PNG)"), path)
-    if base is not None:
-        img = square_base(img, base)
-    return img if pil else to_tensor(img)
+    image = to_tensor(to_rgb(_open(path, "an image file PIL can decode (JPEG or PNG)"), path))
+    return image if base is None else square_base(image, base)
+
+
+def read_bytes(path: Path | str) -> torch.Tensor:
+    """A file's bytes as a uint8 tensor (what a data-loader worker hands over for ``decode_images``)."""
+    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
+
+
+def decode_images(files: list[torch.Tensor], paths: list[Path], device) -> list[torch.Tensor | BadFile]:
+    """Files' bytes (``read_bytes``) as RGB uint8 (3, H, W) on ``device``, or the ``BadFile`` of each file
+    that cannot be used. JPEGs are decoded by torchvision, all of a batch in one call on a GPU (nvJPEG);
+    other formats, and a JPEG torchvision refuses (a CMYK one on a GPU, a truncated one), by PIL, whose
+    verdict on the file counts (``read_image``'s errors)."""
+    device = torch.device(device)
+    out: list = [None] * len(files)
+    jpegs = [i for i, data in enumerate(files) if is_jpeg(data)]
+    if device.type == "cuda" and jpegs:
+        try:
+            decoded = decode_jpeg([files[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            out = [decoded[jpegs.index(i)] if i in jpegs else None for i in range(len(files))]
+        except RuntimeError:  # one bad file fails the batch: each is tried below on its own
+            pass
+    for i, data in enumerate(files):
+        if out[i] is not None:
+            continue
+        try:
+            out[i] = decode_jpeg(data, mode=ImageReadMode.RGB).to(device) if i in jpegs else None
+        except RuntimeError:
+            pass
+        if out[i] is None:
+            try:
+                pil = _open(paths[i], "an image file PIL can decode (JPEG or PNG)", data.numpy().tobytes())
+                out[i] = to_tensor(to_rgb(pil, paths[i])).to(device)
+            except BadFile as err:
+                out[i] = err
+    return out
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
@@ -144,7 +175,8 @@ class ImageFiles(SceneDataset):
     Subclasses set ``base_size`` (the side of the square training base), ``labelled``, ``label_table``,
     ``label_values`` (the raw values allowed, for messages) and ``label_meaning``, and implement
     ``image_path`` and ``label_path``.
-    Train mode reads the square base image only (PiCIE's training never reads labels), as a PIL image.
+    Train mode reads the image file's bytes only (PiCIE's training never reads labels); they are decoded and
+    made the square base image in batches, on the network's device (``decode_bases``).
     """
 
     labelled: bool = True
@@ -167,9 +199,32 @@ class ImageFiles(SceneDataset):
                 f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected {expected}"
             )
 
-    def load(self, index: int) -> tuple[torch.Tensor | Image.Image, torch.Tensor | None]:
-        if self.mode == "train":  # PIL in, PIL out: the views are cut by PIL (``geometric_views``)
-            return read_image(self.image_path(index), base=self.base_size, pil=True), None
+    def encoded(self, index: int) -> torch.Tensor:
+        return read_bytes(self.image_path(index))
+
+    def decode_bases(self, indices: list[int], encoded: list, device) -> tuple[list[int], torch.Tensor, list]:
+        """The square base images of the files' bytes ``encoded`` on ``device``, decoded in one batch; a bad
+        file is left out with a warning and returned as a ``SkippedItem``."""
+        paths = [self.image_path(i) for i in indices]
+        kept, bases, skipped = [], [], []
+        for index, image in zip(indices, decode_images(encoded, paths, device), strict=True):
+            if isinstance(image, BadFile):
+                skipped.append(skip(index, image))
+            else:
+                kept.append(index)
+                bases.append(square_base(image, self.base_size))
+        side = self.base_size
+        stacked = torch.stack(bases) if bases else torch.empty((0, 3, side, side), dtype=torch.uint8, device=device)
+        return kept, stacked, skipped
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Train mode: the square base image the views are cut from (decoded as the training passes do), no
+        label (PiCIE's training never reads labels). Eval mode: the image and its class ids."""
+        if self.mode == "train":
+            (image,) = decode_images([self.encoded(index)], [self.image_path(index)], "cpu")
+            if isinstance(image, BadFile):
+                raise image
+            return square_base(image, self.base_size), None
         image = read_image(self.image_path(index))
         if not self.labelled:
             return image, None
