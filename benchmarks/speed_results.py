@@ -1,6 +1,7 @@
 """The table of ``device_check_speed.sh``: each step's exit code, the training command's seconds per pass and
-images/s per epoch (from its log.jsonl), then the benchmark's own results.md (every pass three ways, float32
-and bf16, and the Table 2 estimate).
+images/s per epoch (from its log.jsonl), the views made on the device against those made per item on the CPU
+(``views_check.py``'s lines), then the benchmark's own results.md (every pass three ways, float32 and bf16,
+and the Table 2 estimate).
 
     python benchmarks/speed_results.py OUT_DIR N_IMAGES
 """
@@ -47,6 +48,9 @@ def markdown(out: Path, images: int) -> str:
             lines.append(f"| {r['epoch']} | {' | '.join(cells)} | {r['images_per_s']:.1f} |")
     else:
         lines.append("no epoch finished (no line in log.jsonl)")
+    views = out / "views.txt"
+    lines += ["", "**The views on the device against per item on the CPU**", ""]
+    lines += [f"- {line}" for line in views.read_text().splitlines()] if views.is_file() else ["not measured"]
     bench = out / "epoch" / "results.md"
     lines += ["", "**benchmarks/epoch.py**", "", bench.read_text().strip() if bench.is_file() else "no results.md"]
     return "\n".join(lines)

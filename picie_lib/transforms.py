@@ -99,14 +99,17 @@ def draw_view_params(n: int, cfg, generator: torch.Generator) -> ViewParams:
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (B, 3, H, W) images resized to ``size`` (h, w): bilinear, antialiased when shrinking (PIL's
     BILINEAR within 1 grey level). On a CPU in uint8 and channels-last (its fast kernel); on a GPU, whose
-    kernel takes floats, through float32 and rounded back."""
+    kernel takes floats, ``resize_through_float``."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    if images.device.type == "cpu":
-        out = F.interpolate(
-            images.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", antialias=True
-        )
-        return out.contiguous()
+    if images.device.type != "cpu":
+        return resize_through_float(images, size)
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(channels_last, size=size, mode="bilinear", antialias=True).contiguous()
+
+
+def resize_through_float(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``resize_uint8`` in float32, rounded back to uint8 (the GPU's way; within 1 grey level of the uint8 kernel)."""
     out = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 

@@ -91,6 +91,9 @@ def test_the_speed_checks_table_gives_each_epochs_images_per_second(tmp_path):
     text = speed_results.markdown(tmp_path, 8192)
     assert "| 1 | 40.0 | 20.0 | 20.0 | 102.4 |" in text and "| 2 | 30.0 | 18.0 | 16.0 | 128.0 |" in text
     assert "no results.md" in text  # the benchmark did not finish: said, not hidden
+    assert "**The views on the device against per item on the CPU**\n\nnot measured" in text
+    (tmp_path / "views.txt").write_text("view 1, 64 images: max 3\nview 2, 64 images: max 1\n")
+    assert "- view 1, 64 images: max 3\n- view 2, 64 images: max 1" in speed_results.markdown(tmp_path, 8192)
     (tmp_path / "epoch").mkdir()
     (tmp_path / "epoch" / "results.md").write_text("| pass | end to end |\n")
     assert speed_results.markdown(tmp_path, 8192).endswith("| pass | end to end |")

@@ -230,6 +230,15 @@ def test_cut_views_resize_like_pil_and_view_2_is_the_whole_image():
         assert diff.max() <= 1, (view, int(diff.max()))
 
 
+@pytest.mark.parametrize("size", [(24, 24), (96, 130), (7, 50)])
+def test_the_gpus_resize_through_float_is_the_uint8_kernels_within_one_grey_level(size):
+    """``resize_uint8`` takes floats on a GPU; that way, run here on the CPU, against the CPU's uint8 kernel."""
+    images = torch.from_numpy(np.random.default_rng(6).integers(0, 256, (2, 3, 60, 80), dtype=np.uint8))
+    through_float = transforms.resize_through_float(images, size)
+    assert through_float.dtype == torch.uint8 and through_float.shape == (2, 3, *size)
+    assert (through_float.int() - transforms.resize_uint8(images, size).int()).abs().max() <= 1
+
+
 def test_snapped_crops_are_whole_pixels_inside_the_image_and_nearest_the_draw():
     params = draw_view_params(500, Config(min_scale=0.01), torch.Generator().manual_seed(4))
     drawn = params.crop.clone()

@@ -88,25 +88,23 @@ def is_jpeg(data: torch.Tensor) -> bool:
 
 def decode_images(files: list[torch.Tensor], paths: list[Path], device) -> list[torch.Tensor | BadFile]:
     """Files' bytes (``read_bytes``) as RGB uint8 (3, H, W) on ``device``, or the ``BadFile`` of each file
-    that cannot be used. JPEGs are decoded by torchvision, all of a batch in one call on a GPU (nvJPEG);
-    other formats, and a JPEG torchvision refuses (a CMYK one on a GPU, a truncated one), by PIL, whose
+    that cannot be used. The JPEGs are decoded by torchvision in one call (on a GPU by nvJPEG; on a CPU by
+    libjpeg, PIL's pixels exactly); if that call fails (one bad file fails it), each JPEG on its own. Other
+    formats, and a JPEG torchvision refuses (a CMYK one on a GPU, a truncated one), go to PIL, whose
     verdict on the file counts (``read_image``'s errors)."""
-    device = torch.device(device)
     out: list = [None] * len(files)
     jpegs = [i for i, data in enumerate(files) if is_jpeg(data)]
-    if device.type == "cuda" and jpegs:
-        try:
-            decoded = decode_jpeg([files[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-            out = [decoded[jpegs.index(i)] if i in jpegs else None for i in range(len(files))]
-        except RuntimeError:  # one bad file fails the batch: each is tried below on its own
-            pass
+    try:
+        decoded = decode_jpeg([files[i] for i in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
+        for i, image in zip(jpegs, decoded, strict=True):
+            out[i] = image
+    except RuntimeError:
+        for i in jpegs:
+            try:
+                out[i] = decode_jpeg(files[i], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                pass
     for i, data in enumerate(files):
-        if out[i] is not None:
-            continue
-        try:
-            out[i] = decode_jpeg(data, mode=ImageReadMode.RGB).to(device) if i in jpegs else None
-        except RuntimeError:
-            pass
         if out[i] is None:
             try:
                 pil = _open(paths[i], "an image file PIL can decode (JPEG or PNG)", data.numpy().tobytes())
