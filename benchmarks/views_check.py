@@ -27,8 +27,8 @@ def views_both_ways(root: Path, n: int, device: str) -> tuple[torch.Tensor, torc
     dataset = CocoStuff27(root, "train", "train", res=cfg.res, base_res=cfg.base_res, curated=False, max_images=n)
     dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0)))
     order = list(range(len(dataset)))
-    made = [views.cpu() for _, views in Batches(dataset, order, 32, cfg.replace(device=device), views_on_device=True)]
-    per_item = [views for _, views in Batches(dataset, order, 32, cfg.replace(device="cpu"), views_on_device=False)]
+    made = [views.cpu() for _, views in Batches(dataset, order, 32, cfg.replace(device=device), on_device=True)]
+    per_item = [views for _, views in Batches(dataset, order, 32, cfg.replace(device="cpu"), on_device=False)]
     return torch.cat(made), torch.cat(per_item)
 
 

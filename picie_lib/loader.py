@@ -1,9 +1,10 @@
 """The batches of a pass: the data set's items in a given order, read by data-loader workers, without the
 items whose file is bad, and under torchrun split between the processes (``distributed.rank_batches``).
 
-Training views on a GPU: the workers only read the files (``SceneDataset.encoded``); each batch's JPEGs are
-decoded together on the GPU and its views cut there (``SceneDataset.train_views``). Without a GPU the workers
-make the views with the same functions on CPU tensors.
+On a GPU the workers only read the files (``SceneDataset.encoded``: an image's bytes, and in eval mode its label
+map); each batch's JPEGs are decoded together on the GPU, and its views cut or its evaluation crops made there
+(``SceneDataset.train_views`` / ``eval_pairs``). Without a GPU the workers make the items with the same functions
+on CPU tensors.
 
 Workers start from a fork server (``worker_context``) and end with the training process
 (``exit_with_the_training_process``); a batch is cut into chunks that all workers make at once and joined
@@ -40,8 +41,8 @@ def collate_usable(items: list):
 
 
 class Encoded(Dataset):
-    """A train-mode data set's items as the workers read them when the views are made on the device:
-    ``(index, encoded)`` (``SceneDataset.encoded``: a file's bytes), or a ``SkippedItem``."""
+    """A data set's items as the workers read them when the batches are made on the device: ``(index,
+    encoded)`` (``SceneDataset.encoded``: a file's bytes, in eval mode with its label), or a ``SkippedItem``."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -144,8 +145,8 @@ class Batches:
     or with ``split=False`` the whole pass (the linear probe, trained alike in every process).
     ``keep_empty``: a step with no usable item of this process's yields None rather than nothing, so
     that every process sees every step (the k-means sums each step over the processes).
-    ``views_on_device``: a train-mode data set's views are made in batches on ``cfg.device`` from the bytes
-    the workers read (``Encoded``); by default where that device is a GPU.
+    ``on_device``: the batches are made on ``cfg.device`` from what the workers read (``Encoded``: the files'
+    bytes), by default where that device is a GPU; else the workers make the items.
     """
 
     def __init__(
@@ -157,13 +158,11 @@ class Batches:
         require_usable: bool = True,
         keep_empty: bool = False,
         split: bool = True,
-        views_on_device: bool | None = None,
+        on_device: bool | None = None,
     ) -> None:
         self.dataset, self.require_usable, self.keep_empty = dataset, require_usable, keep_empty
         self.device = resolve_device(cfg.device)
-        if views_on_device is None:
-            views_on_device = self.device.type == "cuda"
-        self.views_on_device = views_on_device and dataset.mode == "train"
+        self.on_device = self.device.type == "cuda" if on_device is None else on_device
         if split:
             batches = distributed.rank_batches(order, batch_size)
         else:
@@ -184,10 +183,10 @@ class Batches:
             extra["multiprocessing_context"] = worker_context()
             extra["worker_init_fn"] = exit_with_the_training_process
         self.loader = DataLoader(
-            Encoded(dataset) if self.views_on_device else dataset,
+            Encoded(dataset) if self.on_device else dataset,
             batch_sampler=chunks,
             num_workers=workers if chunks else 0,
-            collate_fn=collate_encoded if self.views_on_device else collate_usable,
+            collate_fn=collate_encoded if self.on_device else collate_usable,
             **extra,
         )
         self.pin = torch.cuda.is_available() and self.device.type == "cuda"
@@ -208,7 +207,7 @@ class Batches:
                     parts.append(part)
             if not parts:
                 batch = None
-            elif self.views_on_device:
+            elif self.on_device:
                 batch = self._made(parts)
             else:
                 batch = _concatenate(parts, self.pin)
@@ -219,13 +218,14 @@ class Batches:
         if self.require_usable:
             require_usable(self.dataset, len(self.order), self.skipped)
 
-    def _made(self, parts: list[list]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """A batch's views made on the device from the chunks' ``(index, encoded)`` pairs; None if every
-        file of it turned out bad."""
+    def _made(self, parts: list[list]) -> tuple[torch.Tensor, ...] | None:
+        """A batch made on the device from the chunks' ``(index, encoded)`` pairs: ``(index, views)`` or
+        ``(index, images, labels)``; None if every file of it turned out bad."""
         indices, encoded = zip(*(pair for part in parts for pair in part), strict=True)
-        index, views, skipped = self.dataset.train_views(list(indices), list(encoded), self.device)
+        make = self.dataset.train_views if self.dataset.mode == "train" else self.dataset.eval_pairs
+        *batch, skipped = make(list(indices), list(encoded), self.device)
         self.skipped += skipped
-        return (index, views) if len(index) else None
+        return tuple(batch) if len(batch[0]) else None
 
     @property
     def skipped_files(self) -> list[str]:

@@ -33,11 +33,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,8 +96,8 @@ def draw_view_params(n: int, cfg, generator: torch.Generator) -> ViewParams:
 # ---- step 1: geometry, per batch ----------------------------------------------------------------------
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (B, 3, H, W) images resized to ``size`` (h, w): bilinear, antialiased when shrinking (PIL's
-    BILINEAR within 1 grey level). On a CPU in uint8 and channels-last (its fast kernel); on a GPU, whose
-    kernel takes floats, ``resize_through_float``."""
+    BILINEAR within 2 grey levels, nearly all pixels equal or 1 apart). On a CPU in uint8 and channels-last
+    (its fast kernel); on a GPU, whose kernel takes floats, ``resize_through_float``."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     if images.device.type != "cpu":
@@ -357,16 +355,15 @@ def reference_views(base: torch.Tensor, params: ViewParams, index: int, res: int
 def center_crop_resize(image: torch.Tensor, label: torch.Tensor | None, res: int):
     """Evaluation preprocessing: shorter side to ``res`` (bilinear image, nearest label), centre crop.
 
-    ``image`` uint8 (resized by PIL, as PiCIE's ``TF.resize`` of a PIL image) or float (3, H, W);
-    ``label`` int64 (H, W) or None.
+    ``image`` uint8 (3, H, W) on any device (``resize_uint8``: PIL's filter, as PiCIE's ``TF.resize`` of a PIL
+    image, within 2 grey levels) or float; ``label`` int64 (H, W) or None, on any device.
     """
     h, w = image.shape[-2:]
     scale = res / min(h, w)
     new_h, new_w = max(res, round(h * scale)), max(res, round(w * scale))
     if (new_h, new_w) != (h, w):
         if image.dtype == torch.uint8:
-            pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((new_w, new_h), Image.BILINEAR)
-            image = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+            image = resize_uint8(image[None], (new_h, new_w))[0]
         else:
             image = F.interpolate(
                 image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False

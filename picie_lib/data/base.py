@@ -6,10 +6,10 @@ photometric ops run later, batched on the network's device: ``transforms.augment
 evaluation pair (``mode="eval"``: shorter side to ``res``, centre crop). Items hold uint8 images: a
 quarter of float32's bytes to move between processes and to the GPU.
 
-Train-mode views are made in batches (``train_views``) from what ``encoded`` reads: for files on disk, the
-file's bytes, so that with a GPU the data-loader workers only read files and the JPEGs are decoded and the
-views cut on the GPU (``loader.Batches``). Without a GPU the same functions run on CPU tensors, per item,
-in the workers (``__getitem__``).
+Items are made in batches (``train_views``, ``eval_pairs``) from what ``encoded`` reads: for files on disk, the
+image file's bytes (and in eval mode its label map), so that with a GPU the data-loader workers only read files
+and the JPEGs are decoded, and the views cut or the evaluation crops made, on the GPU (``loader.Batches``).
+Without a GPU the same functions run on CPU tensors, per item, in the workers (``__getitem__``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class SceneDataset(Dataset):
     """Base class. Subclasses set ``class_names``, ``thing_classes``, ``stuff_classes`` and
     implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``;
     in train mode the base image must be square, of side ``base_size`` (the crops are fractions of its side).
-    Sources on disk also implement ``encoded`` and ``decode_bases`` (``images.ImageFiles``).
+    Sources on disk also implement ``encoded``, ``decode``, ``base`` and ``check_label`` (``images.ImageFiles``).
 
     ``mode="train"`` items are ``(index, views)``, ``views`` uint8 (2, 3, res, res) from
     ``transforms.cut_views`` (view 1's crop and flip, view 2 whole), and need ``set_view_params`` once per
@@ -113,46 +113,77 @@ class SceneDataset(Dataset):
             raise ValueError(f"view parameters for {len(params)} images, dataset has {len(self)}")
         self.view_params = params.snap_to(self.base_size)
 
-    # ---- train mode: what a worker reads, and the views made from it in batches -----------------------
+    # ---- what a worker reads, and the batches made from it on a device --------------------------------
     def encoded(self, index: int):
-        """Train mode: what item ``index``'s views are made from, as a data-loader worker reads it (here the
-        base image; a source on disk returns the file's bytes). May raise ``BadFile``."""
-        return self.load(index)[0]
+        """What item ``index`` is made from, as a data-loader worker reads it: the image (train mode: the base
+        image), in eval mode with its label map or None. A source on disk returns the image file's bytes in
+        place of the image (``images.ImageFiles``). May raise ``BadFile``."""
+        image, label = self.load(index)
+        return image if self.mode == "train" else (image, label)
 
-    def decode_bases(self, indices: list[int], encoded: list, device) -> tuple[list[int], torch.Tensor, list]:
-        """The square base images of ``encoded`` (from ``encoded(i)`` for ``i`` in ``indices``) on
-        ``device``: ``(kept indices, uint8 (B, 3, S, S), SkippedItems)``."""
-        for index, image in zip(indices, encoded, strict=True):
-            size = tuple(image.shape[-2:])
-            if size != (self.base_size, self.base_size):
-                raise ValueError(
-                    f"{type(self).__name__}[{index}]: a base image of {size}; train mode needs square base "
-                    f"images of side base_size={self.base_size} (sources centre-crop them, as PiCIE's BaseTransform)"
-                )
-        side = self.base_size
-        bases = torch.stack(encoded) if encoded else torch.empty((0, 3, side, side), dtype=torch.uint8)
-        return list(indices), bases.to(device, non_blocking=True), []
+    def decode(self, indices: list[int], images: list, device) -> tuple[list[int], list[torch.Tensor], list]:
+        """``encoded``'s images of items ``indices`` as uint8 (3, H, W) on ``device``: ``(kept indices, images,
+        SkippedItems)``. Here they are images already; a source on disk decodes its files' bytes."""
+        return list(indices), [image.to(device, non_blocking=True) for image in images], []
+
+    def base(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        """Item ``index``'s square base image from its decoded image (here: it is one already)."""
+        if tuple(image.shape[-2:]) != (self.base_size, self.base_size):
+            raise ValueError(
+                f"{type(self).__name__}[{index}]: a base image of {tuple(image.shape[-2:])}; train mode needs square "
+                f"base images of side base_size={self.base_size} (sources centre-crop them, as PiCIE's BaseTransform)"
+            )
+        return image
+
+    def check_label(self, index: int, image: torch.Tensor, label: torch.Tensor) -> None:
+        """Raise ``BadFile`` if ``label`` does not fit the decoded ``image`` (a source on disk names the file)."""
 
     def train_views(self, indices: list[int], encoded: list, device) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """A batch's views, made on ``device``: ``(index (B,), uint8 (B, 2, 3, res, res), SkippedItems)``; the
-        items whose file turns out bad when decoded are left out and returned as ``SkippedItem``s."""
-        kept, bases, skipped = self.decode_bases(indices, encoded, device)
+        """A train-mode batch made on ``device``: ``(index (B,), views uint8 (B, 2, 3, res, res), SkippedItems)``;
+        an item whose file turns out bad when decoded is left out and returned as a ``SkippedItem``."""
+        kept, images, skipped = self.decode(indices, encoded, device)
+        side = self.base_size
+        bases = [self.base(i, image) for i, image in zip(kept, images, strict=True)]
         if self.view_params is None:
             raise RuntimeError("train mode needs set_view_params() for the epoch before loading")
+        bases = torch.stack(bases) if bases else torch.empty((0, 3, side, side), dtype=torch.uint8, device=device)
         index = torch.tensor(kept, dtype=torch.int64)
         return index, cut_views(bases, self.view_params.crop[index], self.view_params.flip[index], self.res), skipped
 
+    def eval_pairs(self, indices: list[int], encoded: list, device) -> tuple[torch.Tensor, ...]:
+        """An eval-mode batch made from ``encoded``'s ``(image, label)``: ``(index (B,), images uint8 (B, 3, res,
+        res) on ``device``, labels int64 (B, res, res) on the CPU, SkippedItems)``: shorter side to ``res``,
+        centre crop (``center_crop_resize``); items with a bad file are left out, as in ``train_views``."""
+        kept, images, skipped = self.decode(indices, [image for image, _ in encoded], device)
+        labels_of = {index: label for index, (_, label) in zip(indices, encoded, strict=True)}
+        index, pairs = [], []
+        for i, image in zip(kept, images, strict=True):
+            label = labels_of[i]
+            try:
+                self.check_label(i, image, label)
+            except BadFile as err:
+                skipped.append(skip(i, err))
+                continue
+            if label is None:
+                label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+            index.append(i)
+            pairs.append(center_crop_resize(image, label, self.res))
+        res = self.res
+        if not pairs:
+            pairs = [(torch.empty((0, 3, res, res), dtype=torch.uint8, device=device), torch.empty((0, res, res)))]
+            return torch.tensor(index, dtype=torch.int64), pairs[0][0], pairs[0][1].long(), skipped
+        images, labels = (torch.stack(parts) for parts in zip(*pairs, strict=True))
+        return torch.tensor(index, dtype=torch.int64), images, labels, skipped
+
     def __getitem__(self, index: int):
-        """The item, or a ``SkippedItem`` when its file is bad (``BadFile``): the loaders leave it out and
-        count it."""
+        """The item, made on the CPU by the batch functions above, or a ``SkippedItem`` when its file is bad
+        (``BadFile``): the loaders leave it out and count it."""
         try:
-            if self.mode == "train":
-                _, views, skipped = self.train_views([index], [self.encoded(index)], "cpu")
-                return skipped[0] if skipped else (index, views[0])
-            image, label = self.load(index)
+            encoded = self.encoded(index)
         except BadFile as err:
             return skip(index, err)
-        if label is None:
-            label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
-        image, label = center_crop_resize(image, label, self.res)
-        return index, image, label
+        if self.mode == "train":
+            _, views, skipped = self.train_views([index], [encoded], "cpu")
+            return skipped[0] if skipped else (index, views[0])
+        _, images, labels, skipped = self.eval_pairs([index], [encoded], "cpu")
+        return skipped[0] if skipped else (index, images[0], labels[0])

@@ -94,6 +94,10 @@ def decode_images(files: list[torch.Tensor], paths: list[Path], device) -> list[
     verdict on the file counts (``read_image``'s errors)."""
     out: list = [None] * len(files)
     jpegs = [i for i, data in enumerate(files) if is_jpeg(data)]
+    if jpegs and torch.device(device).type == "cuda":
+        # nvJPEG's hardware engine can write its outputs, blocks the caching allocator has just recycled, before
+        # the kernels queued on this stream have finished reading them: those kernels finish first
+        torch.cuda.current_stream(device).synchronize()
     try:
         decoded = decode_jpeg([files[i] for i in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
         for i, image in zip(jpegs, decoded, strict=True):
@@ -173,8 +177,8 @@ class ImageFiles(SceneDataset):
     Subclasses set ``base_size`` (the side of the square training base), ``labelled``, ``label_table``,
     ``label_values`` (the raw values allowed, for messages) and ``label_meaning``, and implement
     ``image_path`` and ``label_path``.
-    Train mode reads the image file's bytes only (PiCIE's training never reads labels); they are decoded and
-    made the square base image in batches, on the network's device (``decode_bases``).
+    A worker reads the image file's bytes (``encoded``), and in eval mode the label map, decoded and mapped (PiCIE's
+    training never reads labels); the images are decoded in batches on the network's device (``decode``).
     """
 
     labelled: bool = True
@@ -197,36 +201,50 @@ class ImageFiles(SceneDataset):
                 f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected {expected}"
             )
 
-    def encoded(self, index: int) -> torch.Tensor:
-        return read_bytes(self.image_path(index))
+    def encoded(self, index: int):
+        """The image file's bytes (``read_bytes``); in eval mode with the label map's class ids, None, or the
+        label file's ``BadFile`` (raised by ``check_label``, after the image's own errors)."""
+        data = read_bytes(self.image_path(index))
+        if self.mode == "train":
+            return data
+        if not self.labelled:
+            return data, None
+        path = self.label_path(index)
+        try:
+            return data, map_label(read_label(path), self.label_table, path, self.label_values, self.label_meaning)
+        except BadFile as err:
+            return data, err
 
-    def decode_bases(self, indices: list[int], encoded: list, device) -> tuple[list[int], torch.Tensor, list]:
-        """The square base images of the files' bytes ``encoded`` on ``device``, decoded in one batch; a bad
-        file is left out with a warning and returned as a ``SkippedItem``."""
-        paths = [self.image_path(i) for i in indices]
-        kept, bases, skipped = [], [], []
-        for index, image in zip(indices, decode_images(encoded, paths, device), strict=True):
+    def decode(self, indices: list[int], images: list, device) -> tuple[list[int], list[torch.Tensor], list]:
+        """The files' bytes ``images`` decoded on ``device`` in one batch (``decode_images``); a bad file is left
+        out with a warning and returned as a ``SkippedItem``."""
+        kept, decoded, skipped = [], [], []
+        for index, image in zip(indices, decode_images(images, [self.image_path(i) for i in indices], device),
+                                strict=True):
             if isinstance(image, BadFile):
                 skipped.append(skip(index, image))
             else:
                 kept.append(index)
-                bases.append(square_base(image, self.base_size))
-        side = self.base_size
-        stacked = torch.stack(bases) if bases else torch.empty((0, 3, side, side), dtype=torch.uint8, device=device)
-        return kept, stacked, skipped
+                decoded.append(image)
+        return kept, decoded, skipped
+
+    def base(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        return square_base(image, self.base_size)
+
+    def check_label(self, index: int, image: torch.Tensor, label: torch.Tensor | BadFile | None) -> None:
+        if isinstance(label, BadFile):
+            raise label
+        if label is not None:
+            check_same_size(image, label, self.label_path(index), self.image_path(index))
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Train mode: the square base image the views are cut from (decoded as the training passes do), no
-        label (PiCIE's training never reads labels). Eval mode: the image and its class ids."""
+        """One item decoded on the CPU as the passes decode it. Train mode: the square base image the views are
+        cut from, no label (PiCIE's training never reads labels). Eval mode: the image and its class ids."""
+        encoded = self.encoded(index)
+        (image,) = decode_images([encoded if self.mode == "train" else encoded[0]], [self.image_path(index)], "cpu")
+        if isinstance(image, BadFile):
+            raise image
         if self.mode == "train":
-            (image,) = decode_images([self.encoded(index)], [self.image_path(index)], "cpu")
-            if isinstance(image, BadFile):
-                raise image
-            return square_base(image, self.base_size), None
-        image = read_image(self.image_path(index))
-        if not self.labelled:
-            return image, None
-        path = self.label_path(index)
-        raw = read_label(path)
-        check_same_size(image, raw, path, self.image_path(index))
-        return image, map_label(raw, self.label_table, path, self.label_values, self.label_meaning)
+            return self.base(index, image), None
+        self.check_label(index, image, encoded[1])
+        return image, encoded[1]
