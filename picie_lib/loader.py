@@ -19,6 +19,7 @@ import multiprocessing.connection
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -57,10 +58,43 @@ class Encoded(Dataset):
             return skip(index, err)
 
 
-def collate_encoded(items: list):
-    """``(the (index, encoded) pairs or None, skipped)``: ``Encoded``'s items as a list (files differ in length)."""
+class EncodedChunk(NamedTuple):
+    """A chunk of ``Encoded`` items in two tensors whatever its length: each tensor that crosses from a worker
+    holds a file descriptor while it lives, and a batch of 256 files, one tensor each, would hold hundreds."""
+
+    indices: list[int]
+    pixels: torch.Tensor  # every item's bytes or image, flattened and joined (uint8)
+    shapes: list[tuple[int, ...]]
+    labels: torch.Tensor | None  # eval mode: the label maps cut to res, stacked (int16), in item order
+    entries: list | None  # eval mode, per item: None (no labels), a BadFile, or the label map's size before the cut
+
+
+def collate_encoded(items: list) -> tuple[EncodedChunk | None, list[SkippedItem]]:
+    """``(the chunk or None, skipped)``: ``Encoded``'s items packed into an ``EncodedChunk``."""
     usable, skipped = _usable_and_skipped(items)
-    return (usable or None), skipped
+    if not usable:
+        return None, skipped
+    encoded = [e for _, e in usable]
+    paired = isinstance(encoded[0], tuple)
+    images = [e[0] for e in encoded] if paired else encoded
+    pixels = torch.cat([image.reshape(-1) for image in images])
+    labels = entries = None
+    if paired:
+        entries = [e[1][1] if isinstance(e[1], tuple) else e[1] for e in encoded]
+        maps = [e[1][0] for e in encoded if isinstance(e[1], tuple)]
+        labels = torch.stack(maps) if maps else None
+    return EncodedChunk([i for i, _ in usable], pixels, [tuple(i.shape) for i in images], labels, entries), skipped
+
+
+def unpack(chunk: EncodedChunk) -> tuple[list[int], list]:
+    """``collate_encoded``'s inverse: the chunk's indices and its items as ``SceneDataset.encoded`` gave them."""
+    sizes = [math.prod(shape) for shape in chunk.shapes]
+    images = [part.view(shape) for part, shape in zip(chunk.pixels.split(sizes), chunk.shapes, strict=True)]
+    if chunk.entries is None:
+        return chunk.indices, images
+    maps = iter(chunk.labels if chunk.labels is not None else ())
+    entries = [(next(maps), e) if isinstance(e, tuple) else e for e in chunk.entries]
+    return chunk.indices, list(zip(images, entries, strict=True))
 
 
 def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
@@ -218,12 +252,16 @@ class Batches:
         if self.require_usable:
             require_usable(self.dataset, len(self.order), self.skipped)
 
-    def _made(self, parts: list[list]) -> tuple[torch.Tensor, ...] | None:
-        """A batch made on the device from the chunks' ``(index, encoded)`` pairs: ``(index, views)`` or
+    def _made(self, parts: list[EncodedChunk]) -> tuple[torch.Tensor, ...] | None:
+        """A batch made on the device from its chunks: ``(index, views)`` or
         ``(index, images, labels)``; None if every file of it turned out bad."""
-        indices, encoded = zip(*(pair for part in parts for pair in part), strict=True)
+        indices, encoded = [], []
+        for chunk in parts:
+            chunk_indices, chunk_encoded = unpack(chunk)
+            indices += chunk_indices
+            encoded += chunk_encoded
         make = self.dataset.train_views if self.dataset.mode == "train" else self.dataset.eval_pairs
-        *batch, skipped = make(list(indices), list(encoded), self.device)
+        *batch, skipped = make(indices, encoded, self.device)
         self.skipped += skipped
         return tuple(batch) if len(batch[0]) else None
 

@@ -134,6 +134,9 @@ def cut_views(bases: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, res: 
     """
     side = bases.shape[-1]
     boxes = (crop.double() * side).round().long().tolist()
+    outside = [box for box in boxes if min(box) < 0 or box[2] < 1 or max(box[0], box[1]) + box[2] > side]
+    if outside:
+        raise ValueError(f"crop boxes {outside[:3]} (x0, y0, side in pixels) outside the {side} px base")
     view1 = bases.new_empty((len(bases), 3, res, res))
     for i, (x, y, s) in enumerate(boxes):  # a box per image: one resize each (cheap next to the network)
         view1[i] = resize_uint8(bases[i : i + 1, :, y : y + s, x : x + s], (res, res))[0]
@@ -352,26 +355,34 @@ def reference_views(base: torch.Tensor, params: ViewParams, index: int, res: int
     return view1, view2
 
 
+def _center_crop_geometry(h: int, w: int, res: int) -> tuple[int, int, int, int]:
+    """Evaluation geometry of an h x w image: (new_h, new_w) with the shorter side ``res``, then (top, left)."""
+    scale = res / min(h, w)
+    new_h, new_w = max(res, round(h * scale)), max(res, round(w * scale))
+    return new_h, new_w, (new_h - res) // 2, (new_w - res) // 2
+
+
+def center_crop_label(label: torch.Tensor, res: int) -> torch.Tensor:
+    """A label map (H, W) cut as ``center_crop_resize`` cuts its image: nearest, shorter side ``res``, centre."""
+    new_h, new_w, top, left = _center_crop_geometry(*label.shape[-2:], res)
+    if (new_h, new_w) != tuple(label.shape[-2:]):
+        label = F.interpolate(label[None, None].float(), size=(new_h, new_w), mode="nearest-exact")[0, 0].long()
+    return label[top : top + res, left : left + res]
+
+
 def center_crop_resize(image: torch.Tensor, label: torch.Tensor | None, res: int):
     """Evaluation preprocessing: shorter side to ``res`` (bilinear image, nearest label), centre crop.
 
     ``image`` uint8 (3, H, W) on any device (``resize_uint8``: PIL's filter, as PiCIE's ``TF.resize`` of a PIL
     image, within 2 grey levels) or float; ``label`` int64 (H, W) or None, on any device.
     """
-    h, w = image.shape[-2:]
-    scale = res / min(h, w)
-    new_h, new_w = max(res, round(h * scale)), max(res, round(w * scale))
-    if (new_h, new_w) != (h, w):
+    new_h, new_w, top, left = _center_crop_geometry(*image.shape[-2:], res)
+    if (new_h, new_w) != tuple(image.shape[-2:]):
         if image.dtype == torch.uint8:
             image = resize_uint8(image[None], (new_h, new_w))[0]
         else:
             image = F.interpolate(
                 image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
             )[0]
-        if label is not None:
-            label = F.interpolate(label[None, None].float(), size=(new_h, new_w), mode="nearest-exact")[0, 0].long()
-    top, left = (new_h - res) // 2, (new_w - res) // 2
     image = image[:, top : top + res, left : left + res].contiguous()
-    if label is not None:
-        label = label[top : top + res, left : left + res]
-    return image, label
+    return image, (None if label is None else center_crop_label(label, res))

@@ -122,3 +122,25 @@ def test_the_evaluation_profile_names_every_part():
     assert parts["k-means fit"] > 0 and parts["matching and scores"] > 0
     row = evaluate_parts.fragments_side_by_side(24, 2)  # asserts that the two counts agree
     assert row["per_object_ms"] > 0 and row["pair_map_ms"] > 0
+
+
+@pytest.mark.slow  # writes its JPEGs from a process pool
+@pytest.mark.filterwarnings("ignore::picie_lib.data.base.BadFileWarning")  # the truncated JPEG, on purpose
+def test_the_views_check_passes_when_both_ways_agree_and_fails_when_they_do_not(tmp_path, monkeypatch, capsys):
+    """On the CPU both ways are the same functions: within the limits, the odd files' verdicts alike. A device
+    whose views were flipped the wrong way must fail the check."""
+    views_check = importlib.import_module("views_check")
+    monkeypatch.setattr("sys.argv", ["views_check.py", str(tmp_path), "--n", "8", "--device", "cpu"])
+    assert views_check.main() == 0
+    out = capsys.readouterr().out
+    assert "train: files left out" in out and "000000000003.jpg" in out and "the same" in out
+    assert out.count("within the limits") == 4
+
+    class Mirrored(views_check.Batches):  # the device's images mirrored: what a wrong flip would give
+        def __iter__(self):
+            for batch in super().__iter__():
+                yield (batch[0], batch[1].flip(-1), *batch[2:]) if self.on_device else batch
+
+    monkeypatch.setattr(views_check, "Batches", Mirrored)
+    assert views_check.main() == 1
+    assert "OUTSIDE the limits" in capsys.readouterr().out

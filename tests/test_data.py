@@ -83,6 +83,8 @@ def test_train_mode_needs_square_base_images():
 
     with pytest.raises(ValueError, match=r"Wide\[0\]: a base image of \(32, 48\).*square"):
         Wide("train", 32)[0]
+    with pytest.raises(ValueError, match="Wide: base_size is not set"):
+        Wide("train", 32).set_view_params(draw_view_params(1, Config(), torch.Generator().manual_seed(0)))
     assert Wide("eval", 32)[0][1].shape == (3, 32, 32)  # eval mode centre-crops
 
 

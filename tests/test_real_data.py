@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +238,9 @@ def test_decoded_bytes_are_read_images_pixels_and_bad_files_are_named(tmp_path):
         assert torch.equal(image, read_image(path)), path.name
     for path, error in zip(paths[5:], decoded[5:], strict=True):
         assert isinstance(error, BadFile) and error.path == str(path) and "unreadable" in str(error), path.name
+        assert "BytesIO" not in str(error)  # PIL read the file by its name: the message names it
+    with pytest.raises(BadFile, match=r"unreadable \(IsADirectoryError"):  # there, but not a readable file
+        read_bytes(tmp_path)
 
 
 # ---- prepare --------------------------------------------------------------------------------------------
@@ -396,29 +400,41 @@ def test_paper_preset():
 
 def test_batches_made_from_the_files_bytes_equal_the_per_item_ones(tmp_path):
     """The GPU's way (workers read bytes, the batch is decoded and made in this process) run on CPU tensors:
-    the same batches, bit for bit, as items made per item, with or without a worker, in both modes, and the
-    same bad files left out and named."""
-    layout = write_cocostuff(tmp_path / "c")
-    train = CocoStuff27(layout.root, "train", "train", res=32, base_res=48, curated=False)
-    bad = train.image_path(1)
-    bad.write_bytes(bad.read_bytes()[:500])  # truncated: found only when decoded
-    train.set_view_params(draw_view_params(len(train), Config(), torch.Generator().manual_seed(5)))
-    val = CocoStuff27(layout.root, "val", "eval", res=32, curated=False)
-    bad_label = val.label_path(0)  # a label map of another size than its image
-    Image.fromarray(np.zeros((9, 9), np.uint8)).save(bad_label)
+    the same batches, bit for bit, as items made per item, with or without a worker, in both modes, for JPEGs
+    (COCO) and PNGs (Cityscapes, decoded by the workers), and the same bad files left out and named."""
+    coco = write_cocostuff(tmp_path / "c")
+    train = CocoStuff27(coco.root, "train", "train", res=32, base_res=48, curated=False)
+    bad_image = train.image_path(1)
+    bad_image.write_bytes(bad_image.read_bytes()[:500])  # truncated: found only when decoded
+    val = CocoStuff27(coco.root, "val", "eval", res=32, curated=False)
+    bad_labels = [val.label_path(0), val.label_path(2)]
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(bad_labels[0])  # another size than its image's
+    Image.fromarray(np.full((500, 375), 200, np.uint8)).save(bad_labels[1])  # values outside the table
+    city = write_cityscapes(tmp_path / "city")
+    sets = [
+        (train, [bad_image]),
+        (val, bad_labels),
+        (Cityscapes27(city.root, "train", "train", res=16, base_res=24), []),
+        (Cityscapes27(city.root, "val", "eval", res=16), []),
+    ]
     cfg = Config(device="cpu", num_workers=0)
-    for dataset, bad_file in ((train, bad), (val, bad_label)):
+    for dataset, bad_files in sets:
+        if dataset.mode == "train":
+            dataset.set_view_params(draw_view_params(len(dataset), Config(), torch.Generator().manual_seed(5)))
         order = list(range(len(dataset)))[::-1]
-        with pytest.warns(BadFileWarning):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             per_item = loader.Batches(dataset, order, 3, cfg, on_device=False)
             expected = list(per_item)
-        assert sum(len(batch[0]) for batch in expected) == len(dataset) - 1
-        assert per_item.skipped_files == [str(bad_file)] and not per_item.on_device
+        assert len([w for w in caught if issubclass(w.category, BadFileWarning)]) == len(bad_files)
+        assert sum(len(batch[0]) for batch in expected) == len(dataset) - len(bad_files) > 0
+        assert per_item.skipped_files == sorted(map(str, bad_files)) and not per_item.on_device
         for workers in (0, 1):
             batches = loader.Batches(dataset, order, 3, cfg.replace(num_workers=workers), on_device=True)
-            with pytest.warns(BadFileWarning):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", BadFileWarning)
                 made = list(batches)
-            assert batches.skipped_files == [str(bad_file)], (dataset.mode, workers)
+            assert batches.skipped_files == sorted(map(str, bad_files)), (dataset.mode, workers)
             for a, b in zip(expected, made, strict=True):
                 assert len(a) == len(b) == (2 if dataset.mode == "train" else 3)
-                assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), (dataset.mode, workers)
+                assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), (type(dataset), workers)

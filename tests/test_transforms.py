@@ -216,6 +216,8 @@ def test_cut_views_on_pixel_boundaries_are_exact_crops_and_flips():
     whole = cut_views(base, crop, torch.tensor([False, True]), 32)
     assert torch.equal(whole[1, 0], base[1].flip(-1)) and torch.equal(whole[1, 1], base[1])
     assert cut_views(base[:0], crop[:0], torch.tensor([], dtype=torch.bool), 16).shape == (0, 2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"crop boxes \[\[24, 0, 16\]\] .* outside the 32 px base"):
+        cut_views(base[:1], torch.tensor([[0.75, 0.0, 0.5]]), torch.tensor([False]), 16)
 
 
 def test_cut_views_resize_like_pil_and_view_2_is_the_whole_image():

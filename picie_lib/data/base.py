@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset
 
-from picie_lib.transforms import ViewParams, center_crop_resize, cut_views
+from picie_lib.transforms import ViewParams, center_crop_label, center_crop_resize, cut_views
 
 IGNORE_INDEX = -1
 
@@ -111,15 +111,22 @@ class SceneDataset(Dataset):
         caller's ``params`` name the boxes the views are cut from: ``ViewParams.snap_to``)."""
         if len(params) != len(self):
             raise ValueError(f"view parameters for {len(params)} images, dataset has {len(self)}")
+        if self.base_size is None:
+            raise ValueError(f"{type(self).__name__}: base_size is not set; train mode needs its square base's side")
         self.view_params = params.snap_to(self.base_size)
 
     # ---- what a worker reads, and the batches made from it on a device --------------------------------
     def encoded(self, index: int):
         """What item ``index`` is made from, as a data-loader worker reads it: the image (train mode: the base
-        image), in eval mode with its label map or None. A source on disk returns the image file's bytes in
-        place of the image (``images.ImageFiles``). May raise ``BadFile``."""
+        image), in eval mode with its ``label_entry``. A source on disk returns the image file's bytes in place
+        of the image (``images.ImageFiles``). May raise ``BadFile``."""
         image, label = self.load(index)
-        return image if self.mode == "train" else (image, label)
+        return image if self.mode == "train" else (image, self.label_entry(label))
+
+    def label_entry(self, label: torch.Tensor | None):
+        """A label map as a worker hands it over: None (no labels), or ``(the map cut as its image will be, at
+        res, as int16; its size before)``: a small part of the full map to move, and the size to check."""
+        return None if label is None else (center_crop_label(label, self.res).to(torch.int16), tuple(label.shape))
 
     def decode(self, indices: list[int], images: list, device) -> tuple[list[int], list[torch.Tensor], list]:
         """``encoded``'s images of items ``indices`` as uint8 (3, H, W) on ``device``: ``(kept indices, images,
@@ -135,8 +142,10 @@ class SceneDataset(Dataset):
             )
         return image
 
-    def check_label(self, index: int, image: torch.Tensor, label: torch.Tensor) -> None:
-        """Raise ``BadFile`` if ``label`` does not fit the decoded ``image`` (a source on disk names the file)."""
+    def check_label(self, index: int, image: torch.Tensor, entry) -> None:
+        """Raise the label file's ``BadFile`` if ``entry`` is one (a source on disk also checks the size)."""
+        if isinstance(entry, BadFile):
+            raise entry
 
     def train_views(self, indices: list[int], encoded: list, device) -> tuple[torch.Tensor, torch.Tensor, list]:
         """A train-mode batch made on ``device``: ``(index (B,), views uint8 (B, 2, 3, res, res), SkippedItems)``;
@@ -155,20 +164,17 @@ class SceneDataset(Dataset):
         res) on ``device``, labels int64 (B, res, res) on the CPU, SkippedItems)``: shorter side to ``res``,
         centre crop (``center_crop_resize``); items with a bad file are left out, as in ``train_views``."""
         kept, images, skipped = self.decode(indices, [image for image, _ in encoded], device)
-        labels_of = {index: label for index, (_, label) in zip(indices, encoded, strict=True)}
-        index, pairs = [], []
+        entries = {index: entry for index, (_, entry) in zip(indices, encoded, strict=True)}
+        index, pairs, res = [], [], self.res
         for i, image in zip(kept, images, strict=True):
-            label = labels_of[i]
             try:
-                self.check_label(i, image, label)
+                self.check_label(i, image, entries[i])
             except BadFile as err:
                 skipped.append(skip(i, err))
                 continue
-            if label is None:
-                label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+            label = torch.full((res, res), IGNORE_INDEX) if entries[i] is None else entries[i][0].long()
             index.append(i)
-            pairs.append(center_crop_resize(image, label, self.res))
-        res = self.res
+            pairs.append((center_crop_resize(image, None, res)[0], label))
         if not pairs:
             pairs = [(torch.empty((0, 3, res, res), dtype=torch.uint8, device=device), torch.empty((0, res, res)))]
             return torch.tensor(index, dtype=torch.int64), pairs[0][0], pairs[0][1].long(), skipped

@@ -16,7 +16,6 @@ COCO's and Cityscapes' label maps are aligned with the stored pixels, as PiCIE r
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from picie_lib.data.base import IGNORE_INDEX, BadFile, SceneDataset, skip
-from picie_lib.transforms import square_base
+from picie_lib.transforms import center_crop_resize, square_base
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # torchvision 0.29 announces that torchcodec takes over its image decoding; torchvision.io is what the GPU images
@@ -36,10 +35,10 @@ warnings.filterwarnings("ignore", "The image decoding and encoding capabilities 
 NOT_ALLOWED = -2  # in a label table: a raw value that the data set never uses
 
 
-def _open(path: Path, what: str, data: bytes | None = None) -> Image.Image:
-    """Open and fully decode ``path``, or its bytes ``data`` (decoding is where corrupt and truncated files fail)."""
+def _open(path: Path, what: str) -> Image.Image:
+    """Open and fully decode ``path`` (decoding is where corrupt and truncated files fail)."""
     try:
-        with Image.open(path if data is None else io.BytesIO(data)) as img:
+        with Image.open(path) as img:
             img.load()
             return img
     except FileNotFoundError:
@@ -78,41 +77,56 @@ def read_image(path: Path | str, base: int | None = None) -> torch.Tensor:
 
 
 def read_bytes(path: Path | str) -> torch.Tensor:
-    """A file's bytes as a uint8 tensor (what a data-loader worker hands over for ``decode_images``)."""
-    return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    """A file's bytes as a uint8 tensor; a file that is there but cannot be read raises ``BadFile``."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise BadFile(path, f"unreadable ({type(err).__name__}: {err})", "a readable image file") from err
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def is_jpeg(data: torch.Tensor) -> bool:
-    return len(data) > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
+    return data.dim() == 1 and len(data) > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
 
 
-def decode_images(files: list[torch.Tensor], paths: list[Path], device) -> list[torch.Tensor | BadFile]:
-    """Files' bytes (``read_bytes``) as RGB uint8 (3, H, W) on ``device``, or the ``BadFile`` of each file
-    that cannot be used. The JPEGs are decoded by torchvision in one call (on a GPU by nvJPEG; on a CPU by
-    libjpeg, PIL's pixels exactly); if that call fails (one bad file fails it), each JPEG on its own. Other
-    formats, and a JPEG torchvision refuses (a CMYK one on a GPU, a truncated one), go to PIL, whose
-    verdict on the file counts (``read_image``'s errors)."""
-    out: list = [None] * len(files)
-    jpegs = [i for i, data in enumerate(files) if is_jpeg(data)]
-    if jpegs and torch.device(device).type == "cuda":
+# a RuntimeError that says the device failed, not the file: raised, never taken for a bad file
+DEVICE_ERRORS = (torch.cuda.OutOfMemoryError, *([torch.AcceleratorError] if hasattr(torch, "AcceleratorError") else []))
+
+
+def decode_images(encoded: list[torch.Tensor], paths: list[Path], device) -> list[torch.Tensor | BadFile]:
+    """Images as RGB uint8 (3, H, W) on ``device``, or the ``BadFile`` of each file that cannot be used.
+    ``encoded``: a JPEG file's bytes (``read_bytes``) or an image decoded already (moved as it is). The JPEGs
+    are decoded by torchvision in one call (on a GPU by nvJPEG; on a CPU by libjpeg, PIL's pixels exactly); if
+    that call fails (one bad file fails it), each on its own; one torchvision refuses (a CMYK one on a GPU, a
+    truncated one) goes to PIL, read from its path, whose verdict on the file counts (``read_image``)."""
+    out: list = [None] * len(encoded)
+    jpegs = [i for i, data in enumerate(encoded) if is_jpeg(data)]
+    on_gpu = torch.device(device).type == "cuda"
+    if jpegs and on_gpu:
         # nvJPEG's hardware engine can write its outputs, blocks the caching allocator has just recycled, before
         # the kernels queued on this stream have finished reading them: those kernels finish first
         torch.cuda.current_stream(device).synchronize()
     try:
-        decoded = decode_jpeg([files[i] for i in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
+        decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
         for i, image in zip(jpegs, decoded, strict=True):
             out[i] = image
-    except RuntimeError:
+    except RuntimeError as err:
+        if isinstance(err, DEVICE_ERRORS):
+            raise
+        if on_gpu:  # a call that failed part-way may still be writing blocks it has given back
+            torch.cuda.current_stream(device).synchronize()
         for i in jpegs:
             try:
-                out[i] = decode_jpeg(files[i], mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:
-                pass
-    for i, data in enumerate(files):
+                out[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as err:
+                if isinstance(err, DEVICE_ERRORS):
+                    raise
+    for i, data in enumerate(encoded):
         if out[i] is None:
             try:
-                pil = _open(paths[i], "an image file PIL can decode (JPEG or PNG)", data.numpy().tobytes())
-                out[i] = to_tensor(to_rgb(pil, paths[i])).to(device)
+                out[i] = (data if data.dim() == 3 else read_image(paths[i])).to(device, non_blocking=True)
             except BadFile as err:
                 out[i] = err
     return out
@@ -160,9 +174,10 @@ def map_label(raw: np.ndarray, table: np.ndarray, path: Path | str, allowed: str
     return torch.from_numpy(table[raw])
 
 
-def check_same_size(image: torch.Tensor, label: np.ndarray, label_path: Path | str, image_path: Path | str) -> None:
-    if tuple(image.shape[-2:]) != tuple(label.shape):
-        (h, w), (lh, lw) = image.shape[-2:], label.shape
+def check_same_size(image: torch.Tensor, label_size: tuple[int, int], label_path: Path | str, image_path: Path | str):
+    """A label map of ``label_size`` (h, w) must have its image's size, else ``BadFile`` naming both."""
+    if tuple(image.shape[-2:]) != tuple(label_size):
+        (h, w), (lh, lw) = image.shape[-2:], label_size
         raise BadFile(label_path, f"a label map of {lw}x{lh} for the {w}x{h} image {image_path}", "the image's size")
 
 
@@ -201,26 +216,38 @@ class ImageFiles(SceneDataset):
                 f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected {expected}"
             )
 
-    def encoded(self, index: int):
-        """The image file's bytes (``read_bytes``); in eval mode with the label map's class ids, None, or the
-        label file's ``BadFile`` (raised by ``check_label``, after the image's own errors)."""
-        data = read_bytes(self.image_path(index))
-        if self.mode == "train":
-            return data
+    def label_map(self, index: int) -> torch.Tensor | None:
+        """Item ``index``'s class ids, int64 (H, W), or None for a data set without labels."""
         if not self.labelled:
-            return data, None
+            return None
         path = self.label_path(index)
+        return map_label(read_label(path), self.label_table, path, self.label_values, self.label_meaning)
+
+    def encoded(self, index: int):
+        """A JPEG's bytes (``read_bytes``; decoded in a batch, on the device), in eval mode with its label entry
+        or the label file's ``BadFile`` (raised by ``check_label``, after the image's own errors). Any other
+        format is decoded here, by PIL: the base image in train mode, the evaluation pair cut to ``res``."""
+        path = self.image_path(index)
+        data = read_bytes(path)
+        if self.mode == "train":
+            return data if is_jpeg(data) else read_image(path, base=self.base_size)
+        if not is_jpeg(data):
+            image, label = read_image(path), self.label_map(index)
+            if label is not None:
+                check_same_size(image, label.shape, self.label_path(index), path)
+            image, label = center_crop_resize(image, label, self.res)
+            return image, self.label_entry(label)
         try:
-            return data, map_label(read_label(path), self.label_table, path, self.label_values, self.label_meaning)
+            return data, self.label_entry(self.label_map(index))
         except BadFile as err:
             return data, err
 
     def decode(self, indices: list[int], images: list, device) -> tuple[list[int], list[torch.Tensor], list]:
-        """The files' bytes ``images`` decoded on ``device`` in one batch (``decode_images``); a bad file is left
-        out with a warning and returned as a ``SkippedItem``."""
+        """``encoded``'s images decoded on ``device``, the JPEGs in one batch (``decode_images``); a bad file is
+        left out with a warning and returned as a ``SkippedItem``."""
         kept, decoded, skipped = [], [], []
-        for index, image in zip(indices, decode_images(images, [self.image_path(i) for i in indices], device),
-                                strict=True):
+        paths = [self.image_path(i) for i in indices]
+        for index, image in zip(indices, decode_images(images, paths, device), strict=True):
             if isinstance(image, BadFile):
                 skipped.append(skip(index, image))
             else:
@@ -231,20 +258,21 @@ class ImageFiles(SceneDataset):
     def base(self, index: int, image: torch.Tensor) -> torch.Tensor:
         return square_base(image, self.base_size)
 
-    def check_label(self, index: int, image: torch.Tensor, label: torch.Tensor | BadFile | None) -> None:
-        if isinstance(label, BadFile):
-            raise label
-        if label is not None:
-            check_same_size(image, label, self.label_path(index), self.image_path(index))
+    def check_label(self, index: int, image: torch.Tensor, entry) -> None:
+        super().check_label(index, image, entry)
+        if entry is not None:
+            check_same_size(image, entry[1], self.label_path(index), self.image_path(index))
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One item decoded on the CPU as the passes decode it. Train mode: the square base image the views are
         cut from, no label (PiCIE's training never reads labels). Eval mode: the image and its class ids."""
-        encoded = self.encoded(index)
-        (image,) = decode_images([encoded if self.mode == "train" else encoded[0]], [self.image_path(index)], "cpu")
+        path = self.image_path(index)
+        (image,) = decode_images([read_bytes(path)], [path], "cpu")
         if isinstance(image, BadFile):
             raise image
         if self.mode == "train":
             return self.base(index, image), None
-        self.check_label(index, image, encoded[1])
-        return image, encoded[1]
+        label = self.label_map(index)
+        if label is not None:
+            check_same_size(image, label.shape, self.label_path(index), path)
+        return image, label
