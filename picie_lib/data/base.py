@@ -175,10 +175,11 @@ class SceneDataset(Dataset):
             label = torch.full((res, res), IGNORE_INDEX) if entries[i] is None else entries[i][0].long()
             index.append(i)
             pairs.append((center_crop_resize(image, None, res)[0], label))
-        if not pairs:
-            pairs = [(torch.empty((0, 3, res, res), dtype=torch.uint8, device=device), torch.empty((0, res, res)))]
-            return torch.tensor(index, dtype=torch.int64), pairs[0][0], pairs[0][1].long(), skipped
-        images, labels = (torch.stack(parts) for parts in zip(*pairs, strict=True))
+        if pairs:
+            images, labels = (torch.stack(parts) for parts in zip(*pairs, strict=True))
+        else:
+            images = torch.empty((0, 3, res, res), dtype=torch.uint8, device=device)
+            labels = torch.empty((0, res, res), dtype=torch.int64)
         return torch.tensor(index, dtype=torch.int64), images, labels, skipped
 
     def __getitem__(self, index: int):
