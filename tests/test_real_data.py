@@ -438,3 +438,15 @@ def test_batches_made_from_the_files_bytes_equal_the_per_item_ones(tmp_path):
             for a, b in zip(expected, made, strict=True):
                 assert len(a) == len(b) == (2 if dataset.mode == "train" else 3)
                 assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), (type(dataset), workers)
+
+
+def test_an_evaluation_batch_whose_every_label_is_bad_is_empty_not_an_error(tmp_path):
+    """Under torchrun a process's share of a step can be all bad files: an empty batch of the right shapes."""
+    coco = write_cocostuff(tmp_path / "c")
+    val = CocoStuff27(coco.root, "val", "eval", res=16, curated=False)
+    for i in (0, 1):
+        Image.fromarray(np.zeros((9, 9), np.uint8)).save(val.label_path(i))
+    with pytest.warns(BadFileWarning, match="a label map of 9x9"):
+        index, images, labels, skipped = val.eval_pairs([0, 1], [val.encoded(0), val.encoded(1)], "cpu")
+    assert index.shape == (0,) and images.shape == (0, 3, 16, 16) and images.dtype == torch.uint8
+    assert labels.shape == (0, 16, 16) and labels.dtype == torch.int64 and [s.index for s in skipped] == [0, 1]
