@@ -146,17 +146,27 @@ def test_the_views_check_passes_when_both_ways_agree_and_fails_when_they_do_not(
     assert "OUTSIDE the limits" in capsys.readouterr().out
 
 
-def test_the_demo_data_path_times_the_views_alone_and_with_their_photometric_ops():
+def test_the_demo_data_path_reads_the_whole_set_and_makes_every_view(monkeypatch):
+    """Times are not asserted (they are what it measures); what it times is: every item's views, made once per
+    repeat, and the photometric ops on them when asked."""
     import torch
 
+    from picie_lib import transforms
     from picie_lib.config import load_preset
     from picie_lib.data import SyntheticScenes
     from picie_lib.transforms import draw_view_params
 
     demo_data_path = importlib.import_module("demo_data_path")
-    cfg = load_preset("demo").replace(num_workers=0, device="cpu")
-    dataset = SyntheticScenes(24, 48, mode="train", res=32)
+    cfg = load_preset("demo").replace(num_workers=0, device="cpu", batch_size_cluster=5)
+    dataset = SyntheticScenes(12, 48, mode="train", res=32)
     dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0)))
-    views = demo_data_path.best_ms_per_image(dataset, cfg, photometric=False, repeats=2)
-    both = demo_data_path.best_ms_per_image(dataset, cfg, photometric=True, repeats=2)
-    assert 0 < views < both  # the photometric ops come on top of cutting the views
+    augmented = []
+
+    def counted(views, *args):
+        augmented.append(len(views))
+        return transforms.augment(views, *args)
+
+    monkeypatch.setattr(demo_data_path, "augment", counted)
+    assert demo_data_path.best_ms_per_image(dataset, cfg, photometric=False, repeats=2) > 0 and augmented == []
+    assert demo_data_path.best_ms_per_image(dataset, cfg, photometric=True, repeats=2) > 0
+    assert augmented == [5, 5, 2] * 2
