@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: setup  ## the notebooks, executed: the three methods on the built-in data set, report.md (about 14 min, 2 CPU cores)
+demo: setup  ## the notebooks, executed: the three methods on the built-in data set, report.md (about 15 min, 2 CPU cores)
 	$(PY) -m picie_lib run --preset demo --out $(DEMO_OUT)
 
 test: setup  ## lint, every test, then every notebook under nbval on the smoke preset (CPU; 30 to 60 min on 2 cores)
