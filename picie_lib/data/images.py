@@ -16,13 +16,14 @@ COCO's and Cityscapes' label maps are aligned with the stored pixels, as PiCIE r
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from picie_lib.data.base import IGNORE_INDEX, BadFile, SceneDataset, skip
@@ -35,14 +36,17 @@ warnings.filterwarnings("ignore", "The image decoding and encoding capabilities 
 NOT_ALLOWED = -2  # in a label table: a raw value that the data set never uses
 
 
-def _open(path: Path, what: str) -> Image.Image:
-    """Open and fully decode ``path`` (decoding is where corrupt and truncated files fail)."""
+def _open(path: Path, what: str, data: torch.Tensor | None = None) -> Image.Image:
+    """Open and fully decode ``path``, from its bytes ``data`` if they were read already (decoding is where
+    corrupt and truncated files fail; the error names ``path`` either way)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data.numpy().tobytes())) as img:
             img.load()
             return img
     except FileNotFoundError:
         raise
+    except UnidentifiedImageError as err:  # its own message names a BytesIO, not the file
+        raise BadFile(path, "unreadable (UnidentifiedImageError: not an image format PIL knows)", what) from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadFile(path, f"unreadable ({type(err).__name__}: {err})", what) from err
 
@@ -69,10 +73,11 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: Path | str, base: int | None = None) -> torch.Tensor:
-    """uint8 (3, H, W) RGB; with ``base``, the square base image of that side (``transforms.square_base``)."""
+def read_image(path: Path | str, base: int | None = None, data: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (3, H, W) RGB, decoded by PIL (from the file's bytes ``data`` if they were read already); with
+    ``base``, the square base image of that side (``transforms.square_base``)."""
     path = Path(path)
-    image = to_tensor(to_rgb(_open(path, "an image file PIL can decode (JPEG or PNG)"), path))
+    image = to_tensor(to_rgb(_open(path, "an image file PIL can decode (JPEG or PNG)", data), path))
     return image if base is None else square_base(image, base)
 
 
@@ -100,7 +105,7 @@ def decode_images(encoded: list[torch.Tensor], paths: list[Path], device) -> lis
     ``encoded``: a JPEG file's bytes (``read_bytes``) or an image decoded already (moved as it is). The JPEGs
     are decoded by torchvision in one call (on a GPU by nvJPEG; on a CPU by libjpeg, PIL's pixels exactly); if
     that call fails (one bad file fails it), each on its own; one torchvision refuses (a CMYK one on a GPU, a
-    truncated one) goes to PIL, read from its path, whose verdict on the file counts (``read_image``)."""
+    truncated one) goes to PIL, whose verdict on the file counts (``read_image``, from the same bytes)."""
     out: list = [None] * len(encoded)
     jpegs = [i for i, data in enumerate(encoded) if is_jpeg(data)]
     on_gpu = torch.device(device).type == "cuda"
@@ -126,7 +131,7 @@ def decode_images(encoded: list[torch.Tensor], paths: list[Path], device) -> lis
     for i, data in enumerate(encoded):
         if out[i] is None:
             try:
-                out[i] = (data if data.dim() == 3 else read_image(paths[i])).to(device, non_blocking=True)
+                out[i] = (data if data.dim() == 3 else read_image(paths[i], data=data)).to(device, non_blocking=True)
             except BadFile as err:
                 out[i] = err
     return out
@@ -216,6 +221,13 @@ class ImageFiles(SceneDataset):
                 f"{missing[0]}: missing ({len(missing)} of {len(self)} images have no label map); expected {expected}"
             )
 
+    def checked_label(self, index: int, image: torch.Tensor) -> torch.Tensor | None:
+        """``label_map``, which must have the decoded ``image``'s size (``BadFile`` naming both if not)."""
+        label = self.label_map(index)
+        if label is not None:
+            check_same_size(image, label.shape, self.label_path(index), self.image_path(index))
+        return label
+
     def label_map(self, index: int) -> torch.Tensor | None:
         """Item ``index``'s class ids, int64 (H, W), or None for a data set without labels."""
         if not self.labelled:
@@ -230,12 +242,10 @@ class ImageFiles(SceneDataset):
         path = self.image_path(index)
         data = read_bytes(path)
         if self.mode == "train":
-            return data if is_jpeg(data) else read_image(path, base=self.base_size)
+            return data if is_jpeg(data) else read_image(path, base=self.base_size, data=data)
         if not is_jpeg(data):
-            image, label = read_image(path), self.label_map(index)
-            if label is not None:
-                check_same_size(image, label.shape, self.label_path(index), path)
-            image, label = center_crop_resize(image, label, self.res)
+            image = read_image(path, data=data)
+            image, label = center_crop_resize(image, self.checked_label(index, image), self.res)
             return image, self.label_entry(label)
         try:
             return data, self.label_entry(self.label_map(index))
@@ -272,7 +282,4 @@ class ImageFiles(SceneDataset):
             raise image
         if self.mode == "train":
             return self.base(index, image), None
-        label = self.label_map(index)
-        if label is not None:
-            check_same_size(image, label.shape, self.label_path(index), path)
-        return image, label
+        return image, self.checked_label(index, image)
