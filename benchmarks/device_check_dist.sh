@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU check of torchrun (docs/torchrun.md), run from the repository root on a machine with one CUDA GPU:
 # the paper preset (random init, 4 workers, training batch 64) on N textured 640x480 JPEGs, trained for
-# one CE epoch and evaluated (1) in one process, (2) under torchrun with 1 process (NCCL) and (3) with
-# 2 processes sharing the GPU (gloo). Prints each rank's phases (PICIE_DIST_DEBUG=1) and the exit codes,
-# and writes results.md: seconds per pass side by side, scores side by side, and how long each
-# evaluation took to exit after writing its scores.
+# one CE epoch and evaluated (1) in one process, (2) under torchrun with 1 process (a process group of
+# one: every collective through NCCL) and (3) with 2 processes sharing the GPU (gloo). Prints each rank's
+# phases (PICIE_DIST_DEBUG=1) and the exit codes, and writes results.md: seconds per pass side by side,
+# scores side by side, and how long each evaluation took to exit after writing its scores.
 #     bash benchmarks/device_check_dist.sh [OUT_DIR] [N]
 # (DEVICE=cpu EXTRA="-p res=64 -p base_res=96" and a small N try the script itself on a CPU.)
 set -uo pipefail
@@ -16,8 +16,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, os; print('torch', torch.__version__, '| cores', os.cpu_count(), '| CUDA', torch.version.cuda)"
 echo "== $n train / $((n / 8)) val images"
 timeout 60 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from epoch import write_root; write_root(Path('$out/coco'), $n, $((n / 8)))"
+# torch's k-means in every run: under torchrun the fit is torch's (faiss sees one process), so the scores compare
 args=(--preset paper --loss ce --epochs 1 -p data_root="$out/coco" -p pretrained=null -p num_workers=4
-      -p device="${DEVICE:-cuda}" -p batch_size_train=64 ${EXTRA:-})
+      -p device="${DEVICE:-cuda}" -p batch_size_train=64 -p kmeans_backend=torch ${EXTRA:-})
 launch() {  # launch NAME PROCESSES COMMAND...: one-process runs without torchrun
     local name=$1 procs=$2; shift 2
     local start=$(date +%s.%N)

@@ -1,6 +1,7 @@
-"""The table of ``device_check_dist.sh``: per run (one process; torchrun with 1 process, NCCL; with 2
-processes, gloo), the seconds of each pass of the trained epoch and of the evaluation, the exit code, how
-long the evaluation took to exit after writing its scores, and the scores side by side.
+"""The table of ``device_check_dist.sh``: per run (one process; torchrun with 1 process, NCCL on a GPU; with 2
+processes, gloo; each named with the backend its training recorded), the seconds of each pass of the trained
+epoch and of the evaluation, the exit code, how long the evaluation took to exit after writing its scores, and
+the scores side by side.
 
     python benchmarks/dist_results.py OUT_DIR
 """
@@ -11,7 +12,21 @@ import json
 import sys
 from pathlib import Path
 
-RUNS = {"single": "one process", "nccl1": "torchrun, 1 process (NCCL)", "gloo2": "torchrun, 2 processes (gloo)"}
+# each run's title, and the backend the script asks for (the table names the one its training run recorded)
+RUNS = {
+    "single": ("one process", None),
+    "nccl1": ("torchrun, 1 process", "nccl"),
+    "gloo2": ("torchrun, 2 processes", "gloo"),
+}
+
+
+def title(run: Path, name: str, backend: str | None) -> str:
+    """``name``, with the backend that joined the run's processes: as its ``environment.json`` recorded it (a
+    CPU try of the script runs gloo where a GPU would run NCCL), or the one asked for where none is recorded."""
+    env = run / "environment.json"
+    if env.is_file():
+        backend = json.loads(env.read_text())[-1].get("backend", backend)
+    return name if backend is None else f"{name} ({backend})"
 
 
 def main(out: Path) -> None:
@@ -24,7 +39,7 @@ def main(out: Path) -> None:
         " exit after scores s | All Acc | All mIoU |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, title in RUNS.items():
+    for name, (run_title, asked) in RUNS.items():
         run = out / name
         log = run / "log.jsonl"
         seconds = json.loads(log.read_text().splitlines()[-1])["seconds"] if log.is_file() else {}
@@ -37,7 +52,7 @@ def main(out: Path) -> None:
             return "-" if value is None else fmt.format(value)
 
         print(
-            f"| {title} | {train[0] if train else '-'} / {evaluate[0] if evaluate else '-'} "
+            f"| {title(run, run_title, asked)} | {train[0] if train else '-'} / {evaluate[0] if evaluate else '-'} "
             f"| {cell(seconds.get('cluster'))} | {cell(seconds.get('label'))} | {cell(seconds.get('train'))} "
             f"| {cell(train[2] - train[1] if train else None)} | {cell(scores.get('seconds'))} | {after} "
             f"| {cell(scores.get('scores', {}).get('acc_all'), '{:.2f}')} "

@@ -256,8 +256,10 @@ def views_side_by_side(cfg, n: int) -> dict:
         reference_views(base.float() / 255, params, i, cfg.res)
     reference = (time.perf_counter() - start) / len(bases)
     start = time.perf_counter()
-    geometry = [cut_views(base[None], params.crop[i : i + 1], params.flip[i : i + 1], cfg.res)[0] for i, base in
-                enumerate(bases)]
+    geometry = [
+        cut_views(base[None], params.crop[i : i + 1], params.flip[i : i + 1], cfg.res)[0]
+        for i, base in enumerate(bases)
+    ]
     per_item = (time.perf_counter() - start) / len(bases)
     start = time.perf_counter()
     for lo in range(0, len(geometry), 32):

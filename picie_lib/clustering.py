@@ -230,7 +230,7 @@ def faiss_kmeans(
 def kmeans(x: torch.Tensor | PointSet, k: int, n_iter: int, seed: int, backend: str = "auto") -> torch.Tensor:
     """Centroids (k, D) of ``x`` (N, D) by Lloyd's algorithm, with faiss or torch. Under torchrun ``x``
     is this process's share and the fit is torch's, across the processes (faiss sees one process)."""
-    if distributed.world() > 1:
+    if distributed.joined():
         return lloyd_kmeans(x, k, n_iter, seed, across_processes=True)
     if resolve_backend(backend, x.device) == "faiss":
         return faiss_kmeans(x, k, n_iter, seed)
@@ -263,7 +263,7 @@ def best_of_restarts(
     (ties: the earliest start), and every start's inertia. faiss's ``nredo`` and scikit-learn's
     ``n_init`` do the same; here the starts' seeds are ours, so every backend keeps the same rule."""
     points = x if isinstance(x, PointSet) else PointSet(x)
-    shared = distributed.world() > 1
+    shared = distributed.joined()
     best, inertias = None, []
     for restart in range(restarts):
         centroids = kmeans(points, k, n_iter, restart_seed(seed, restart), backend)
@@ -322,7 +322,7 @@ class MiniBatchKMeans:
         """One batch of pixel features (N, D). Under torchrun every process calls it once per global
         step with its share, None when it has none (``distributed.rank_batches``): the sums and
         counts of the step are summed over the processes, so that all hold the same centroids."""
-        shared = distributed.world() > 1
+        shared = distributed.joined()
         x = torch.empty(0, 0) if x is None else x.detach().float()
         if self.centroids is None:
             if self.max_init_points is not None and len(x):
@@ -375,7 +375,7 @@ class MiniBatchKMeans:
             if not self._batches_kept:
                 raise ValueError("MiniBatchKMeans.finish() before any update()")
             self._fit_initial()
-        if distributed.world() > 1 and not self._summed:
+        if distributed.joined() and not self._summed:
             self.inertia_sum = distributed.sum_scalar(self.inertia_sum)
             self.n_points = int(distributed.sum_scalar(self.n_points))
             self._summed = True

@@ -173,7 +173,7 @@ def _compare(cfg: Config, out_dir: Path, overwrite: bool, resume: bool) -> list[
     if distributed.is_main():
         out_dir = resumable(out_dir, cfg) if resume else new_run_dir(out_dir, overwrite=overwrite)
         save_config(cfg, out_dir / "config.json")
-        record_session(out_dir, world_size=distributed.world())
+        record_session(out_dir, **distributed.session_facts())
         for seed, method in method_steps(cfg):  # the training folders this comparison makes are its own
             if method in LOSSES:
                 record_in_manifest(out_dir, f"{method}-seed{seed}")

@@ -8,8 +8,11 @@ sees as many images per batch as in one process, and the global batch is ``world
 last step is split evenly; an image is never given to two processes and never dropped.
 
 What the processes must agree on is summed across them (``all_reduce_``): the k-means' sums and counts,
-the cluster labels, the class counts, the confusion matrix. In one process every function here is the
-identity, so the single-process code path is the same code.
+the cluster labels, the class counts, the confusion matrix. Without a process group (a plain ``python -m
+picie_lib``) every function here is the identity, so the single-process code path is the same code. Under
+torchrun even one process joins a group (of one, as torchvision's reference scripts do) and takes every
+collective that several take: on one GPU that is NCCL's whole path, which ``benchmarks/device_check_dist.sh``
+times against a plain process.
 """
 
 from __future__ import annotations
@@ -45,12 +48,24 @@ def trace(what: str) -> None:
             sys.stderr.write(line)
 
 
+def joined() -> bool:
+    """Whether this process is in a process group (``setup`` under torchrun, one process too): the collectives
+    run, where without one they are the identity."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if joined() else 1
+
+
+def session_facts() -> dict:
+    """What a run's ``environment.json`` records of its processes: how many, and the backend joining them
+    (None in a single process)."""
+    return {"world_size": world(), "backend": dist.get_backend() if joined() else None}
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if joined() else 0
 
 
 def is_main() -> bool:
@@ -59,7 +74,13 @@ def is_main() -> bool:
 
 
 def launched() -> bool:
-    """Whether torchrun (or another launcher) started several processes for this job."""
+    """Whether torchrun (or another launcher) started this process: its rank and world size are in the
+    environment (one process too)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def others_launched() -> bool:
+    """Whether the launcher started other processes beside this one (that it may lose)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -119,7 +140,7 @@ def setup(device: str) -> None:
     """Join the process group that torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``PORT``); nothing in a single process. A process on a GPU machine uses GPU
     ``LOCAL_RANK`` (modulo the GPUs there are, so that two processes may share one GPU with gloo)."""
-    if not launched() or dist.is_initialized():
+    if not launched() or joined():
         return
     on_gpu = device != "cpu" and torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -136,7 +157,7 @@ def setup(device: str) -> None:
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if joined():
         trace("leaving the process group")
         dist.destroy_process_group()
         trace("left")
@@ -165,7 +186,7 @@ def lost_another_process(err: BaseException) -> bool:
     other error of the backend is an error of its own."""
     from_gloo = isinstance(err, RuntimeError) and "/gloo/" in str(err).split("]")[0]  # gloo's are plain
     text = str(err).lower()
-    return launched() and (isinstance(err, dist.DistError) or from_gloo) and any(p in text for p in PEER_LOST)
+    return others_launched() and (isinstance(err, dist.DistError) or from_gloo) and any(p in text for p in PEER_LOST)
 
 
 def lost_process_line(err: BaseException) -> str:
@@ -178,7 +199,7 @@ def lost_process_line(err: BaseException) -> str:
 
 def barrier() -> None:
     """Wait for every process (e.g. until rank 0 has written what the others read next)."""
-    if world() > 1:
+    if joined():
         dist.barrier()
 
 
@@ -214,7 +235,7 @@ def rank_batches(order: list[int], batch_size: int) -> list[list[int]]:
 def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over the processes, in place, and return it. NCCL reduces only GPU tensors: a CPU
     tensor goes through the GPU there, in blocks of at most 256 MB."""
-    if world() == 1:
+    if not joined():
         return tensor
     if dist.get_backend() != "nccl" or tensor.is_cuda:
         dist.all_reduce(tensor)
@@ -230,7 +251,7 @@ def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
 
 def sum_scalar(value: float) -> float:
     """A float summed over the processes (float64)."""
-    if world() == 1:
+    if not joined():
         return value
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     return float(all_reduce_(torch.tensor([value], dtype=torch.float64, device=device)).item())
@@ -238,7 +259,7 @@ def sum_scalar(value: float) -> float:
 
 def all_gather_objects(obj):
     """``[obj of rank 0, obj of rank 1, ...]`` (pickled: for small things, and CPU tensors)."""
-    if world() == 1:
+    if not joined():
         return [obj]
     out = [None] * world()
     dist.all_gather_object(out, obj)
@@ -249,7 +270,7 @@ def average_bn_buffers(model: torch.nn.Module) -> None:
     """BatchNorm running statistics averaged over the processes, after a pass in which each process
     moved its own (PiCIE's clustering pass runs in train() mode): afterwards every process holds the
     same model, and rank 0's checkpoint is every process's."""
-    if world() == 1:
+    if not joined():
         return
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:

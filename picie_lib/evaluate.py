@@ -90,7 +90,7 @@ def fit_centroids(
         cfg, derive_seed(seed, STREAM_EVAL_KMEANS), cfg.eval_kmeans_restarts, cfg.eval_kmeans_init_batches
     )
     order = permutation(len(dataset), derive_seed(seed if order_seed is None else order_seed, STREAM_EVAL_ORDER))
-    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg, keep_empty=distributed.world() > 1)
+    batches = Batches(dataset, order, cfg.batch_size_cluster, cfg, keep_empty=distributed.joined())
     for batch in progress(batches, "eval k-means"):
         if batch is None:  # this process has no usable item in this step
             km.update(None)
@@ -143,7 +143,7 @@ def score_predictions(
         predictions.append(pred.to(kept))
         targets.append(labels.to(kept))
     matrix = confusion.matrix
-    if distributed.world() > 1:
+    if distributed.joined():
         matrix = distributed.all_reduce_(torch.from_numpy(np.ascontiguousarray(matrix))).numpy()
         shares = distributed.all_gather_objects((predictions, targets))
         predictions = [p for share, _ in shares for p in share]

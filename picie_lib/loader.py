@@ -101,7 +101,7 @@ def require_usable(dataset, n_items: int, skipped: list[SkippedItem]) -> None:
     """A pass over ``n_items`` items of which every one was skipped as a bad file is an error. Under
     torchrun the items and the skipped ones are counted over the processes (every process decides alike)."""
     bad = len({item.index for item in skipped})
-    if distributed.world() > 1:
+    if distributed.joined():
         counts = distributed.all_gather_objects((n_items, bad))
         n_items, bad = sum(n for n, _ in counts), sum(b for _, b in counts)
     if n_items and bad == n_items:

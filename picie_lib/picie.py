@@ -148,7 +148,7 @@ def cluster_pass(model, dataset: SceneDataset, order: list[int], cfg: Config, se
     ``bn_eval: running``, are averaged over them afterwards (``distributed.average_bn_buffers``).
     """
     kms = [MiniBatchKMeans.from_config(cfg, derive_seed(seed, view)) for view in (1, 2)]
-    size, shared = cfg.batch_size_cluster, distributed.world() > 1
+    size, shared = cfg.batch_size_cluster, distributed.joined()
     step = size * distributed.world()
     head, rest = order[: cfg.kmeans_init_batches * step], order[cfg.kmeans_init_batches * step :]
     with bn_mode(model, clustering_bn(cfg)):
@@ -198,7 +198,7 @@ def label_pass(model, dataset: SceneDataset, order: list[int], centroids: torch.
                 assigned = assign_labels(f, c).cpu()
                 labels[view, idx] = assigned.to(labels.dtype)
                 counts[view] += torch.bincount(assigned.flatten().long(), minlength=cfg.n_clusters)
-    if distributed.world() > 1:
+    if distributed.joined():
         shape = next(s for s in distributed.all_gather_objects(None if labels is None else labels.shape) if s)
         labels = distributed.all_reduce_(labels if labels is not None else _label_tensor(shape[1], shape[2:], cfg))
         distributed.all_reduce_(counts)

@@ -41,7 +41,7 @@ from picie_lib.runs import append_jsonl, atomic_torch_save, atomic_write_text, j
 def _record_session(out_dir: Path, trains: bool) -> None:
     """Add this session to ``environment.json``; when it will train, warn if the git commit or torch
     version changed since the last session (the epochs from here may then not repeat the numbers)."""
-    changed = record_session(out_dir, world_size=distributed.world())
+    changed = record_session(out_dir, **distributed.session_facts())
     if changed and trains:
         warnings.warn(
             f"{out_dir}: resuming with {'; '.join(changed)}: the epochs from here may not repeat the numbers an "
@@ -144,7 +144,7 @@ def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkp
         _record_session(out_dir, trains=run["start"] <= epochs)
     # the training step goes through DDP (gradients averaged over the processes); the other passes use the
     # model itself, and BatchNorm's statistics are averaged after every pass that moves them
-    trained = distributed.data_parallel(model, next(model.parameters()).device) if distributed.world() > 1 else model
+    trained = distributed.data_parallel(model, next(model.parameters()).device) if distributed.joined() else model
     run_start, epoch = time.perf_counter(), run["start"]
     bar = progress(None, f"{cfg.loss} epochs run", total=epochs - run["start"] + 1)
     while epoch <= epochs:

@@ -9,7 +9,9 @@
 - a process with no image in a training step takes the other processes' step exactly (the averaged
   gradient) and keeps its BatchNorm statistics exactly;
 - a 2-process run repeats its own numbers bit for bit, and a 2-process run killed and resumed gives
-  the uninterrupted 2-process run's weights and scores bit for bit.
+  the uninterrupted 2-process run's weights and scores bit for bit;
+- torchrun with one process joins a process group of one, takes every collective and scores as a plain
+  process (benchmarks/device_check_dist.sh, tried on the CPU).
 """
 
 import contextlib
@@ -248,6 +250,8 @@ def test_two_processes_train_evaluate_repeat_and_resume_after_a_kill(tmp_path):
     assert scores[0] == scores[1]
     log = [json.loads(line) for line in (first / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]  # one writer: no line twice
+    (session,) = json.loads((first / "environment.json").read_text())
+    assert session["world_size"] == WORLD and session["backend"] == "gloo"  # what joined the processes, recorded
 
     proc = subprocess.Popen(
         torchrun("-m", "picie_lib", "train", *SMOKE, "--loss", "ce", "--out", str(killed)),
@@ -399,3 +403,35 @@ def test_the_phase_trace_is_silent_unless_asked_for(monkeypatch, capfd):
     distributed.trace("cluster starts")
     line = capfd.readouterr().err
     assert line.startswith("[trace rank 3 +") and line.endswith(" s] cluster starts\n"), line
+
+
+def test_the_gpu_check_of_torchrun_runs_whole_on_a_cpu(tmp_path):
+    """benchmarks/device_check_dist.sh as its header says to try it on a CPU: every run exits 0, each row names the
+    backend its run recorded (gloo here, where a GPU gives NCCL), and one process under torchrun scores as one
+    process alone (the same k-means, the same reading; on the CPU bit for bit)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **ENV,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # python3 and torchrun with torch
+        "DEVICE": "cpu",
+        "EXTRA": "-p res=64 -p base_res=96 -p batch_size_cluster=8 -p eval_batch_size=8",
+    }
+    out = tmp_path / "check"
+    done = subprocess.run(
+        ["bash", "benchmarks/device_check_dist.sh", str(out), "16"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in (out / "results.md").read_text().splitlines()[2:]]
+    assert [row[0] for row in rows] == [
+        "| one process",
+        "| torchrun, 1 process (gloo)",
+        "| torchrun, 2 processes (gloo)",
+    ]
+    assert [row[1] for row in rows] == ["0 / 0"] * 3
+    assert rows[0][-2:] == rows[1][-2:]  # All Acc and mIoU
+    assert "[trace rank 1 +" in done.stderr and "evaluate done" in done.stderr
