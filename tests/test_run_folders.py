@@ -228,6 +228,7 @@ def test_the_continue_line_under_torchrun_names_torchrun(monkeypatch, tmp_path):
     argv = ["train", "--preset", "smoke", "--loss", "ce", "--out", str(out)]
     args = build_parser().parse_args(argv)
     args.argv = argv
+    monkeypatch.setenv("RANK", "0")  # what torchrun sets: rank, world size, processes on this node
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert what_was_saved(args).endswith(
