@@ -138,7 +138,7 @@ def resolve_device(name: str) -> torch.device:
 
 def setup(device: str) -> None:
     """Join the process group that torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
-    ``MASTER_ADDR``/``PORT``); nothing in a single process. A process on a GPU machine uses GPU
+    ``MASTER_ADDR``/``PORT``), one process too; nothing without torchrun. A process on a GPU machine uses GPU
     ``LOCAL_RANK`` (modulo the GPUs there are, so that two processes may share one GPU with gloo)."""
     if not launched() or joined():
         return
