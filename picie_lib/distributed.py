@@ -60,7 +60,7 @@ def world() -> int:
 
 def session_facts() -> dict:
     """What a run's ``environment.json`` records of its processes: how many, and the backend joining them
-    (None in a single process)."""
+    (None without a process group: a plain ``python -m picie_lib``)."""
     return {"world_size": world(), "backend": dist.get_backend() if joined() else None}
 
 
