@@ -3,8 +3,8 @@ items whose file is bad, and under torchrun split between the processes (``distr
 
 On a GPU the workers only read the files (``SceneDataset.encoded``: an image's bytes, and in eval mode its label
 map); each batch's JPEGs are decoded together on the GPU, and its views cut or its evaluation crops made there
-(``SceneDataset.train_views`` / ``eval_pairs``). Without a GPU the workers make the items with the same functions
-on CPU tensors.
+(``SceneDataset.train_views`` / ``eval_pairs``), in a thread of their own while the pass runs the network on the
+batch before (``MadeAhead``). Without a GPU the workers make the items with the same functions on CPU tensors.
 
 Workers start from a fork server (``worker_context``) and end with the training process
 (``exit_with_the_training_process``); a batch is cut into chunks that all workers make at once and joined
@@ -13,12 +13,15 @@ here in order, so the batches are the same for any ``num_workers``.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import sys
 import threading
+from contextlib import ExitStack
 from typing import NamedTuple
 
 import torch
@@ -167,6 +170,88 @@ def _concatenate(parts: list, pin: bool):
     return tuple(joined)
 
 
+@functools.cache
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The CUDA stream batches are made on, one per device for the process's life: the caching allocator keeps a
+    freed block for the stream it was made on, so a stream of its own per pass would keep a cache per pass."""
+    return torch.cuda.Stream(device)
+
+
+class MadeAhead:
+    """The batches of ``steps()`` made in a thread of their own: up to ``ahead`` wait for the pass while the next
+    one is made.
+
+    A pass waits for the GPU at every step (the labels it copies back, the loss it checks). Made in the pass's
+    thread, the next batch's decoding and cutting would only start then, and the GPU would sit idle while they
+    run; here they run meanwhile, on a CUDA stream of their own (``side_stream``). The pass's stream waits for a
+    batch's event before using it, and the batch's memory is not reused before the pass's stream is done with it
+    (``record_stream``). On a CPU (the tests, ``benchmarks/views_check.py``) the same thread runs, without
+    streams. An error in the thread is raised where the pass takes the batch; ``close`` stops the thread."""
+
+    _DONE = object()
+
+    def __init__(self, steps, device: torch.device, ahead: int = 1) -> None:
+        self.device = torch.device(device)
+        self.stream = None
+        if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            self.stream = side_stream(self.device)
+        self.queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._make, args=(steps,), name="batches-made-ahead", daemon=True)
+        self.thread.start()
+
+    def _make(self, steps) -> None:
+        made = None
+        try:
+            made = steps()
+            with ExitStack() as on_its_stream:
+                if self.stream is not None:
+                    on_its_stream.enter_context(torch.cuda.device(self.device))
+                    on_its_stream.enter_context(torch.cuda.stream(self.stream))
+                for batch in made:
+                    ready = None if self.stream is None or batch is None else self.stream.record_event()
+                    if not self._put((batch, ready)):
+                        return
+            self._put(self._DONE)
+        except BaseException as err:  # raised again in the pass's thread
+            self._put(err)
+        finally:
+            if made is not None:
+                made.close()  # ends the data loader's iterator, and so its workers' work
+
+    def _put(self, item) -> bool:
+        """Queue ``item`` unless the pass has stopped taking batches; whether it was queued."""
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while (item := self.queue.get()) is not self._DONE:
+            if isinstance(item, BaseException):
+                raise item
+            batch, ready = item
+            if ready is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(ready)
+                for tensor in batch:
+                    if tensor.is_cuda:
+                        tensor.record_stream(stream)
+            yield batch
+
+    def close(self, wait: bool = True) -> None:
+        """Stop making batches and, with ``wait``, wait for the thread to end (it finishes the batch it is making
+        first). Without: a second at most; an interrupted run does not wait for a worker stuck on a file (the
+        thread is a daemon, and stops at its next batch)."""
+        self.stopping.set()
+        self.thread.join(None if wait else 1.0)
+
+
 class Batches:
     """The batches of ``dataset`` in ``order``, without the items whose file is bad; after a full
     pass, ``skipped_files`` names those files. A pass in which no item is usable is an error.
@@ -230,29 +315,41 @@ class Batches:
         return len(self.chunks_per_batch)
 
     def __iter__(self):
-        self.skipped = []
+        self.skipped = skipped = []  # this pass's own list: a pass begun again does not share it
+        steps = MadeAhead(lambda: self._steps(skipped), self.device) if self.on_device else self._steps(skipped)
+        interrupted = False
+        try:
+            for batch in steps:
+                if batch is not None:
+                    yield batch
+                elif self.keep_empty:
+                    yield None
+        except (KeyboardInterrupt, SystemExit):
+            interrupted = True
+            raise
+        finally:
+            if isinstance(steps, MadeAhead):
+                steps.close(wait=not interrupted)
+        if self.require_usable:
+            require_usable(self.dataset, len(self.order), skipped)
+
+    def _steps(self, skipped: list):
+        """One batch per global step, None where no item of this process's is usable; the items left out as bad
+        files are added to ``skipped``."""
         chunks = iter(self.loader) if self.order else iter(())
         for count in self.chunks_per_batch:
             parts = []
             for _ in range(count):
-                part, skipped = next(chunks)
-                self.skipped += skipped
+                part, left_out = next(chunks)
+                skipped += left_out
                 if part is not None:
                     parts.append(part)
             if not parts:
-                batch = None
-            elif self.on_device:
-                batch = self._made(parts)
-            else:
-                batch = _concatenate(parts, self.pin)
-            if batch is not None:
-                yield batch
-            elif self.keep_empty:
                 yield None
-        if self.require_usable:
-            require_usable(self.dataset, len(self.order), self.skipped)
+            else:
+                yield self._made(parts, skipped) if self.on_device else _concatenate(parts, self.pin)
 
-    def _made(self, parts: list[EncodedChunk]) -> tuple[torch.Tensor, ...] | None:
+    def _made(self, parts: list[EncodedChunk], skipped: list) -> tuple[torch.Tensor, ...] | None:
         """A batch made on the device from its chunks: ``(index, views)`` or
         ``(index, images, labels)``; None if every file of it turned out bad."""
         indices, encoded = [], []
@@ -261,8 +358,8 @@ class Batches:
             indices += chunk_indices
             encoded += chunk_encoded
         make = self.dataset.train_views if self.dataset.mode == "train" else self.dataset.eval_pairs
-        *batch, skipped = make(indices, encoded, self.device)
-        self.skipped += skipped
+        *batch, left_out = make(indices, encoded, self.device)
+        skipped += left_out
         return tuple(batch) if len(batch[0]) else None
 
     @property

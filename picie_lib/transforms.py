@@ -113,14 +113,43 @@ def resize_through_float(images: torch.Tensor, size: tuple[int, int]) -> torch.T
 
 
 def square_base(image: torch.Tensor, side: int) -> torch.Tensor:
-    """PiCIE's ``BaseTransform(res2)`` on a uint8 (3, H, W) image: shorter side to ``side`` (bilinear), then a
-    centre ``side`` x ``side`` crop, with torchvision's rounding (longer side ``int(side * long / short)``,
-    offsets ``round(d / 2)``)."""
+    """PiCIE's ``BaseTransform(res2)`` on a uint8 (3, H, W) image, or on a batch (B, 3, H, W) of images of one
+    size: shorter side to ``side`` (bilinear), then a centre ``side`` x ``side`` crop, with torchvision's
+    rounding (longer side ``int(side * long / short)``, offsets ``round(d / 2)``)."""
     h, w = image.shape[-2:]
     new_h, new_w = (int(side * h / w), side) if w <= h else (side, int(side * w / h))
-    image = resize_uint8(image[None], (new_h, new_w))[0]
+    resized = resize_uint8(image if image.dim() == 4 else image[None], (new_h, new_w))
     top, left = int(round((new_h - side) / 2.0)), int(round((new_w - side) / 2.0))
-    return image[:, top : top + side, left : left + side]
+    resized = resized[..., top : top + side, left : left + side]
+    return resized if image.dim() == 4 else resized[0]
+
+
+# the most values an image batch given to one call of ``by_size``'s ``make`` holds: on a GPU the resize copies it to
+# float32 (128 MiB here), in the thread's own memory pool, beside the network's (36 of the benchmark's 640x480 images)
+MAX_VALUES_PER_CALL = 2**25
+
+
+def by_size(images: list[torch.Tensor], make) -> torch.Tensor:
+    """``torch.stack([make(image[None])[0] for image in images])``, with the images of one size made together, in
+    calls of ``make`` ((n, C, H, W) in, (n, ...) out) of at most ``MAX_VALUES_PER_CALL`` input values. On a GPU a
+    resize costs a few kernel launches per call, whatever the batch: a batch's images of the same size take a few
+    calls, not one per image."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    calls = []
+    for members in groups.values():
+        per_call = max(1, MAX_VALUES_PER_CALL // max(1, images[members[0]].numel()))
+        calls += [members[start : start + per_call] for start in range(0, len(members), per_call)]
+    if len(calls) == 1:  # one call (one image per item on the CPU's path): no copy into a new batch
+        return make(images[0][None] if len(images) == 1 else torch.stack(images))
+    out = None
+    for members in calls:
+        made = make(torch.stack([images[i] for i in members]))
+        if out is None:
+            out = made.new_empty((len(images), *made.shape[1:]))
+        out[members] = made
+    return out
 
 
 def cut_views(bases: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, res: int) -> torch.Tensor:
@@ -373,16 +402,16 @@ def center_crop_label(label: torch.Tensor, res: int) -> torch.Tensor:
 def center_crop_resize(image: torch.Tensor, label: torch.Tensor | None, res: int):
     """Evaluation preprocessing: shorter side to ``res`` (bilinear image, nearest label), centre crop.
 
-    ``image`` uint8 (3, H, W) on any device (``resize_uint8``: PIL's filter, as PiCIE's ``TF.resize`` of a PIL
-    image, within 2 grey levels) or float; ``label`` int64 (H, W) or None, on any device.
+    ``image`` uint8 (3, H, W), or a batch (B, 3, H, W) of one size, on any device (``resize_uint8``: PIL's filter,
+    as PiCIE's ``TF.resize`` of a PIL image, within 2 grey levels) or float; ``label`` int64 (H, W) or None, on any
+    device.
     """
     new_h, new_w, top, left = _center_crop_geometry(*image.shape[-2:], res)
+    batch = image if image.dim() == 4 else image[None]
     if (new_h, new_w) != tuple(image.shape[-2:]):
         if image.dtype == torch.uint8:
-            image = resize_uint8(image[None], (new_h, new_w))[0]
+            batch = resize_uint8(batch, (new_h, new_w))
         else:
-            image = F.interpolate(
-                image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-            )[0]
-    image = image[:, top : top + res, left : left + res].contiguous()
-    return image, (None if label is None else center_crop_label(label, res))
+            batch = F.interpolate(batch, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    batch = batch[..., top : top + res, left : left + res].contiguous()
+    return (batch if image.dim() == 4 else batch[0]), (None if label is None else center_crop_label(label, res))

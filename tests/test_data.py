@@ -1,11 +1,14 @@
-"""The built-in data set: classes, determinism, the curated-COCO stuff rule, the long tail."""
+"""The built-in data set: classes, determinism, the curated-COCO stuff rule, the long tail; batches made ahead."""
 
 import colorsys
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from picie_lib import loader
 from picie_lib.config import Config
 from picie_lib.data import SyntheticScenes, build_dataset
 from picie_lib.data.cocostuff_classes import COARSE_NAMES, STUFF_CLASSES, THING_CLASSES
@@ -116,3 +119,80 @@ def test_instance_colours_keep_the_layout_and_vary_colour_within_the_jitter_rang
     cfg = Config(image_size=64, res=64, n_val=4, synthetic_colours="instance", data_seed=0)
     images = build_dataset(cfg, "val", "eval").images
     assert torch.equal(images[3], torch.from_numpy(generate_scene(0, "val", 3, 64, "instance")[0]).permute(2, 0, 1))
+
+
+# ---- batches made on the device, a batch ahead of the pass (loader.MadeAhead) --------------------------
+def _counted_train_set(fail_at: int | None = None, slow_at: int | None = None):
+    """The built-in train set whose batch maker records each batch it makes (raises at batch ``fail_at``, takes
+    3 s over batch ``slow_at``)."""
+    cfg = Config(image_size=32, res=32, n_train=20, device="cpu", num_workers=0)
+    dataset = build_dataset(cfg, "train", "train")
+    dataset.set_view_params(draw_view_params(len(dataset), cfg, torch.Generator().manual_seed(0)))
+    made, make = [], dataset.train_views
+
+    def counted(indices, encoded, device):
+        made.append(list(indices))
+        if len(made) == fail_at:
+            raise RuntimeError(f"batch {fail_at} cannot be made")
+        if len(made) == slow_at:
+            time.sleep(3)
+        return make(indices, encoded, device)
+
+    dataset.train_views = counted
+    return cfg, dataset, made
+
+
+def _makers_alive() -> int:
+    return sum(thread.name == "batches-made-ahead" and thread.is_alive() for thread in threading.enumerate())
+
+
+def _wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_the_next_batches_are_made_while_the_pass_holds_one():
+    """While the pass works on a batch (on a GPU: the network runs), the next one waits made and the one after
+    is being made; no further. The batches are those made one at a time, in order, and the thread ends."""
+    cfg, dataset, made = _counted_train_set()
+    order = list(range(20))[::-1]
+    batches = iter(loader.Batches(dataset, order, 4, cfg, on_device=True))
+    first = next(batches)
+    assert _wait_until(lambda: len(made) == 3), made  # one queued, one made and waiting for room
+    time.sleep(0.2)
+    assert len(made) == 3 and _makers_alive() == 1
+    rest = list(batches)
+    alone = list(loader.Batches(dataset, order, 4, cfg, on_device=False))
+    assert [b[0].tolist() for b in [first, *rest]] == [order[i : i + 4] for i in range(0, 20, 4)]
+    assert all(torch.equal(x, y) for a, b in zip(alone, [first, *rest], strict=True) for x, y in zip(a, b, strict=True))
+    assert _makers_alive() == 0
+
+
+def test_an_error_in_making_a_batch_is_raised_in_the_pass_and_stopping_early_ends_the_thread():
+    cfg, dataset, made = _counted_train_set(fail_at=2)
+    batches = iter(loader.Batches(dataset, list(range(20)), 4, cfg, on_device=True))
+    next(batches)
+    with pytest.raises(RuntimeError, match="batch 2 cannot be made"):
+        next(batches)
+    assert _makers_alive() == 0 and len(made) == 2
+    cfg, dataset, made = _counted_train_set()
+    batches = iter(loader.Batches(dataset, list(range(20)), 4, cfg, on_device=True))
+    next(batches)
+    batches.close()  # the pass stops after its first batch (an error, a break)
+    assert _makers_alive() == 0 and len(made) <= 3
+
+
+def test_an_interrupted_pass_does_not_wait_for_the_batch_being_made():
+    """Ctrl-C in a pass ends it at once (within a second), though the thread is busy making a batch (a worker
+    stuck on a file); the thread stops after that batch."""
+    cfg, dataset, made = _counted_train_set(slow_at=2)
+    batches = iter(loader.Batches(dataset, list(range(20)), 4, cfg, on_device=True))
+    next(batches)
+    assert _wait_until(lambda: len(made) == 2)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        batches.throw(KeyboardInterrupt)
+    assert time.monotonic() - start < 2.0
+    assert _wait_until(lambda: _makers_alive() == 0) and len(made) == 2

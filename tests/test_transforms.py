@@ -16,6 +16,7 @@ from picie_lib.picie import batch_features, view_features
 from picie_lib.transforms import (
     ViewParams,
     augment,
+    by_size,
     center_crop_resize,
     crop_flip,
     cut_views,
@@ -24,6 +25,7 @@ from picie_lib.transforms import (
     photometric,
     reference_photometric,
     reference_views,
+    square_base,
 )
 
 
@@ -347,3 +349,32 @@ def test_center_crop_resize_shorter_side_then_centre():
     img3, _ = center_crop_resize(as_bytes, None, 20)
     assert img3.dtype == torch.uint8
     assert (img3.float() - center_crop_resize(as_bytes.float(), None, 20)[0]).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("per_call", [None, 2])
+def test_images_of_one_size_made_together_equal_each_made_alone(dtype, per_call, monkeypatch):
+    """A batch's images go through the square base and the evaluation crop a size at a time (one resize per
+    size, not per image on a GPU), in calls of a bounded size: the same pixels, bit for bit, in the batch's
+    order, as one image at a time."""
+    if per_call:  # a size's three images in two calls
+        monkeypatch.setattr(transforms, "MAX_VALUES_PER_CALL", per_call * 3 * 30 * 40)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(30, 40), (40, 30), (30, 40), (25, 25), (40, 30), (30, 40)]
+    images = [torch.randint(0, 256, (3, *hw), generator=g).to(dtype) for hw in shapes]
+    if dtype == torch.uint8:  # the square base is made of uint8 images only
+        made = [square_base(image, 24) for image in images]
+        assert torch.equal(by_size(images, lambda batch: square_base(batch, 24)), torch.stack(made))
+    calls = []
+
+    def crop(batch):
+        calls.append(batch.shape)
+        return center_crop_resize(batch, None, 16)[0]
+
+    crops = torch.stack([center_crop_resize(image, None, 16)[0] for image in images])
+    together = by_size(images, crop)
+    assert together.dtype == dtype and torch.equal(together, crops)
+    assert sorted(shape[0] for shape in calls) == ([1, 1, 2, 2] if per_call else [1, 2, 3])
+    same = [0, 2, 5]  # one size
+    alone = by_size([images[i] for i in same], lambda batch: center_crop_resize(batch, None, 16)[0])
+    assert torch.equal(alone, crops[same])

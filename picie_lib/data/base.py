@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset
 
-from picie_lib.transforms import ViewParams, center_crop_label, center_crop_resize, cut_views
+from picie_lib.transforms import ViewParams, by_size, center_crop_label, center_crop_resize, cut_views
 
 IGNORE_INDEX = -1
 
@@ -80,7 +80,7 @@ class SceneDataset(Dataset):
     """Base class. Subclasses set ``class_names``, ``thing_classes``, ``stuff_classes`` and
     implement ``__len__`` and ``load(i) -> (uint8 (3, H, W), int64 (H, W) with -1 = ignore, or None)``;
     in train mode the base image must be square, of side ``base_size`` (the crops are fractions of its side).
-    Sources on disk also implement ``encoded``, ``decode``, ``base`` and ``check_label`` (``images.ImageFiles``).
+    Sources on disk also implement ``encoded``, ``decode``, ``bases`` and ``check_label`` (``images.ImageFiles``).
 
     ``mode="train"`` items are ``(index, views)``, ``views`` uint8 (2, 3, res, res) from
     ``transforms.cut_views`` (view 1's crop and flip, view 2 whole), and need ``set_view_params`` once per
@@ -133,14 +133,17 @@ class SceneDataset(Dataset):
         SkippedItems)``. Here they are images already; a source on disk decodes its files' bytes."""
         return list(indices), [image.to(device, non_blocking=True) for image in images], []
 
-    def base(self, index: int, image: torch.Tensor) -> torch.Tensor:
-        """Item ``index``'s square base image from its decoded image (here: it is one already)."""
-        if tuple(image.shape[-2:]) != (self.base_size, self.base_size):
-            raise ValueError(
-                f"{type(self).__name__}[{index}]: a base image of {tuple(image.shape[-2:])}; train mode needs square "
-                f"base images of side base_size={self.base_size} (sources centre-crop them, as PiCIE's BaseTransform)"
-            )
-        return image
+    def bases(self, indices: list[int], images: list[torch.Tensor]) -> torch.Tensor:
+        """Items ``indices``' square base images, uint8 (B, 3, side, side), from their decoded images (here: they
+        are bases already)."""
+        for index, image in zip(indices, images, strict=True):
+            if tuple(image.shape[-2:]) != (self.base_size, self.base_size):
+                raise ValueError(
+                    f"{type(self).__name__}[{index}]: a base image of {tuple(image.shape[-2:])}; train mode needs "
+                    f"square base images of side base_size={self.base_size} (sources centre-crop them, as PiCIE's "
+                    "BaseTransform)"
+                )
+        return torch.stack(images)
 
     def check_label(self, index: int, image: torch.Tensor, entry) -> None:
         """Raise the label file's ``BadFile`` if ``entry`` is one (a source on disk also checks the size)."""
@@ -152,10 +155,12 @@ class SceneDataset(Dataset):
         an item whose file turns out bad when decoded is left out and returned as a ``SkippedItem``."""
         kept, images, skipped = self.decode(indices, encoded, device)
         side = self.base_size
-        bases = [self.base(i, image) for i, image in zip(kept, images, strict=True)]
+        if kept:
+            bases = self.bases(kept, images)
+        else:
+            bases = torch.empty((0, 3, side, side), dtype=torch.uint8, device=device)
         if self.view_params is None:
             raise RuntimeError("train mode needs set_view_params() for the epoch before loading")
-        bases = torch.stack(bases) if bases else torch.empty((0, 3, side, side), dtype=torch.uint8, device=device)
         index = torch.tensor(kept, dtype=torch.int64)
         return index, cut_views(bases, self.view_params.crop[index], self.view_params.flip[index], self.res), skipped
 
@@ -165,18 +170,18 @@ class SceneDataset(Dataset):
         centre crop (``center_crop_resize``); items with a bad file are left out, as in ``train_views``."""
         kept, images, skipped = self.decode(indices, [image for image, _ in encoded], device)
         entries = {index: entry for index, (_, entry) in zip(indices, encoded, strict=True)}
-        index, pairs, res = [], [], self.res
+        index, usable, labels, res = [], [], [], self.res
         for i, image in zip(kept, images, strict=True):
             try:
                 self.check_label(i, image, entries[i])
             except BadFile as err:
                 skipped.append(skip(i, err))
                 continue
-            label = torch.full((res, res), IGNORE_INDEX) if entries[i] is None else entries[i][0].long()
             index.append(i)
-            pairs.append((center_crop_resize(image, None, res)[0], label))
-        if pairs:
-            images, labels = (torch.stack(parts) for parts in zip(*pairs, strict=True))
+            usable.append(image)
+            labels.append(torch.full((res, res), IGNORE_INDEX) if entries[i] is None else entries[i][0].long())
+        if usable:
+            images, labels = by_size(usable, lambda batch: center_crop_resize(batch, None, res)[0]), torch.stack(labels)
         else:
             images = torch.empty((0, 3, res, res), dtype=torch.uint8, device=device)
             labels = torch.empty((0, res, res), dtype=torch.int64)

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from picie_lib.data.base import IGNORE_INDEX, BadFile, SceneDataset, skip
-from picie_lib.transforms import center_crop_resize, square_base
+from picie_lib.transforms import by_size, center_crop_resize, square_base
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # torchvision 0.29 announces that torchcodec takes over its image decoding; torchvision.io is what the GPU images
@@ -265,8 +265,8 @@ class ImageFiles(SceneDataset):
                 decoded.append(image)
         return kept, decoded, skipped
 
-    def base(self, index: int, image: torch.Tensor) -> torch.Tensor:
-        return square_base(image, self.base_size)
+    def bases(self, indices: list[int], images: list[torch.Tensor]) -> torch.Tensor:
+        return by_size(images, lambda batch: square_base(batch, self.base_size))
 
     def check_label(self, index: int, image: torch.Tensor, entry) -> None:
         super().check_label(index, image, entry)
@@ -281,5 +281,5 @@ class ImageFiles(SceneDataset):
         if isinstance(image, BadFile):
             raise image
         if self.mode == "train":
-            return self.base(index, image), None
+            return square_base(image, self.base_size), None
         return image, self.checked_label(index, image)
