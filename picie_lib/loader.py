@@ -178,8 +178,7 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 class MadeAhead:
-    """The batches of ``steps()`` made in a thread of their own: up to ``ahead`` wait for the pass while the next
-    one is made.
+    """The batches of ``steps()`` made in a thread of their own: one waits for the pass while the next is made.
 
     A pass waits for the GPU at every step (the labels it copies back, the loss it checks). Made in the pass's
     thread, the next batch's decoding and cutting would only start then, and the GPU would sit idle while they
@@ -190,14 +189,14 @@ class MadeAhead:
 
     _DONE = object()
 
-    def __init__(self, steps, device: torch.device, ahead: int = 1) -> None:
+    def __init__(self, steps, device: torch.device) -> None:
         self.device = torch.device(device)
         self.stream = None
         if self.device.type == "cuda":
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
             self.stream = side_stream(self.device)
-        self.queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._make, args=(steps,), name="batches-made-ahead", daemon=True)
         self.thread.start()
