@@ -39,8 +39,9 @@ from picie_lib.clustering import lloyd_kmeans
 from picie_lib.config import load_config
 from picie_lib.data import build_dataset
 from picie_lib.distributed import resolve_device
-from picie_lib.evaluate import evaluate_clusters, evaluate_model, load_trained_model, network_feature_fn
+from picie_lib.evaluate import evaluate_clusters, evaluate_model, network_feature_fn
 from picie_lib.picie import clustering_bn, labelling_bn
+from picie_lib.scores import load_trained_model
 
 PAPER_INIT_POINTS = 20 * 256 * 80 * 80  # the evaluation's initial fit at the paper preset
 

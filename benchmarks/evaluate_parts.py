@@ -31,10 +31,11 @@ from scipy import ndimage
 from picie_lib.config import load_config, load_preset, parse_overrides
 from picie_lib.data import build_dataset
 from picie_lib.distributed import resolve_device
-from picie_lib.evaluate import evaluate_model, load_trained_model
+from picie_lib.evaluate import evaluate_model
 from picie_lib.metrics import ObjectFragments
 from picie_lib.picie import build_model
 from picie_lib.runs import environment
+from picie_lib.scores import load_trained_model
 
 # part -> (file suffix, function name) whose cumulative time it is
 PARTS = {

@@ -11,7 +11,7 @@ import numpy as np
 
 from picie_lib.config import METHOD_NAMES
 from picie_lib.eval_seeds import mean_over_draws
-from picie_lib.evaluate import read_metrics
+from picie_lib.scores import read_metrics
 
 COLUMNS = ("acc_all", "miou_all", "acc_thing", "miou_thing", "acc_stuff", "miou_stuff")
 GLOBAL_COLUMNS = ("global_acc_thing", "global_miou_thing", "global_acc_stuff", "global_miou_stuff")
@@ -41,6 +41,10 @@ CLAIMS = (
     ("Focal hurts stuff (Stuff Acc below PiCIE's)", (("focal", "acc_stuff", -1),)),
     ("IB-Focal beats PiCIE on All Acc and mIoU", (("ib_focal", "acc_all", 1), ("ib_focal", "miou_all", 1))),
 )
+# Not the paper's: what IB-Focal's own phase adds to the CE weights it started from (its switch's), same seeds.
+IB_PHASE_CLAIM = "The IB phase improves on its own start (IB-Focal above its weights at the switch, All Acc and mIoU)"
+IB_PHASE_PARTS = (("ib_focal", "acc_all", 1), ("ib_focal", "miou_all", 1))
+AT_SWITCH = "ib_focal_at_switch"  # the results rows of the switch's weights
 OVERSEGMENTATION_CLAIM = "Things are over-segmented (PiCIE spreads a thing over more clusters and pieces than stuff)"
 
 
@@ -118,58 +122,48 @@ def _oversegmentation_parts(rows: list[dict], out_dir: Path) -> list[dict]:
         thing = _oversegmentation_by_seed(out_dir, rows, "thing", kind_key)
         stuff = _oversegmentation_by_seed(out_dir, rows, "stuff", kind_key)
         difference, se, n = paired_difference(thing, stuff)
-        parts.append(
-            {
-                "claim": OVERSEGMENTATION_CLAIM,
-                "metric": f"{label}, things - stuff (PiCIE)",
-                "direction": "above",
-                "paper_method": None, "paper_picie_h": None, "paper_plain_picie": None,
-                "paper_holds_vs_picie_h": "shown qualitatively (Figure 2)", "paper_holds_vs_plain_picie": "",
-                "ours_method": float(np.mean(list(thing.values()))) if thing else math.nan,
-                "ours_ce": float(np.mean(list(stuff.values()))) if stuff else math.nan,
-                "difference": difference, "se": se, "eval_se": math.nan, "n_seeds": n,
-                "part_verdict": verdict(difference, se, n, 1),
-            }
-        )  # fmt: skip
+        paper = {"paper_method": None, "paper_picie_h": None, "paper_plain_picie": None}
+        paper |= {"paper_holds_vs_picie_h": "shown qualitatively (Figure 2)", "paper_holds_vs_plain_picie": ""}
+        ours = {
+            "ours_method": float(np.mean(list(thing.values()))) if thing else math.nan,
+            "ours_ce": float(np.mean(list(stuff.values()))) if stuff else math.nan,
+            "difference": difference,
+            "se": se,
+            "eval_se": math.nan,
+            "n_seeds": n,
+            "part_verdict": verdict(difference, se, n, 1),
+        }
+        claimed = {"claim": OVERSEGMENTATION_CLAIM, "metric": f"{label}, things - stuff (PiCIE)", "direction": "above"}
+        parts.append(claimed | {"against": "things minus stuff"} | paper | ours)
     return parts
 
 
 def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
     """Each claim of the paper, part by part: the paper's numbers against its own PiCIE row (PiCIE + H)
     and against plain PiCIE where one is published, and ours: the mean paired difference from PiCIE
-    (CE) over the seeds, its standard error, the number of seeds and the verdict (``verdict``); the
-    claim's verdict (``holds``) combines its parts."""
+    (CE) over the seeds, its standard error, the number of seeds and the verdict (``verdict``); then the IB
+    phase's own effect (IB-Focal against its switch's weights, where the rows hold them); the claim's verdict
+    (``holds``) combines its parts."""
     header = dict(zip(COLUMNS, HEADERS, strict=True))
     parts = []
     for claim, checks in CLAIMS:
         for method, column, direction in checks:
             i = COLUMNS.index(column)
-            mine, ce = by_seed(rows, method, column), by_seed(rows, "ce", column)
-            difference, se, n = paired_difference(mine, ce)
-            eval_se = evaluation_se(
-                by_seed(rows, method, f"eval_se_{column}"), by_seed(rows, "ce", f"eval_se_{column}")
-            )
-            plain, theirs, their_ce = PLAIN_PICIE[i], PAPER_TABLE[method][i], PAPER_TABLE["ce"][i]
+            claimed = {"claim": claim, "metric": header[column], "direction": "above" if direction > 0 else "below"}
             parts.append(
-                {
-                    "claim": claim,
-                    "metric": header[column],
-                    "direction": "above" if direction > 0 else "below",
-                    "paper_method": theirs,
-                    "paper_picie_h": their_ce,
-                    "paper_plain_picie": plain,
-                    "paper_holds_vs_picie_h": "yes" if direction * (theirs - their_ce) > 0 else "no",
-                    "paper_holds_vs_plain_picie": "not published" if plain is None
-                    else ("yes" if direction * (theirs - plain) > 0 else "no"),
-                    "ours_method": float(np.mean(list(mine.values()))) if mine else math.nan,
-                    "ours_ce": float(np.mean(list(ce.values()))) if ce else math.nan,
-                    "difference": difference,
-                    "se": se,
-                    "eval_se": eval_se,
-                    "n_seeds": n,
-                    "part_verdict": verdict(difference, se, n, direction, eval_se),
-                }
-            )  # fmt: skip
+                claimed
+                | {"against": "ce"}
+                | _paper(method, i, direction)
+                | _ours(rows, method, column, direction, "ce")
+            )
+    if any(r["loss"] == AT_SWITCH for r in rows):
+        for method, column, direction in IB_PHASE_PARTS:
+            paper = {"paper_method": None, "paper_picie_h": None, "paper_plain_picie": None}
+            parts.append(
+                {"claim": IB_PHASE_CLAIM, "metric": header[column], "direction": "above", "against": AT_SWITCH, **paper}
+                | {"paper_holds_vs_picie_h": "not reported", "paper_holds_vs_plain_picie": "not reported"}
+                | _ours(rows, method, column, direction, AT_SWITCH)
+            )
     parts += _oversegmentation_parts(rows, out_dir)
     for part in parts:
         part["holds"] = combined_verdict([p["part_verdict"] for p in parts if p["claim"] == part["claim"]])
@@ -179,13 +173,72 @@ def paper_claims(rows: list[dict], out_dir: Path) -> list[dict]:
     return parts
 
 
+def _paper(method: str, i: int, direction: int) -> dict:
+    """The paper's side of a claim's part: its method's number in column ``i`` against its PiCIE + H row and
+    plain PiCIE's (where published), and whether each difference lies in the claimed ``direction``."""
+    theirs, their_ce, plain = PAPER_TABLE[method][i], PAPER_TABLE["ce"][i], PLAIN_PICIE[i]
+    return {
+        "paper_method": theirs,
+        "paper_picie_h": their_ce,
+        "paper_plain_picie": plain,
+        "paper_holds_vs_picie_h": "yes" if direction * (theirs - their_ce) > 0 else "no",
+        "paper_holds_vs_plain_picie": "not published"
+        if plain is None
+        else ("yes" if direction * (theirs - plain) > 0 else "no"),
+    }
+
+
+def _ours(rows: list[dict], method: str, column: str, direction: int, baseline: str) -> dict:
+    """Our side of a claim's part: both means, the mean paired difference from ``baseline`` over the seeds, its
+    standard error, the evaluation's (against the switch: paired by k-means draw, ``eval_seeds.paired_effect``)
+    and the verdict."""
+    mine, theirs = by_seed(rows, method, column), by_seed(rows, baseline, column)
+    difference, se, n = paired_difference(mine, theirs)
+    if baseline == AT_SWITCH:
+        eval_se = _root_sum_of_squares(by_seed(rows, AT_SWITCH, f"paired_eval_se_{column}"))
+    else:
+        key = f"eval_se_{column}"
+        eval_se = evaluation_se(by_seed(rows, method, key), by_seed(rows, baseline, key))
+    return {
+        "ours_method": float(np.mean(list(mine.values()))) if mine else math.nan,
+        "ours_ce": float(np.mean(list(theirs.values()))) if theirs else math.nan,
+        "difference": difference,
+        "se": se,
+        "eval_se": eval_se,
+        "n_seeds": n,
+        "part_verdict": verdict(difference, se, n, direction, eval_se),
+    }
+
+
+def _root_sum_of_squares(se: dict[int, float]) -> float:
+    """The standard error of a mean over seeds of differences whose own standard errors are ``se`` (per seed)."""
+    values = [v for v in se.values() if v is not None and not math.isnan(v)]
+    return math.sqrt(sum(v * v for v in values)) / len(values) if values else math.nan
+
+
 def _number(value, spec: str = ".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+VERDICT_WORDS = {"yes": "holds", "no": "fails"}  # a part's verdict as the tables print it; the rest as they are
+
+
+def part_text(p: dict) -> str:
+    """One part of a claim as its tables print it: both means, the paired difference ± its standard error over
+    the seeds (and the evaluation's), and that part's own verdict."""
+    versus = {"ce": "", AT_SWITCH: " at the switch"}.get(p.get("against"), "")
+    text = (
+        f"{p['metric']} {_number(p['ours_method'])} vs {_number(p['ours_ce'])}{versus}, "
+        f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']})"
+    )
+    if p.get("eval_se") is not None:
+        text += f", evaluation ± {_number(p['eval_se'])}"
+    return f"{text}: {VERDICT_WORDS.get(p['part_verdict'], p['part_verdict'])}"
+
+
 def claims_markdown(parts: list[dict]) -> str:
-    """One line per claim: the paper's numbers (against its PiCIE + H row and against plain PiCIE), ours
-    (method vs PiCIE, and the paired difference ± its standard error over n seeds) and the verdict."""
+    """One line per claim: the paper's numbers (against its PiCIE + H row and against plain PiCIE), ours (each
+    part's means, paired difference ± its standard errors and the part's verdict) and the claim's verdict."""
     lines = [
         "| Claim | Paper, vs its PiCIE row (PiCIE + H) | Paper, vs plain PiCIE | Ours: mean, difference ± SE (seeds) "
         "| Holds here |",
@@ -197,9 +250,13 @@ def claims_markdown(parts: list[dict]) -> str:
             paper, plain = "shown qualitatively (Figure 2)", ""
             ours = "; ".join(
                 f"{p['metric'].split(',')[0]}: things {_number(p['ours_method'])}, stuff {_number(p['ours_ce'])}, "
-                f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']})"
+                f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']}): "
+                + VERDICT_WORDS.get(p["part_verdict"], p["part_verdict"])
                 for p in mine
             )
+        elif claim == IB_PHASE_CLAIM:
+            paper, plain = "not reported (not a claim of the paper)", ""
+            ours = "; ".join(part_text(p) for p in mine)
         else:
             paper = "; ".join(
                 f"{p['metric']} {_number(p['paper_method'])} vs {_number(p['paper_picie_h'])}" for p in mine
@@ -210,21 +267,22 @@ def claims_markdown(parts: list[dict]) -> str:
                 else f"{p['metric']}: not published"
                 for p in mine
             )
-            ours = "; ".join(
-                f"{p['metric']} {_number(p['ours_method'])} vs {_number(p['ours_ce'])}, "
-                f"{_number(p['difference'], '+.2f')} ± {_number(p['se'])} ({p['n_seeds']})"
-                + (f", evaluation ± {_number(p['eval_se'])}" if p.get("eval_se") is not None else "")
-                for p in mine
-            )
+            ours = "; ".join(part_text(p) for p in mine)
         lines.append(f"| {claim} | {paper} | {plain} | {ours} | {mine[0]['holds']} |")
-    return "\n".join(lines) + (
-        "\n\nA claim holds when the mean paired difference from PiCIE (same seeds) is at least two standard "
-        "errors in the claimed direction, fails when it is two standard errors against, and is within noise "
-        "otherwise; with one seed it is not judged. Before that, a difference under two of the evaluation's "
-        "standard errors (\u00b1 evaluation: the standard error that the k-means draws alone leave in the mean paired "
-        "difference, sqrt(sum over seeds of se_method^2 + se_PiCIE^2) / seeds, each run's se its draws' std over "
-        "sqrt(draws), `evaluate --eval-seeds`) is within evaluation noise: a claim holds only beyond both."
-    )
+    return "\n".join(lines) + "\n\n" + RULE_TEXT
+
+
+RULE_TEXT = (
+    "A part holds when the mean paired difference (same seeds; from PiCIE, or for the IB phase from its weights "
+    "at the switch) is at least two standard errors in the claimed direction, fails when it is two standard errors "
+    "against, and is within noise otherwise; with one seed it is not judged. Before that, a difference under two "
+    "of the evaluation's standard errors (\u00b1 evaluation: what the k-means draws alone leave in the mean paired "
+    "difference, sqrt(sum over seeds of se_method^2 + se_PiCIE^2) / seeds, each run's se its draws' std over "
+    "sqrt(draws), `evaluate --eval-seeds`; against the switch, the draws' paired differences) is within evaluation "
+    "noise: a part holds only beyond both. A claim of several parts (Acc and mIoU) holds when every part holds and "
+    "fails when one fails; otherwise it takes the first of its parts' no data, within evaluation noise, one seed, "
+    "within noise."
+)
 
 
 def _std(values: list[float]) -> float:
@@ -236,7 +294,7 @@ def noise_markdown(rows: list[dict], columns: tuple[str, ...] = ("acc_all", "mio
     """Per method, the noises of its scores side by side: the spread over training seeds (sample std of the
     seeds' scores), and the evaluation's own on fixed weights: one k-means draw's sample std over the
     ``eval_seeds`` draws, and the standard error left in the score, which averages them (both averaged over
-    the training seeds); then IB-Focal's move after its switch."""
+    the training seeds)."""
     header = dict(zip(COLUMNS, HEADERS, strict=True))
     lines = [
         "| Method | "
@@ -260,44 +318,4 @@ def noise_markdown(rows: list[dict], columns: tuple[str, ...] = ("acc_all", "mio
         "A score is the mean of its k-means draws, so its evaluation noise is one draw's std over the square root "
         "of their number. A dash: one seed (no spread), or one k-means draw (`-p eval_seeds=5` measures it).",
     ]
-    moved = [
-        (r["seed"], r["weights_moved_after_switch"]) for r in rows if r.get("weights_moved_after_switch") is not None
-    ]
-    if moved:
-        lines += ["", switch_sentence(rows, moved)]
     return "\n".join(lines)
-
-
-def switch_sentence(rows: list[dict], moved: list[tuple[int, float]]) -> str:
-    """What IB-Focal's phase did to the weights: how far it moved them after the switch (relative L2 from
-    the switch's weights, ``summary.json``), and whether IB-Focal's All Acc differs from CE's, same seeds,
-    by more than two of the evaluation's standard errors (``evaluation_se``). When the switch came after
-    CE's last epoch, IB-Focal started from CE's final weights: a difference within that noise means its row
-    is CE's weights scored again."""
-    seeds = [s for s, _ in moved]
-    share = 100 * float(np.mean([m for _, m in moved]))
-    text = f"IB-Focal's phase moved the weights by {share:.2g} % of their norm after the switch (relative L2, "
-    text += f"{'mean of seeds ' if len(seeds) > 1 else 'seed '}{', '.join(map(str, seeds))})"
-    ib, ce = by_seed(rows, "ib_focal", "acc_all"), by_seed(rows, "ce", "acc_all")
-    difference, _, n = paired_difference({s: ib[s] for s in seeds if s in ib}, ce)
-    if n == 0:
-        return text + "."
-    eval_se = evaluation_se(by_seed(rows, "ib_focal", "eval_se_acc_all"), by_seed(rows, "ce", "eval_se_acc_all"))
-    text += f"; its All Acc differs from PiCIE (CE)'s by {difference:+.2f}"
-    if math.isnan(eval_se):
-        return text + " (the evaluation's noise was not measured: `-p eval_seeds=5` measures it)."
-    if abs(difference) >= 2 * eval_se:
-        return text + f", beyond the evaluation's noise (2 x {eval_se:.2f}): the IB-Focal phase changed the scores."
-    ce_epochs = {r["seed"]: r.get("epochs") for r in rows if r["loss"] == "ce"}
-    from_ce_final = all(
-        r.get("switch_epoch") is not None and r["switch_epoch"] - 1 == ce_epochs.get(r["seed"])
-        for r in rows
-        if r["loss"] == "ib_focal" and r["seed"] in seeds
-    )
-    text += f", within the evaluation's noise (2 x {eval_se:.2f})"
-    if from_ce_final:
-        return text + (
-            ": it started from CE's final weights, and on All Acc its row is not told apart from CE's weights "
-            "scored again."
-        )
-    return text + ": its phase is not told apart from the k-means' noise."

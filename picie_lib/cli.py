@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from picie_lib.evaluate import evaluate_run, run_config_path
+    from picie_lib.scores import evaluate_run, run_config_path
 
     distributed.setup(load_config(run_config_path(Path(args.run_dir))).device)
     given = (("eval_seeds", args.eval_seeds), ("eval_kmeans_restarts", args.restarts))

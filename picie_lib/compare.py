@@ -23,6 +23,7 @@ import numpy as np
 from picie_lib import distributed, readings
 from picie_lib.checkpoints import checkpoint_record, evaluation_asked, load_checkpoint
 from picie_lib.claims import (
+    AT_SWITCH,
     CODE_COLUMNS,
     COLUMNS,
     GLOBAL_COLUMNS,
@@ -39,24 +40,20 @@ from picie_lib.config import LOSSES, METHOD_NAMES, RUNTIME_KEYS, Config, differe
 from picie_lib.data import build_dataset
 from picie_lib.distributed import resolve_device
 from picie_lib.eval_seeds import score_standard_error
-from picie_lib.evaluate import (
-    evaluate_model,
-    evaluate_rgb,
-    evaluate_run,
-    read_metrics,
-    scored_checkpoint,
-    stored_scores,
-    write_evaluation,
-)
+from picie_lib.evaluate import evaluate_model, evaluate_rgb
+from picie_lib.ib_phase import at_switch_row, ib_phase_markdown, moved_ratio
 from picie_lib.picie import build_model
 from picie_lib.plots import METHOD_COLOURS, save_figure
 from picie_lib.probe import linear_probe
 from picie_lib.progress import progress
 from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest
 from picie_lib.runs import atomic_write_text, csv_text, record_session, weights_digest, write_json
+from picie_lib.scores import evaluate_run, read_metrics, scored_checkpoint, stored_scores, write_evaluation
 from picie_lib.train import check_before_writing, train
 
 REFERENCES = ("rgb_kmeans", "untrained", "linear_probe")
+IB_PHASE_TITLE = "## Method 2's own phase: IB-Focal against its weights at the switch"
+TABLE_ORDER = (*LOSSES, AT_SWITCH, *REFERENCES)  # the rows of every table and figure, in this order
 
 
 def method_steps(cfg: Config) -> list[tuple[int, str]]:
@@ -149,7 +146,16 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
         row["seconds"] = (row["seconds"] or 0.0) + sum(summary["seconds_per_pass"].values())
         row.update(epochs=summary["epochs"], switch_epoch=summary["switch_epoch"])
         row["weights_moved_after_switch"] = summary.get("weights_moved_after_switch")
+        row["moved_ratio"] = moved_ratio(summary)  # an IB epoch's move against a CE epoch's
     return row
+
+
+def result_rows(method: str, seed: int, cfg: Config, out_dir: Path, train_set=None, val_set=None) -> list[dict]:
+    """``result_row``, and for IB-Focal the row of its weights at the switch (``ib_phase.at_switch_row``)."""
+    rows = [result_row(method, seed, cfg, out_dir, train_set, val_set)]
+    if method == "ib_focal":
+        rows += [r for r in [at_switch_row(Path(out_dir) / f"{method}-seed{seed}", seed)] if r is not None]
+    return rows
 
 
 def compare(cfg: Config, out_dir: Path, overwrite: bool = False, resume: bool = False) -> list[dict]:
@@ -183,7 +189,7 @@ def _compare(cfg: Config, out_dir: Path, overwrite: bool, resume: bool) -> list[
     for seed, method in progress(method_steps(cfg), "compare", leave=True):
         if method in LOSSES:
             train(cfg.replace(seed=seed, loss=method), out_dir / f"{method}-seed{seed}", resume, overwrite)
-        rows.append(result_row(method, seed, cfg, out_dir, train_set, val_set))
+        rows += result_rows(method, seed, cfg, out_dir, train_set, val_set)
         if distributed.is_main():
             write_results(out_dir, rows, cfg, time.perf_counter() - start)
     return rows
@@ -194,8 +200,9 @@ def collect(cfg: Config, out_dir: Path, seconds: float | None = None) -> list[di
     missing there are computed (references, trained runs not yet evaluated); writes the results files."""
     train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
     rows = [
-        result_row(method, seed, cfg, out_dir, train_set, val_set)
+        row
         for seed, method in progress(method_steps(cfg), "results", leave=True)
+        for row in result_rows(method, seed, cfg, out_dir, train_set, val_set)
     ]
     write_results(Path(out_dir), rows, cfg, seconds if seconds is not None else sum(r["seconds"] or 0 for r in rows))
     return rows
@@ -215,7 +222,7 @@ def table2_markdown(rows: list[dict], columns=COLUMNS, with_paper: bool = True) 
     """A Markdown table laid out like the paper's Table 2, the paper's numbers beside ours (and plain
     PiCIE's published numbers, where a source gives them; an empty cell where none does)."""
     lines = ["| Method | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
-    for method in (*LOSSES, *REFERENCES):
+    for method in TABLE_ORDER:
         mine = [r for r in rows if r["loss"] == method]
         if with_paper and method in PAPER_TABLE:
             lines.append(f"| {PAPER_ROW_NAMES[method]} | " + " | ".join(f"{v:.2f}" for v in PAPER_TABLE[method]) + " |")
@@ -247,9 +254,10 @@ def differences_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
+def results_markdown(rows: list[dict], cfg: Config, seconds: float, out_dir: Path) -> str:
     seeds = sorted({r["seed"] for r in rows})
     epochs = ", ".join(f"{METHOD_NAMES[m]} {cfg.epochs_for(m)}" for m in LOSSES)
+    ib_phase = ib_phase_markdown(rows, out_dir)
     return "\n".join(
         [
             "# PiCIE with CE, Focal and IB-Focal: results",
@@ -285,6 +293,7 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
             "",
             differences_markdown(rows),
             "",
+            *([IB_PHASE_TITLE, "", ib_phase, ""] if ib_phase else []),
         ]
     )
 
@@ -292,7 +301,7 @@ def results_markdown(rows: list[dict], cfg: Config, seconds: float) -> str:
 def plot_results(rows: list[dict]):
     """Grouped bars of the six numbers per method (ours: mean over seeds, one sample std where there are
     several), the paper's values as black ticks on their method's bar; the key under the axes."""
-    methods = [m for m in (*LOSSES, *REFERENCES) if any(r["loss"] == m for r in rows)]
+    methods = [m for m in TABLE_ORDER if any(r["loss"] == m for r in rows)]
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(COLUMNS))
@@ -386,7 +395,7 @@ def _mean_of(rows: list[dict], method: str, column: str) -> float:
 
 def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) -> None:
     """results.{json,csv,md,png}, timings.json and, once all three methods have rows, claims.{json,csv}."""
-    text = results_markdown(rows, cfg, seconds)
+    text = results_markdown(rows, cfg, seconds, out_dir)
     if all(any(r["loss"] == m for r in rows) for m in LOSSES):
         claims = paper_claims(rows, out_dir)
         write_json(out_dir / "claims.json", claims)
@@ -395,10 +404,8 @@ def write_results(out_dir: Path, rows: list[dict], cfg: Config, seconds: float) 
     write_json(out_dir / "results.json", rows)
     atomic_write_text(out_dir / "results.csv", csv_text(rows))
     atomic_write_text(out_dir / "results.md", text)
-    write_json(
-        out_dir / "timings.json",
-        {"wall_seconds": seconds, "per_method": {f"{r['loss']}-seed{r['seed']}": r["seconds"] for r in rows}},
-    )
+    per_method = {f"{r['loss']}-seed{r['seed']}": r["seconds"] for r in rows if r["seconds"] is not None}
+    write_json(out_dir / "timings.json", {"wall_seconds": seconds, "per_method": per_method})
     fig = plot_results(rows)
     save_figure(fig, out_dir / "results.png", dpi=120, reading=readings.results(rows))
     plt.close(fig)

@@ -44,6 +44,7 @@ METHOD_NAMES = {
     "rgb_kmeans": "k-means on RGB pixels",
     "untrained": "k-means on the network before training (floor)",
     "linear_probe": "supervised linear probe on PiCIE's features (ceiling)",
+    "ib_focal_at_switch": "IB-Focal at the switch (CE stopped there)",
 }
 BALANCES = ("picie", "inverse", "none")
 IB_FEATURES = ("normalized", "raw")
@@ -165,7 +166,8 @@ class Config:
     """Focal exponent inside IB-Focal: the paper's FL (gamma 2), which method 2 puts in place of CE. The IB
     authors' scripts use 1 (cifar_train.py L180: IB_FocalLoss(..., alpha=1000, gamma=1))."""
     ib_alpha: float = param(1000.0, number(above=0))
-    """IB scale alpha (IB authors' training scripts: 1000, cifar_train.py L180)."""
+    """IB scale alpha (IB authors' training scripts: 1000, cifar_train.py L180). A constant factor of the loss:
+    under SGD it sets the IB phase's step size, under Adam almost nothing (04_losses)."""
     ib_eps: float = param(1e-3, number(above=0))
     """IB epsilon (IB authors: 1e-3, losses.py L28)."""
     ib_detach: bool = param(False, boolean)
@@ -179,18 +181,28 @@ class Config:
     "normalized", the classifier's input (PiCIE's unit pixel feature), as the IB authors use the input of
     their last FC layer (models/resnet_cifar.py L130) and as the IB paper's Eq. 2-4 derive the gradient
     norm of that layer; "raw", the FPN's output before the L2 normalisation."""
-    ib_lr_factor: float = param(0.01, number(above=0))
-    """Learning rate from the switch on: lr x this. The paper is silent; the IB authors drop their SGD
-    rate 100x when the IB phase starts (cifar_train.py L341-356, adjust_learning_rate: lr = args.lr * 0.01
-    once epoch > start_ib_epoch), which offsets alpha = 1000. Applied here to Adam's rate as they apply it
-    to SGD's. 1 = no drop."""
-    ib_reset_optimizer: bool = param(False, boolean)
-    """Reset Adam's moments at the switch. The paper is silent; the IB authors keep one optimizer (SGD with
-    momentum) through both phases (cifar_train.py L63-65, created once)."""
+    ib_lr_factor: float = param(1.0, number(above=0))
+    """Adam's learning rate from the switch on: lr x this; 1 keeps PiCIE's rate. The IB authors drop their SGD
+    rate 100x when the IB phase starts (cifar_train.py L341-356, adjust_learning_rate): under SGD a step grows with
+    the loss, and alpha = 1000 keeps their IB loss far above the late CE loss, so their IB steps stay of useful
+    size. Adam's step does not grow with the loss (04_losses), so under Adam the same drop makes every IB step
+    100x smaller and the phase barely trains; 0.01 reproduces that literal factor (docs/loss-options.md)."""
+    ib_reset_optimizer: bool = param(True, boolean)
+    """Restart Adam's moments at the switch, so that the IB phase starts as training did: steps of the rate's
+    size, whatever alpha. Carried over, the moments hold the CE phase's gradients, 30-100x smaller than
+    IB-Focal's, and Adam's first IB steps are far too large until they adapt (about 1 / (1 - beta2) = 1,000
+    steps). The IB authors keep one SGD optimizer through both phases (cifar_train.py L63-65)."""
+    ib_alpha_match: bool = param(False, boolean)
+    """Set alpha at the switch so that IB-Focal's loss on the IB phase's first batch equals CE's loss on it (the
+    IB author's rule for alpha: the IB loss at the CE loss's scale, pseulki/IB-Loss issue #1); `ib_alpha` is then
+    the starting value it rescales. The alpha used is in log.jsonl and summary.json."""
     temperature: float = param(1.0, number(above=0))
     """Logits are f.c / temperature; 1.0 is PiCIE (bounded cosine logits)."""
     switch: str | int = param("min_loss", SWITCH)
-    """IB-Focal switch: "min_loss" (at the CE minimum, capped at half the epochs) or the number of CE epochs."""
+    """IB-Focal switch. The paper: "the epoch at which the loss reached its minimum". "min_loss": the first CE
+    epoch whose loss fails to improve on the lowest before it marks the minimum (capped at half the epochs);
+    "global_min": the lowest CE loss over half the epochs (the later epochs discarded); or the number of CE
+    epochs. On PiCIE's COCO logs the first rule lands after epoch 5-6, the second after epoch 6-10."""
     bn_eval: str = param("running", choice(*BN_EVALS))
     """BatchNorm in the passes that do not train. "running", PiCIE's code: the clustering passes (each
     epoch's, and the evaluation's fresh k-means) run in train() mode, on batch statistics, and update the
@@ -264,12 +276,12 @@ class Config:
         if "ib_focal" not in (losses or (self.loss,)):
             return
         epochs = self.epochs_ib_focal
-        if self.switch == "min_loss" and epochs < 2:
+        if self.switch in ("min_loss", "global_min") and epochs < 2:
             raise ValueError(
-                f"epochs_ib_focal={epochs} with switch=min_loss: IB-Focal would never train (the switch follows at "
-                "least one CE epoch); expected epochs_ib_focal >= 2, or switch=0 for IB-Focal from the start"
+                f"epochs_ib_focal={epochs} with switch={self.switch}: IB-Focal would never train (the switch "
+                "follows at least one CE epoch); expected epochs_ib_focal >= 2, or switch=0 for IB-Focal from the start"
             )
-        if self.switch != "min_loss" and self.switch >= epochs:
+        if isinstance(self.switch, int) and self.switch >= epochs:
             raise ValueError(
                 f"switch={self.switch} with epochs_ib_focal={epochs}: IB-Focal would start at epoch {self.switch + 1}, "
                 f"after the last; expected a switch below {epochs} (or min_loss)"

@@ -20,6 +20,7 @@ import numpy as np
 from picie_lib.config import Config
 from picie_lib.progress import progress
 
+PER_CLASS_DRAWS = ("iou_all", "iou_subset")  # per-class columns kept draw by draw (their noise: paired_effect)
 # per-class columns averaged over the draws; the rest (class, kind, pixels, the matched cluster) are the first draw's
 AVERAGED = (
     "iou_all", "iou_subset", "clusters_for_90pct", "effective_clusters", "top_cluster_share", "fragments_per_object"
@@ -37,13 +38,16 @@ def over_eval_seeds(evaluate_with: Callable[[int], dict], cfg: Config) -> dict:
     """``evaluate_with(seed)`` for each of ``eval_seed_list(cfg)``. The scores, the per-class table and the
     over-segmentation summary are the means over the draws (``mean_over_draws``); the confusion matrix, the
     centroids and the files left out are the first draw's (the figures draw that one clustering);
-    ``seconds`` is the total, and ``eval_spread`` holds every draw's scores with their mean, sample standard
-    deviation, range and standard error of the mean: the evaluation's own noise on these weights."""
+    ``per_class_draws`` keeps each draw's per-class IoU; ``seconds`` is the total, and ``eval_spread`` holds every
+    draw's scores with their mean, sample standard deviation, range and standard error of the mean: the
+    evaluation's own noise on these weights."""
     seeds = eval_seed_list(cfg)
     results = [evaluate_with(seed) for seed in (progress(seeds, "k-means draws") if len(seeds) > 1 else seeds)]
     result = dict(results[0])
     result["scores"] = {key: mean_over_draws([r["scores"][key] for r in results]) for key in result["scores"]}
     if "per_class" in result:
+        kept = [k for k in PER_CLASS_DRAWS if all(k in row for row in result["per_class"])]
+        result["per_class_draws"] = {k: [[row[k] for row in r["per_class"]] for r in results] for k in kept}
         result["per_class"] = [
             {**row, **{k: mean_over_draws([r["per_class"][c][k] for r in results]) for k in AVERAGED if k in row}}
             for c, row in enumerate(result["per_class"])
@@ -90,3 +94,34 @@ def score_standard_error(spread: dict, key: str) -> float | None:
     noise is one draw's standard deviation."""
     entry = spread.get(key, {})
     return entry.get("se", entry.get("std"))
+
+
+def paired_effect(after: dict, before: dict) -> dict:
+    """``after`` minus ``before``, two evaluations of different weights under the same k-means draws
+    (``over_eval_seeds`` with the same seeds): per score and per class (``PER_CLASS_DRAWS``), the mean of the
+    draws' differences and its standard error (their sample std over sqrt(draws); NaN for one draw). Paired by
+    draw, the difference carries only the noise the two clusterings do not share."""
+    seeds = after["eval_spread"]["seeds"]
+    if before["eval_spread"]["seeds"] != seeds:
+        raise ValueError(f"paired_effect: draws {seeds} against {before['eval_spread']['seeds']}; expected the same")
+    scores = {
+        key: _mean_and_se(np.subtract(after["eval_spread"][key]["values"], before["eval_spread"][key]["values"]))
+        for key in after["scores"]
+    }
+    per_class = {
+        key: [
+            _mean_and_se(np.subtract(a, b))
+            for a, b in zip(
+                np.transpose(after["per_class_draws"][key]), np.transpose(before["per_class_draws"][key]), strict=True
+            )
+        ]
+        for key in after["per_class_draws"]
+    }
+    return {"draws": len(seeds), "scores": scores, "per_class": per_class}
+
+
+def _mean_and_se(differences: np.ndarray) -> dict:
+    finite = np.asarray(differences, dtype=float)
+    finite = finite[~np.isnan(finite)]
+    se = float(finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
+    return {"difference": float(finite.mean()) if len(finite) else math.nan, "se": se}

@@ -13,33 +13,25 @@ RGB pixels, and a supervised linear probe on the network's features (the ceiling
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
-import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from picie_lib import distributed
-from picie_lib.checkpoints import TRAINING_RUNTIME_KEYS, checkpoint_record, evaluation_asked, load_checkpoint
 from picie_lib.clustering import MiniBatchKMeans
-from picie_lib.config import EVALUATION_KEYS, Config, differences, from_dict, load_config
+from picie_lib.config import Config
 from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import warn_skipped
-from picie_lib.distributed import resolve_device
 from picie_lib.eval_seeds import over_eval_seeds
 from picie_lib.loader import Batches
 from picie_lib.metrics import ConfusionMatrix, ObjectFragments, group_scores, over_segmentation, protocol_scores
 from picie_lib.model import bn_mode, bn_state
-from picie_lib.picie import build_model, clustering_bn, derive_seed, labelling_bn, network_features, permutation
+from picie_lib.picie import clustering_bn, derive_seed, labelling_bn, network_features, permutation
 from picie_lib.progress import progress
-from picie_lib.run_folder import exclusive
-from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, weights_digest, write_json
 from picie_lib.transforms import to_network_input
 
 STREAM_EVAL_ORDER, STREAM_EVAL_KMEANS = 11, 12
@@ -264,187 +256,3 @@ def evaluate_rgb(cfg: Config, train_set=None, val_set=None) -> dict:
     return over_eval_seeds(
         lambda seed: evaluate_clusters(rgb_feature_fn(), cfg, "nearest", train_set, val_set, seed=seed), cfg
     )
-
-
-def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
-    model = build_model(cfg, resolve_device(cfg.device))
-    model.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoint.pt")["model"])
-    return model
-
-
-def write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
-    """metrics.json (everything but the centroids), per_class.csv, confusion.csv and, for a
-    clustering, centroids.pt (the fitted classifier, to draw predictions later), atomically. Under
-    torchrun rank 0 writes them and every process waits until they are there."""
-    if distributed.is_main():
-        _write_evaluation(Path(out_dir), result, method, cfg)
-        distributed.trace("evaluation: scores written")
-    distributed.barrier()
-
-
-def _write_evaluation(out_dir: Path, result: dict, method: str, cfg: Config) -> None:
-    result = dict(result)
-    centroids, bn_buffers = result.pop("centroids", None), result.pop("bn_state", None)
-    if centroids is not None:
-        saved = {"format": CENTROIDS_FORMAT, "centroids": centroids}
-        if bn_buffers is not None:  # the evaluated copy's BatchNorm statistics (bn_eval: running)
-            saved["bn_state"] = bn_buffers
-        atomic_torch_save(saved, out_dir / "centroids.pt")
-    write_json(
-        out_dir / "metrics.json",
-        {"method": method, "seed": cfg.seed, "config": cfg.to_dict(), **result, "environment": environment()},
-    )
-    atomic_write_text(out_dir / "per_class.csv", csv_text(result["per_class"]))
-    conf = np.asarray(result["confusion"])
-    lines = ["class," + ",".join(f"cluster_{k}" for k in range(conf.shape[1]))]
-    lines += [f"{row['class']}," + ",".join(map(str, conf[c])) for c, row in enumerate(result["per_class"])]
-    atomic_write_text(out_dir / "confusion.csv", "\n".join(lines) + "\n")
-
-
-def run_config_path(run_dir: Path) -> Path:
-    """``run_dir/config.json``, or an error that says the folder is not a run's."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.json; expected the folder of a run made by `train`")
-    return path
-
-
-def scored_checkpoint(run_dir: Path, force: bool = False) -> tuple[Config, dict]:
-    """The folder's configuration and its checkpoint, once checked to be what the folder's scores may
-    describe: the run finished, and the checkpoint was written by the folder's configuration. Either
-    failure is refused, naming what is wrong, unless ``force`` (then the scores say what they scored)."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_config_path(run_dir))
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    problems = differences(ckpt["config"], cfg, TRAINING_RUNTIME_KEYS, saved_as="checkpoint")
-    if problems and not force:
-        raise ValueError(
-            f"{run_dir / 'checkpoint.pt'} was written by another configuration than {run_dir / 'config.json'} "
-            f"({'; '.join(problems)}); refusing to score it as this run (--force scores it anyway)"
-        )
-    if ckpt["epoch"] < cfg.epochs_for() and not force:
-        raise ValueError(
-            f"{run_dir}: the run stopped after epoch {ckpt['epoch']} of {cfg.epochs_for()}; finish it with "
-            f"`python -m picie_lib train ... --out {run_dir} --resume`, or pass --force to score these weights"
-        )
-    return cfg, ckpt
-
-
-def evaluate_run(
-    run_dir: Path, train_set=None, val_set=None, force: bool = False, evaluation: dict | None = None
-) -> dict:
-    """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it,
-    with the checkpoint they scored (``checkpoints.checkpoint_record``: epoch, phase, loss, weights' hash).
-    ``evaluation`` overrides the folder's evaluation parameters (``EVALUATION_KEYS``); metrics.json records
-    the values used."""
-    run_dir = Path(run_dir)
-    run_config_path(run_dir)  # a wrong folder is named before exclusive() could create it
-    unknown = set(evaluation or {}) - set(EVALUATION_KEYS)
-    if unknown:
-        raise ValueError(f"evaluation={sorted(unknown)}: expected only {', '.join(EVALUATION_KEYS)}")
-    with exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
-        cfg, ckpt = scored_checkpoint(run_dir, force)
-        cfg = cfg.replace(**(evaluation or {}))
-        model = build_model(cfg, resolve_device(cfg.device))
-        model.load_state_dict(ckpt["model"])
-        result = evaluate_model(model, cfg, train_set, val_set)
-        result["checkpoint"] = checkpoint_record(ckpt)
-        write_evaluation(run_dir, result, cfg.loss, cfg)
-    return result
-
-
-def kmeans_seed_scores(
-    run_dir: Path, seeds: list[int], restarts: int | None = None, cfg: Config | None = None
-) -> list[dict]:
-    """The scores of ``run_dir``'s weights, fixed, under each evaluation k-means seed in ``seeds`` (with
-    ``restarts`` starts each, by default ``cfg``'s or the run's ``eval_kmeans_restarts``; ``cfg``'s evaluation
-    parameters as ``current_evaluation`` takes them); nothing is written. What the evaluation alone moves: the
-    same weights, only the k-means drawn again."""
-    folder_cfg, ckpt = scored_checkpoint(Path(run_dir))
-    cfg = folder_cfg.replace(**({} if cfg is None else evaluation_asked(run_dir, folder_cfg, cfg)))
-    cfg = cfg.replace(eval_seeds=1, eval_kmeans_restarts=restarts or cfg.eval_kmeans_restarts)
-    model = build_model(cfg, resolve_device(cfg.device))
-    model.load_state_dict(ckpt["model"])
-    train_set, val_set = build_dataset(cfg, "train", mode="eval"), build_dataset(cfg, "val", mode="eval")
-    rows = []
-    for seed in seeds:
-        scores = evaluate_model(model, cfg.replace(seed=seed), train_set, val_set)["scores"]
-        rows.append({"k-means seed": seed, "restarts": cfg.eval_kmeans_restarts, **scores})
-    return rows
-
-
-def read_metrics(path: Path) -> dict:
-    """A ``metrics.json`` with its numbers as they were computed: JSON has no NaN, so a value that was
-    not a number (a class absent from the split, a subset it is not in) is written as null
-    (``runs.json_text``) and read back here as NaN, in the scores, the per-class rows and the
-    over-segmentation summary."""
-    metrics = json.loads(Path(path).read_text())
-
-    def nan_for_null(values: dict, skip: tuple[str, ...] = ()) -> dict:
-        return {k: (math.nan if v is None and k not in skip else v) for k, v in values.items()}
-
-    metrics["scores"] = nan_for_null(metrics.get("scores", {}))
-    metrics["per_class"] = [nan_for_null(r, ("class", "kind")) for r in metrics.get("per_class", [])]
-    if "oversegmentation" in metrics:
-        metrics["oversegmentation"] = {k: nan_for_null(v) for k, v in metrics["oversegmentation"].items()}
-    return metrics
-
-
-def stored_scores(metrics: Path, cfg: Config, weights: str | None, ignore: frozenset[str]) -> dict | None:
-    """``metrics`` (read as ``read_metrics`` reads it) when it exists and was computed with ``cfg`` up to
-    the keys in ``ignore`` and, for trained weights, from ``weights`` (their SHA-256); else None: an
-    evaluation of another configuration or of earlier weights is recomputed, never reused."""
-    if not Path(metrics).is_file():
-        return None
-    saved = read_metrics(metrics)
-    if weights is not None and saved.get("checkpoint", {}).get("weights_sha256") != weights:
-        return None
-    return None if differences(saved.get("config", {}), cfg, ignore) else saved
-
-
-def current_evaluation(run_dir: Path, cfg: Config | None = None) -> dict:
-    """The scores of the weights now in ``run_dir`` under ``cfg``'s evaluation parameters (default: the
-    folder's): its ``metrics.json`` while that scored these weights so, else ``evaluate_run`` with them. A
-    ``cfg`` that trains differently from the folder's run is refused (``checkpoints.evaluation_asked``)."""
-    run_dir = Path(run_dir)
-    folder_cfg, ckpt = scored_checkpoint(run_dir)
-    evaluation = {} if cfg is None else evaluation_asked(run_dir, folder_cfg, cfg)
-    ignore = TRAINING_RUNTIME_KEYS if cfg is None else TRAINING_RUNTIME_KEYS - set(EVALUATION_KEYS)
-    if (run_dir / "centroids.pt").is_file():
-        wanted = folder_cfg.replace(**evaluation)
-        saved = stored_scores(run_dir / "metrics.json", wanted, weights_digest(ckpt["model"]), ignore)
-        if saved is not None:
-            return saved
-    return evaluate_run(run_dir, evaluation=evaluation)
-
-
-def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-    """``(images, size) -> (B, H, W)`` class ids predicted by an evaluated run (or reference point):
-    its fitted centroids, each cluster named by the run's Hungarian matching (All); -1 = unmatched."""
-    run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir / "metrics.json")
-    if not (run_dir / "centroids.pt").is_file():
-        raise FileNotFoundError(f"{run_dir}: no centroids.pt; only clusterings have them (evaluate the run first)")
-    saved = torch.load(run_dir / "centroids.pt", map_location="cpu", weights_only=True)
-    centroids = saved["centroids"]
-    cfg = from_dict(metrics["config"], source=str(run_dir / "metrics.json"))
-    if metrics["method"] == "rgb_kmeans":
-        extract, rule = rgb_feature_fn(), "nearest"
-    else:
-        if metrics["method"] == "untrained":
-            model = build_model(cfg, resolve_device(cfg.device))
-        else:
-            model = load_trained_model(run_dir, cfg)
-        if "bn_state" in saved:  # the statistics the predictions were scored with
-            model.load_state_dict(saved["bn_state"], strict=False)
-        extract, rule = network_feature_fn(model, cfg, labelling_bn(cfg)), "dot"
-    cluster_to_class = torch.full((len(centroids),), -1, dtype=torch.int64)
-    for c, row in enumerate(metrics["per_class"]):
-        if row["cluster"] >= 0:
-            cluster_to_class[row["cluster"]] = c
-
-    @torch.no_grad()
-    def classes(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return cluster_to_class[predict(extract, images, size, centroids, rule).cpu()]
-
-    return classes

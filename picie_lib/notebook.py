@@ -128,6 +128,8 @@ def training_summary(summary: dict) -> dict[str, str]:
         rows["CE minimum"] = f"epoch {summary['ce_min_epoch']}, loss {summary['best_loss']:.3g}"
     if summary.get("weights_moved_after_switch") is not None:
         rows["weights moved after the switch"] = f"{100 * summary['weights_moved_after_switch']:.2g} % (relative L2)"
+    for phase, moved in summary.get("weights_moved_per_epoch", {}).items():
+        rows[f"weights moved per {LOSS_NAMES.get(phase, phase)} epoch"] = f"{100 * moved:.2g} % (relative L2)"
     skipped = summary.get("skipped_files") or []
     rows["files left out"] = f"{len(skipped)} (summary.json lists them)" if skipped else "none"
     return rows

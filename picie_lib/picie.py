@@ -15,8 +15,7 @@ running statistics, pass 2 uses them (``eval()``); with "batch", passes 1 and 2 
 and leave the running ones alone. Pass 3 trains in ``train()`` mode. Passes 1 and 2 visit the same batches
 in the same order.
 
-IB-Focal's switch (``Schedule``): which loss each epoch uses; from the switch on, the learning rate is
-``lr x ib_lr_factor`` and Adam's moments are reset if ``ib_reset_optimizer`` (``set_phase``).
+Which loss an epoch uses, and the optimiser across IB-Focal's switch, are method 2's schedule (``schedule.py``).
 
 Under torchrun each pass is split between the processes by ``loader.Batches``, and what they must agree on
 is summed across them (``distributed``).
@@ -24,7 +23,6 @@ is summed across them (``distributed``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -214,8 +212,9 @@ def _label_tensor(n_images: int, size, cfg: Config) -> torch.Tensor:
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def make_criterion(cfg: Config, phase: str) -> Criterion:
-    """The per-pixel loss of a phase as ``(logits (N,K), target (N,), features (N,D), weight) -> loss``."""
+def make_criterion(cfg: Config, phase: str, ib_alpha: float | None = None) -> Criterion:
+    """The per-pixel loss of a phase as ``(logits (N,K), target (N,), features (N,D), weight) -> loss``; IB-Focal's
+    alpha is ``ib_alpha`` if given, else the configuration's."""
     if phase == "ce":
         return lambda z, t, f, w: cross_entropy(z, t, weight=w)
     if phase == "focal":
@@ -225,7 +224,7 @@ def make_criterion(cfg: Config, phase: str) -> Criterion:
             z,
             t,
             f,
-            alpha=cfg.ib_alpha,
+            alpha=cfg.ib_alpha if ib_alpha is None else ib_alpha,
             gamma=cfg.ib_gamma,
             eps=cfg.ib_eps,
             weight=w,
@@ -266,6 +265,47 @@ def picie_loss(f1, f2, labels1, labels2, centroids, weights, criterion, temperat
 TERMS = ("across_1", "across_2", "within_1", "within_2")
 
 
+def batch_loss(model, dataset: SceneDataset, batch, labels, centroids, cfg: Config, criteria: list, weights: list):
+    """``picie_loss`` of a training batch ``(idx, views)`` under each criterion of ``criteria`` with its class
+    weights (one pair per view) in ``weights``: the views' features are computed once."""
+    idx, views = batch
+    device = next(model.parameters()).device
+    r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
+    f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
+    y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
+    ib_features = (r1, r2) if cfg.ib_feature == "raw" else None
+    return [
+        picie_loss(f1, f2, y1, y2, centroids, w, criterion, cfg.temperature, ib_features)
+        for criterion, w in zip(criteria, weights, strict=True)
+    ]
+
+
+@torch.no_grad()
+def matched_alpha(model, dataset: SceneDataset, order: list[int], labels, centroids, counts, cfg: Config) -> float:
+    """``ib_alpha_match``: the alpha at which IB-Focal's loss on the first training step of ``order`` equals CE's
+    (the CE phase's class weights against the IB phase's), on the batch's statistics, nothing moved. Under
+    torchrun the step's shares are summed over the processes."""
+    device = next(model.parameters()).device
+    centroids = centroids.to(device)
+    weights = [[_on(class_weights(c, balance), device) for c in counts] for balance in (cfg.balance, cfg.ib_balance)]
+    criteria = [make_criterion(cfg, "ce"), make_criterion(cfg, "ib_focal", ib_alpha=1.0)]
+    sums = torch.zeros(3, dtype=torch.float64)  # CE x n, IB-Focal at alpha 1 x n, n
+    step = order[: cfg.batch_size_train * distributed.world()]
+    batches = Batches(dataset, step, cfg.batch_size_train, cfg, require_usable=False)
+    with bn_mode(model, "batch"):
+        for batch in batches:
+            (ce, _), (ib, _) = batch_loss(model, dataset, batch, labels, centroids, cfg, criteria, weights)
+            sums += torch.tensor([float(ce), float(ib), 1.0], dtype=torch.float64) * len(batch[0])
+    distributed.all_reduce_(sums)
+    if sums[2] == 0 or sums[1] <= 0:
+        raise ValueError("ib_alpha_match: no usable image in the IB phase's first step to match alpha on")
+    return float(sums[0] / sums[1])
+
+
+def _on(weights: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if weights is None else weights.to(device)
+
+
 # ---- pass 3: training --------------------------------------------------------------------------------
 def train_pass(model, optimizer, dataset, order, labels, centroids, weights, criterion, cfg, epoch) -> dict:
     """One optimisation pass; returns the epoch's mean loss and mean of each term (over every image of
@@ -275,7 +315,7 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
     (``_empty_step``), so that every process takes every step."""
     device = next(model.parameters()).device
     centroids = centroids.to(device)
-    weights = [None if w is None else w.to(device) for w in weights]
+    weights = [_on(w, device) for w in weights]
     model.train()
     sums = torch.zeros(1 + len(TERMS), dtype=torch.float64, device=device)  # one wait for the GPU per batch
     seen = torch.zeros((), dtype=torch.float64, device=device)
@@ -286,14 +326,7 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
             running = bn_state(model)  # before the blank pass moves it
             loss, terms = _empty_step(model, cfg), {}
         else:
-            idx, views = batch
-            r1, r2 = batch_features(model, dataset, idx, views, cfg, normalize=False)
-            f1, f2 = F.normalize(r1, dim=1), F.normalize(r2, dim=1)
-            y1, y2 = labels[0, idx].to(device).long(), labels[1, idx].to(device).long()
-            raw = cfg.ib_feature == "raw"
-            loss, terms = picie_loss(
-                f1, f2, y1, y2, centroids, weights, criterion, cfg.temperature, (r1, r2) if raw else None
-            )
+            ((loss, terms),) = batch_loss(model, dataset, batch, labels, centroids, cfg, [criterion], [weights])
         if not _finite_everywhere(loss, shared):
             bad = [k for k, v in terms.items() if k in TERMS and not torch.isfinite(v)] or ["of another process"]
             raise NonFiniteLoss(
@@ -306,7 +339,7 @@ def train_pass(model, optimizer, dataset, order, labels, centroids, weights, cri
         if batch is None:
             model.load_state_dict(running, strict=False)  # the blank images' BatchNorm statistics are not kept
             continue
-        n = len(idx)
+        n = len(batch[0])
         seen += n
         sums += torch.stack([loss.detach(), *(terms[k].detach() for k in TERMS)]).double() * n
     distributed.all_reduce_(sums)  # over the processes under torchrun
@@ -332,77 +365,13 @@ def _empty_step(model, cfg: Config) -> torch.Tensor:
     return blank.sum() * 0.0
 
 
-# ---- the IB-Focal schedule ---------------------------------------------------------------------------
-class Schedule:
-    """Which loss each epoch uses. For ``ib_focal``: CE first, then IB-Focal from ``switch_epoch``.
-
-    ``switch="min_loss"``: after each CE epoch, once the epoch's mean loss fails to improve on the
-    lowest so far, the minimum (epoch m) has passed: training goes back to epoch m's weights and
-    optimizer state and goes on with IB-Focal as epoch m + 1. The CE epoch that revealed the
-    minimum is discarded and not counted, so the run equals ``switch=m``. If the loss is still
-    falling after half the epochs, the switch is forced there. ``switch=N``: the first N epochs
-    use CE.
-    """
-
-    def __init__(self, cfg: Config, epochs: int) -> None:
-        self.loss, self.rule, self.epochs = cfg.loss, cfg.switch, epochs
-        self.cap = max(1, epochs // 2)
-        self.best_loss = math.inf
-        self.ce_min_epoch: int | None = None
-        self.switch_epoch: int | None = 1 if (cfg.loss == "ib_focal" and cfg.switch == 0) else None
-
-    def phase(self, epoch: int) -> str:
-        if self.loss != "ib_focal":
-            return self.loss
-        return "ib_focal" if self.switch_epoch is not None and epoch >= self.switch_epoch else "ce"
-
-    def end_of_epoch(self, epoch: int, loss: float) -> str:
-        """Returns "keep", "new_min" (snapshot these weights) or "restore" (discard this epoch and go
-        back to the minimum's weights; the next epoch is ``switch_epoch``)."""
-        if self.phase(epoch) != "ce" or self.loss != "ib_focal":
-            return "keep"
-        if self.rule != "min_loss":
-            if epoch >= self.rule:
-                self.switch_epoch = epoch + 1
-            return "keep"
-        if loss < self.best_loss:
-            self.best_loss, self.ce_min_epoch = loss, epoch
-            if epoch >= self.cap:
-                self.switch_epoch = epoch + 1
-            return "new_min"
-        self.switch_epoch = self.ce_min_epoch + 1
-        return "restore"
-
-    def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "ce_min_epoch": self.ce_min_epoch, "switch_epoch": self.switch_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_loss, self.ce_min_epoch, self.switch_epoch = (
-            state["best_loss"],
-            state["ce_min_epoch"],
-            state["switch_epoch"],
-        )
-
-
 # ---- one epoch ---------------------------------------------------------------------------------------
-def set_phase(optimizer, model, cfg: Config, schedule: Schedule, epoch: int):
-    """The epoch's phase (``Schedule.phase``) and its learning rate, a function of the phase alone (so a
-    resumed run sets it alike): ``lr``, or ``lr x ib_lr_factor`` for IB-Focal, whose first epoch starts
-    Adam's moments again if ``ib_reset_optimizer``. Returns (phase, lr, optimizer)."""
-    phase = schedule.phase(epoch)
-    if phase == "ib_focal" and epoch == schedule.switch_epoch and cfg.ib_reset_optimizer:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    lr = cfg.lr * (cfg.ib_lr_factor if phase == "ib_focal" else 1.0)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return phase, lr, optimizer
-
-
-def run_epoch(model, trained, optimizer, dataset, cfg: Config, epoch: int, phase: str) -> dict:
+def run_epoch(model, trained, optimizer, dataset, cfg: Config, epoch: int, phase: str, ib_alpha=None) -> dict:
     """One PiCIE epoch: the views, the clustering pass, the labelling pass and the training pass.
-    ``trained`` is the model the training step goes through (DDP under torchrun, else ``model``).
+    ``trained`` is the model the training step goes through (DDP under torchrun, else ``model``); ``ib_alpha``
+    IB-Focal's alpha once its phase has one (else the configuration's, or ``matched_alpha`` with ``ib_alpha_match``).
     Returns the epoch's mean loss and terms (``stats``), the centroids, the k-means losses, the cluster
-    sizes, the files left out as bad and the seconds of each pass."""
+    sizes, the files left out as bad, the seconds of each pass and, for IB-Focal, the alpha it used."""
     timer = Timer()
     views = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, STREAM_VIEWS))
     dataset.set_view_params(draw_view_params(len(dataset), cfg, views))
@@ -416,10 +385,13 @@ def run_epoch(model, trained, optimizer, dataset, cfg: Config, epoch: int, phase
     balance = {"ce": cfg.balance, "focal": cfg.focal_balance, "ib_focal": cfg.ib_balance}[phase]
     weights = [class_weights(c, balance) for c in counts]
     train_order = permutation(len(dataset), derive_seed(cfg.seed, epoch, STREAM_TRAIN_ORDER))
+    if phase == "ib_focal" and ib_alpha is None:  # the IB phase's first epoch
+        ib_alpha = cfg.ib_alpha
+        if cfg.ib_alpha_match:
+            ib_alpha = matched_alpha(model, dataset, train_order, labels, centroids, counts, cfg)
+    criterion = make_criterion(cfg, phase, ib_alpha)
     with timer("train"):
-        stats = train_pass(
-            trained, optimizer, dataset, train_order, labels, centroids, weights, make_criterion(cfg, phase), cfg, epoch
-        )
+        stats = train_pass(trained, optimizer, dataset, train_order, labels, centroids, weights, criterion, cfg, epoch)
     distributed.average_bn_buffers(model)
     return {
         "stats": stats,
@@ -428,4 +400,5 @@ def run_epoch(model, trained, optimizer, dataset, cfg: Config, epoch: int, phase
         "counts": counts,
         "skipped": skipped,
         "seconds": timer.totals,
+        "ib_alpha": ib_alpha if phase == "ib_focal" else None,
     }

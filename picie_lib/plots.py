@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless, matplotlib falls back to Agg by itself
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from picie_lib.config import LOSS_NAMES, METHOD_NAMES
 from picie_lib.data.base import first_usable
@@ -145,7 +146,7 @@ def feature_pca_rgb(*feature_maps: torch.Tensor) -> list[np.ndarray]:
 
 def predict_examples(dataset, predictors: dict, count: int = 4, batch_size: int | None = None) -> dict:
     """The first ``count`` usable images of an eval-mode data set, their labels and each predictor's
-    classes (``predictor(images, size) -> (B, H, W)``, see ``evaluate.class_predictor``), as numpy.
+    classes (``predictor(images, size) -> (B, H, W)``, see ``scores.class_predictor``), as numpy.
 
     BatchNorm runs on batch statistics, so a pixel's prediction depends on its batch: the images go
     through each predictor as the evaluation's first batch (``batch_size`` = ``eval_batch_size``), so
@@ -234,16 +235,18 @@ def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], assignm
     return fig
 
 
-PHASE_STYLE = {"ce": ("o", "#1b9e77"), "focal": ("s", "#d95f02"), "ib_focal": ("^", "#7570b3")}
+PHASE_MARKERS = {"ce": "o", "focal": "s", "ib_focal": "^"}
+PHASE_STYLE = {phase: (marker, METHOD_COLOURS[phase]) for phase, marker in PHASE_MARKERS.items()}  # colours as 07's
 
 
 def loss_curves(log: Sequence[dict], title: str = ""):
-    """Training loss and the k-means loss per epoch from ``log.jsonl``. A second phase (IB-Focal after
-    its CE warm-up) gets its own y axis on the right, in its colour: its loss is on another scale than CE's. The
-    switch is a dashed line; the CE epoch past the minimum (discarded, the run went back) a grey cross."""
+    """Training loss, the k-means loss and how far each epoch moved the weights, per epoch, from ``log.jsonl``. A
+    second phase (IB-Focal after its CE warm-up) gets its own y axis on the right, in its colour: its loss is on
+    another scale than CE's. The switch is a dashed line; a CE epoch past the minimum (discarded, the run went
+    back) a grey cross."""
     kept = [r for r in log if not r.get("discarded")]
     phases = [p for p in LOSS_NAMES if any(r["phase"] == p for r in kept)]
-    fig, (ax, ax_kmeans) = plt.subplots(1, 2, figsize=(11, 3.4))
+    fig, (ax, ax_kmeans, ax_moved) = plt.subplots(1, 3, figsize=(14, 3.4))
     for i, phase in enumerate(phases):
         target = ax if i == 0 else ax.twinx()
         marker, colour = PHASE_STYLE[phase]
@@ -251,12 +254,15 @@ def loss_curves(log: Sequence[dict], title: str = ""):
         target.plot(*zip(*points, strict=True), marker=marker, color=colour, label=f"{LOSS_NAMES[phase]} loss")
         target.set_ylabel(f"{LOSS_NAMES[phase]} loss" + (" (right axis)" if i else ""), color=colour)
         target.tick_params(axis="y", colors=colour)
+        moved = [(r["epoch"], 100 * r["weights_moved"]) for r in kept if r["phase"] == phase and "weights_moved" in r]
+        if moved:
+            ax_moved.plot(*zip(*moved, strict=True), marker=marker, color=colour, label=LOSS_NAMES[phase])
     dropped = [(r["epoch"], r["loss"]) for r in log if r.get("discarded")]
     if dropped:
         ax.scatter(*zip(*dropped, strict=True), marker="x", color="grey", label="CE past its minimum (discarded)")
     if len(phases) > 1:
         switch = min(r["epoch"] for r in kept if r["phase"] == phases[1])
-        for a in (ax, ax_kmeans):
+        for a in (ax, ax_kmeans, ax_moved):
             a.axvline(switch - 0.5, color="black", ls="--", lw=0.8)
         ax.annotate(
             f"switch to {LOSS_NAMES[phases[1]]}",
@@ -267,11 +273,18 @@ def loss_curves(log: Sequence[dict], title: str = ""):
             va="bottom",
         )
     ax.set_xlabel("epoch")
-    handles = [h for a in fig.axes if a is not ax_kmeans for h in a.get_legend_handles_labels()[0]]
+    handles = [h for a in fig.axes if a not in (ax_kmeans, ax_moved) for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     ax_kmeans.plot([r["epoch"] for r in kept], [np.mean(r["kmeans_loss"]) for r in kept], marker="o", color="black")
-    ax_kmeans.set_xlabel("epoch"), ax_kmeans.set_ylabel("mean k-means distance")
+    ax_kmeans.set_xlabel("epoch")
+    ax_kmeans.set_ylabel("mean k-means distance")
     ax_kmeans.set_title("k-means loss (both views)", fontsize=10)
+    ax_moved.set_xlabel("epoch")
+    ax_moved.set_ylabel("% of the weights' norm")
+    ax_moved.set_title("how far each epoch moved the weights", fontsize=10)
+    ax_moved.set_ylim(bottom=0)
+    for a in (ax, ax_kmeans, ax_moved):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.suptitle(title)
     fig.tight_layout()
     return fig

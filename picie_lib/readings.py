@@ -179,10 +179,27 @@ def loss_curves(log: Sequence[dict]) -> str:
             + f"; {LOSS_NAMES[phases[1]]} is on its own axis, its scale is not CE's. "
         )
     k0, k1 = np.mean(kept[0]["kmeans_loss"]), np.mean(kept[-1]["kmeans_loss"])
-    return text + (
-        f"The k-means distance goes from {k0:.3f} to {k1:.3f}: "
-        + ("the features gather around their centroids." if k1 < k0 else "the clusters are not tightening.")
+    text += f"The k-means distance goes from {k0:.3f} to {k1:.3f}: " + (
+        "the features gather around their centroids." if k1 < k0 else "the clusters are not tightening."
     )
+    return text + phase_movement(kept)
+
+
+def phase_movement(kept: Sequence[dict]) -> str:
+    """How far an epoch of each phase moved the weights (relative L2, ``weights_moved``) and, with two phases,
+    the second's against the first's: a phase whose epochs move the weights a tenth as far barely trains."""
+    moved = {p: [r["weights_moved"] for r in kept if r["phase"] == p and "weights_moved" in r] for p in LOSS_NAMES}
+    moved = {p: float(np.mean(v)) for p, v in moved.items() if v}
+    if not moved:
+        return ""
+    text = " An epoch moved the weights by " + ", ".join(f"{100 * v:.2g} % ({LOSS_NAMES[p]})" for p, v in moved.items())
+    if len(moved) > 1:
+        (first, a), (second, b) = list(moved.items())[:2]
+        ratio = b / a if a > 0 else math.nan
+        text += f": {LOSS_NAMES[second]} epochs {ratio:.2g} times as far as {LOSS_NAMES[first]} ones"
+        if ratio < 0.1:
+            text += f", so the {LOSS_NAMES[second]} phase barely trains"
+    return text + " (relative L2, right panel)."
 
 
 def _scored(per_class: Sequence[dict], key: str) -> list[dict]:
@@ -373,4 +390,23 @@ def evaluation_noise(acc_all: list[float], miou_all: list[float], what: str, dra
         f" The run's score is their mean, which leaves a standard error of {se:.2f} All Acc from the evaluation "
         "(one draw's std over the square root of the draws): a difference between two such scores under about "
         f"{2 * math.sqrt(2) * se:.2f} cannot be told from the evaluation's own."
+    )
+
+
+def optimizer_steps(sizes: dict[str, dict[float, float]]) -> str:
+    """04's optimiser figure: ``sizes[optimizer][loss scale]``, the first step's length. Whether each optimiser's
+    step grows with the loss's scale, said from the ratio between the largest and the smallest scale."""
+    parts = []
+    for name, by_scale in sizes.items():
+        low, high = min(by_scale), max(by_scale)
+        grows, larger = by_scale[high] / by_scale[low], f"when the loss is {high / low:g} times larger"
+        if abs(grows - 1) < 0.05:
+            parts.append(f"{name}'s step stays the same ({grows:.2f} times) {larger}")
+        else:
+            factor = f"{grows:,.0f}" if grows >= 10 else f"{grows:.2g}"
+            parts.append(f"{name}'s step grows {factor} times {larger}")
+    return (
+        "; ".join(parts)
+        + ". A constant factor on the loss (IB-Focal's alpha) sets the step under an optimiser whose step grows with "
+        "it, and hardly matters under one whose step stays: there only the learning rate sets the step."
     )

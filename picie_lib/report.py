@@ -98,6 +98,7 @@ CAPTIONS = {  # the figures the notebooks save under DIR/figures, in the report'
     "03_confusion": "Confusion of the network before training (03_clustering)",
     "04_losses": "CE, Focal and IB-Focal (04_losses)",
     "04_temperature": "Why cosine logits blunt Focal (04_losses)",
+    "04_optimizers": "A constant factor on the loss: SGD's step grows with it, Adam's does not (04_losses)",
 }
 RUN_FIGURES = {  # what 05_train and 06_evaluate save in each run's figures/
     "loss_curves": "training curves (05_train)",

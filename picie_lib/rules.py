@@ -80,7 +80,10 @@ SEEDS = Rule(
     f"a non-empty list of distinct integers in [0, {SEED_MAX}], e.g. [0, 1, 2]",
     lambda v: isinstance(v, list) and bool(v) and all(SEED.holds(s) for s in v) and len(set(v)) == len(v),
 )
-SWITCH = Rule("'min_loss' or a number of CE epochs >= 0", lambda v: v == "min_loss" or (_is_int(v) and v >= 0))
+SWITCH = Rule(
+    "'min_loss', 'global_min' or a number of CE epochs >= 0",
+    lambda v: v in ("min_loss", "global_min") or (_is_int(v) and v >= 0),
+)
 DEVICE = Rule(
     "auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
 )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from picie_lib import readings
-from picie_lib.claims import OVERSEGMENTATION_CLAIM
+from picie_lib.claims import VERDICT_WORDS
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES
 
 VERDICTS = {
@@ -18,6 +18,13 @@ VERDICTS = {
     "within evaluation noise": "within the evaluation's noise (its k-means draws alone move the scores as much)",
     "one seed": "not judged (one seed)",
     "no data": "not judged (no data)",
+}
+
+
+AGAINST = {  # what a claim's parts are differences of
+    "ce": "difference from PiCIE",
+    "ib_focal_at_switch": "difference from IB-Focal's weights at the switch",
+    "things minus stuff": "things minus stuff in PiCIE's runs",
 }
 
 
@@ -115,8 +122,14 @@ def losses(cfg) -> str:
     else:
         reach = f"where Focal's factor falls to {factor:.2g}: confident pixels fade, as the paper intends."
     if low > 1:
-        drop = f", which the learning-rate drop (x{cfg.ib_lr_factor:g}) compensates" if cfg.ib_lr_factor < 1 else ""
-        scale = f"its values are {readings.times(low, high)} CE's{drop}."
+        scale = (
+            f"its values are {readings.times(low, high)} CE's. Under SGD the IB steps would grow as much; Adam's step "
+            "does not grow with the loss (the last figure)"
+        )
+        if cfg.ib_lr_factor < 1:
+            factor = cfg.ib_lr_factor
+            scale += f", so the rate's drop (x{factor:g}) makes every IB step {1 / factor:g} times smaller"
+        scale += "."
     elif high < 1:
         scale = f"its values are {readings.times(low, high)} CE's: below CE everywhere plotted."
     else:
@@ -161,6 +174,9 @@ def training(log: Sequence[dict], summary: dict) -> str:
         )
     elif switch is not None:
         lines.append(f"IB-Focal took over at epoch {switch}, after {switch - 1} CE epochs (a fixed switch).")
+    moved = readings.phase_movement(kept).strip()
+    if moved:
+        lines.append(moved.replace(" (relative L2, right panel)", " (relative L2)"))
     empty = max(max(r["empty_clusters"]) for r in kept)
     lines.append(
         f"At most {empty} empty cluster{'s' if empty > 1 else ''} in an epoch's k-means."
@@ -213,16 +229,18 @@ def conclusion(rows: Sequence[dict], claims: Sequence[dict]) -> str:
     ]
     for claim in dict.fromkeys(c["claim"] for c in claims):
         parts = [c for c in claims if c["claim"] == claim]
-        numbers = ", ".join(
+        numbers = "; ".join(
             f"{p['metric'].split(',')[0]} "
             + ("-" if p.get("difference") is None else f"{p['difference']:+.2f}")
             + (f" ± {p['se']:.2f} (SE)" if p.get("se") is not None else "")
             + (f", evaluation ± {p['eval_se']:.2f}" if p.get("eval_se") is not None else "")
+            + f": {VERDICT_WORDS.get(p['part_verdict'], p['part_verdict'])}"
             for p in parts
         )
         verdict = VERDICTS.get(parts[0]["holds"], parts[0]["holds"])
-        against = "things minus stuff in PiCIE's runs" if claim == OVERSEGMENTATION_CLAIM else "difference from PiCIE"
-        lines.append(f"**{claim}**: {verdict} ({against}: {numbers}).")
+        against = AGAINST.get(parts[0].get("against"), "difference from PiCIE")
+        rule = ", every part must hold" if len(parts) > 1 else ""
+        lines.append(f"**{claim}**: {verdict}{rule} ({against}: {numbers}).")
     if len(seeds) == 1:
         lines.append(
             "One seed judges nothing: rerun with `-p seeds=[0,1,2]` to see which claims survive the seed spread."

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from picie_lib import distributed
@@ -31,11 +32,12 @@ from picie_lib.data import SceneDataset, build_dataset
 from picie_lib.data.base import warn_skipped
 from picie_lib.distributed import resolve_device
 from picie_lib.model import load_backbone_state_dict
-from picie_lib.picie import Schedule, build_model, run_epoch, set_phase
+from picie_lib.picie import build_model, run_epoch
 from picie_lib.pretext import resolve_pretrained
 from picie_lib.progress import progress
 from picie_lib.run_folder import discard_run, exclusive, new_run_dir
 from picie_lib.runs import append_jsonl, atomic_torch_save, atomic_write_text, json_text, record_session, write_json
+from picie_lib.schedule import Schedule, set_phase
 
 
 def _record_session(out_dir: Path, trains: bool) -> None:
@@ -129,8 +131,8 @@ def check_data(cfg: Config, dataset) -> None:
 
 def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkpoint: bool, on_epoch) -> dict:
     """The epochs from the first one not yet done to the last, each ending in a log line and a checkpoint.
-    With IB-Focal's ``switch: min_loss``, the epoch that reveals the CE minimum is discarded and training
-    goes on from the minimum's weights (``Schedule``): the loop goes back one epoch."""
+    With IB-Focal's ``switch: min_loss`` (or ``global_min``), the CE epochs past the minimum are discarded and
+    training goes on from the minimum's weights (``Schedule``): the loop goes back to the epoch after it."""
     main, epochs = distributed.is_main(), cfg.epochs_for()
     run = {"optimizer": torch.optim.Adam(model.parameters(), lr=cfg.lr), "schedule": Schedule(cfg, epochs)}
     # history: log.jsonl's lines, also kept in every checkpoint; at_switch: the weights IB-Focal started from
@@ -148,32 +150,11 @@ def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkp
     run_start, epoch = time.perf_counter(), run["start"]
     bar = progress(None, f"{cfg.loss} epochs run", total=epochs - run["start"] + 1)
     while epoch <= epochs:
-        schedule = run["schedule"]
-        phase, lr, run["optimizer"] = set_phase(run["optimizer"], model, cfg, schedule, epoch)
-        if phase == "ib_focal" and epoch == schedule.switch_epoch:
-            _keep_switch_weights(run, model, epoch, out_dir)
-        result = run_epoch(model, trained, run["optimizer"], dataset, cfg, epoch, phase)
-        if phase == "ib_focal" and run["at_switch"] is not None:
-            result["moved_since_switch"] = relative_change(model, run["at_switch"]["model"])
-        action = schedule.end_of_epoch(epoch, result["stats"]["loss"])
-        next_epoch = epoch + 1
-        if action == "new_min":  # the weights at the CE minimum so far, for the switch
-            run["ce_min"] = _snapshot(model, run["optimizer"], epoch)
-            if main:
-                atomic_torch_save(run["ce_min"], out_dir / "ce_min.pt")
-        elif action == "restore":  # the minimum has passed: its weights go on with IB-Focal
-            model.load_state_dict(run["ce_min"]["model"])
-            run["optimizer"].load_state_dict(run["ce_min"]["optimizer"])
-            next_epoch = schedule.switch_epoch
-            if bar is not None:
-                bar.total += 1
-        record = epoch_record(epoch, phase, lr, result, schedule, discarded=action == "restore")
-        run["history"].append(record)  # the log line first: a run killed in between redoes this epoch
+        record, next_epoch, centroids = _epoch(run, model, trained, dataset, cfg, epoch, out_dir)
+        if bar is not None and record.get("discarded"):  # the loop goes back to the epoch after the minimum
+            bar.total += epoch - run["schedule"].ce_min_epoch
         if main:
-            append_jsonl(out_dir / "log.jsonl", record)
-            atomic_torch_save(
-                _checkpoint(cfg, model, run, next_epoch - 1, result["centroids"]), out_dir / "checkpoint.pt"
-            )
+            _write_epoch(cfg, model, run, record, next_epoch - 1, centroids, out_dir)
             if on_epoch is not None:
                 on_epoch(record)
         if bar is not None:
@@ -182,6 +163,49 @@ def _train(cfg: Config, dataset: SceneDataset, model, out_dir: Path, from_checkp
     if bar is not None:
         bar.close()
     return _finish(cfg, out_dir, run, time.perf_counter() - run_start)
+
+
+def _epoch(run: dict, model, trained, dataset: SceneDataset, cfg: Config, epoch: int, out_dir: Path):
+    """One epoch in its phase, then the schedule's step (``Schedule.end_of_epoch``): the weights at the CE minimum
+    kept, or, past it, restored with every CE epoch after it discarded. Returns the epoch's log record, the
+    next epoch and the epoch's centroids."""
+    schedule = run["schedule"]
+    phase, lr, run["optimizer"] = set_phase(run["optimizer"], model, cfg, schedule, epoch)
+    if phase == "ib_focal" and epoch == schedule.switch_epoch:
+        _keep_switch_weights(run, model, epoch, out_dir)
+    start_weights = _parameters(model)
+    result = run_epoch(model, trained, run["optimizer"], dataset, cfg, epoch, phase, schedule.ib_alpha)
+    result["moved"] = relative_change(model, start_weights)
+    if phase == "ib_focal":
+        schedule.ib_alpha = result["ib_alpha"]
+        if run["at_switch"] is not None:
+            result["moved_since_switch"] = relative_change(model, run["at_switch"]["model"])
+    action = schedule.end_of_epoch(epoch, result["stats"]["loss"])
+    next_epoch = epoch + 1
+    if action == "new_min":  # the weights at the CE minimum so far, for the switch
+        run["ce_min"] = _snapshot(model, run["optimizer"], epoch)
+        if distributed.is_main():
+            atomic_torch_save(run["ce_min"], out_dir / "ce_min.pt")
+    elif action == "restore":  # the minimum has passed: its weights go on with IB-Focal
+        model.load_state_dict(run["ce_min"]["model"])
+        run["optimizer"].load_state_dict(run["ce_min"]["optimizer"])
+        next_epoch = schedule.switch_epoch
+        for earlier in run["history"]:  # global_min: the CE epochs between the minimum and this one
+            if earlier["phase"] == "ce" and earlier["epoch"] > schedule.ce_min_epoch:
+                earlier["discarded"] = True
+    record = epoch_record(epoch, phase, lr, result, schedule, discarded=action == "restore")
+    run["history"].append(record)
+    return record, next_epoch, result["centroids"]
+
+
+def _write_epoch(cfg: Config, model, run: dict, record: dict, epoch: int, centroids, out_dir: Path) -> None:
+    """The epoch's log line, then the checkpoint after ``epoch`` (the log first: a run killed in between redoes
+    the epoch). A restore rewrites the log, whose earlier epochs it discarded."""
+    if record.get("discarded"):
+        atomic_write_text(out_dir / "log.jsonl", "".join(json_text(r) + "\n" for r in run["history"]))
+    else:
+        append_jsonl(out_dir / "log.jsonl", record)
+    atomic_torch_save(_checkpoint(cfg, model, run, epoch, centroids), out_dir / "checkpoint.pt")
 
 
 def _restore(run: dict, model, cfg: Config, out_dir: Path) -> None:
@@ -220,6 +244,11 @@ def _keep_switch_weights(run: dict, model, epoch: int, out_dir: Path) -> None:
     run["at_switch"] = {"format": CHECKPOINT_FORMAT, "epoch": epoch - 1, "model": copy.deepcopy(model.state_dict())}
     if distributed.is_main():
         atomic_torch_save(run["at_switch"], out_dir / "switch.pt")
+
+
+def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's parameters (the weights ``relative_change`` measures from)."""
+    return {name: weight.detach().clone() for name, weight in model.named_parameters()}
 
 
 def relative_change(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> float:
@@ -261,8 +290,11 @@ def epoch_record(epoch: int, phase: str, lr: float, result: dict, schedule: Sche
         "empty_clusters": [int((c == 0).sum()) for c in counts],
         "largest_cluster_share": [float(c.max() / c.sum()) for c in counts],
         "lr": lr,
+        "weights_moved": result["moved"],  # relative L2 change over the epoch: does the phase train?
         "seconds": result["seconds"],
     }
+    if result.get("ib_alpha") is not None:
+        record["ib_alpha"] = result["ib_alpha"]
     if result["skipped"]:
         record["skipped_files"] = result["skipped"]
     if discarded:
@@ -275,6 +307,15 @@ def epoch_record(epoch: int, phase: str, lr: float, result: dict, schedule: Sche
             "weights_from_epoch": schedule.switch_epoch - 1,
         }
     return record
+
+
+def movement_per_epoch(history: list[dict]) -> dict[str, float]:
+    """Per phase, the mean relative L2 change of the weights over one of its kept epochs (``weights_moved``)."""
+    kept = [r for r in history if not r.get("discarded") and "weights_moved" in r]
+    return {
+        phase: float(np.mean([r["weights_moved"] for r in kept if r["phase"] == phase]))
+        for phase in dict.fromkeys(r["phase"] for r in kept)
+    }
 
 
 def _finish(cfg: Config, out_dir: Path, run: dict, seconds: float) -> dict:
@@ -295,6 +336,7 @@ def _finish(cfg: Config, out_dir: Path, run: dict, seconds: float) -> dict:
     moved = [r["weights_moved_since_switch"] for r in history if "weights_moved_since_switch" in r]
     if moved:  # IB-Focal: how far its phase moved the weights it started from (relative L2)
         summary["weights_moved_after_switch"] = moved[-1]
+    summary["weights_moved_per_epoch"] = movement_per_epoch(history)
     if main:
         write_json(out_dir / "summary.json", summary)
     distributed.barrier()  # what rank 0 wrote is there for every process (evaluate reads it next)

@@ -48,7 +48,7 @@ def test_unknown_preset_lists_the_known_ones():
     [
         ({"loss": "dice"}, "loss=dice: expected one of ce, focal, ib_focal"),
         ({"balance": "sqrt"}, "balance=sqrt: expected one of"),
-        ({"switch": "soon"}, "switch=soon: expected 'min_loss' or a number of CE epochs >= 0"),
+        ({"switch": "soon"}, "switch=soon: expected 'min_loss', 'global_min' or a number of CE epochs >= 0"),
         ({"res": 100}, "res=100: expected a positive multiple of 32"),
         ({"n_clusters": 0}, "n_clusters=0: expected an integer >= 2"),
         ({"lr": "fast"}, "lr=fast: expected a finite number > 0"),

@@ -16,8 +16,9 @@ from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.data.base import first_usable
 from picie_lib.distributed import resolve_device
-from picie_lib.evaluate import evaluate_model, evaluate_run, load_trained_model
+from picie_lib.evaluate import evaluate_model
 from picie_lib.picie import build_model, view_agreement, view_features
+from picie_lib.scores import evaluate_run, load_trained_model
 from picie_lib.train import train
 from picie_lib.transforms import augment, draw_view_params
 

@@ -6,13 +6,7 @@ import torch
 
 from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
-from picie_lib.evaluate import (
-    cluster_logits,
-    evaluate_model,
-    evaluate_rgb,
-    rgb_feature_fn,
-    score_predictions,
-)
+from picie_lib.evaluate import cluster_logits, evaluate_model, evaluate_rgb, rgb_feature_fn, score_predictions
 from picie_lib.picie import build_model
 
 # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
@@ -111,7 +105,7 @@ def test_running_statistics_evaluation_scores_a_copy_and_its_predictions_can_be_
     the scored predictions exactly (All Acc from its class maps equals the reported one)."""
     import hashlib
 
-    from picie_lib.evaluate import class_predictor, evaluate_run
+    from picie_lib.scores import class_predictor, evaluate_run
     from picie_lib.train import train
 
     cfg = load_preset("smoke", bn_eval="running", epochs_ce=1, device="cpu")
@@ -194,3 +188,46 @@ def test_an_order_seed_moves_the_reading_order_alone(smoke):
     # the evaluation passes the order seed on
     scored = evaluate_clusters(extract, whole, "nearest", train, val, seed=3, order_seed=4)
     assert torch.allclose(scored["centroids"], expected, atol=1e-5)
+
+
+def test_an_ib_focal_run_is_scored_at_its_switch_with_the_same_draws(tmp_path):
+    """``evaluate_run`` on an IB-Focal run scores ``switch.pt`` (the weights its phase started from) beside the
+    final weights, with the same k-means draws: its scores are those of exactly that file's weights, and the
+    phase's effect is the mean of the draws' paired differences with their standard error, per score and class."""
+    from picie_lib.checkpoints import SWITCH_KEYS, load_checkpoint
+    from picie_lib.runs import weights_digest
+    from picie_lib.scores import evaluate_run, read_metrics
+    from picie_lib.train import train
+
+    cfg = load_preset("smoke", loss="ib_focal", switch=1, eval_seeds=3, device="cpu")
+    train(cfg, tmp_path)
+    evaluate_run(tmp_path)
+    metrics = read_metrics(tmp_path / "metrics.json")
+    switch = load_checkpoint(tmp_path / "switch.pt", SWITCH_KEYS)
+    at = metrics["at_switch"]
+    assert at["checkpoint"] == {"file": "switch.pt", "epoch": 1, "weights_sha256": weights_digest(switch["model"])}
+    model = build_model(cfg, "cpu")
+    model.load_state_dict(switch["model"])
+    alone = evaluate_model(model, cfg)  # the switch's weights, scored on their own
+    assert at["scores"] == pytest.approx(alone["scores"], nan_ok=True)
+    assert at["eval_spread"]["seeds"] == metrics["eval_spread"]["seeds"] == [0, 1, 2]
+    effect = metrics["ib_phase_effect"]
+    final, start = (np.array(m["eval_spread"]["acc_all"]["values"]) for m in (metrics, at))
+    assert effect["scores"]["acc_all"]["difference"] == pytest.approx(np.mean(final - start))
+    assert effect["scores"]["acc_all"]["se"] == pytest.approx(np.std(final - start, ddof=1) / np.sqrt(3))
+    assert effect["scores"]["acc_all"]["difference"] == pytest.approx(
+        metrics["scores"]["acc_all"] - at["scores"]["acc_all"]
+    )
+    c = next(i for i, r in enumerate(metrics["per_class"]) if r["pixels"] > 0)
+    draws = np.array(metrics["per_class_draws"]["iou_all"])[:, c] - np.array(at["per_class_draws"]["iou_all"])[:, c]
+    assert effect["per_class"][c]["class"] == metrics["per_class"][c]["class"]
+    assert effect["per_class"][c]["iou_all"]["difference"] == pytest.approx(np.nanmean(draws))
+
+
+def test_a_ce_run_has_no_switch_to_score(tmp_path):
+    from picie_lib.scores import evaluate_run
+    from picie_lib.train import train
+
+    train(load_preset("smoke", epochs_ce=1, device="cpu"), tmp_path)
+    result = evaluate_run(tmp_path)
+    assert "at_switch" not in result and "ib_phase_effect" not in result

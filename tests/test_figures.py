@@ -168,7 +168,17 @@ def test_loss_curves_give_ib_focal_its_own_axis_and_mark_the_switch():
     text = readings.loss_curves(_ib_log())
     assert "after epoch 3" in text and "discarded" in text and "2.7" in text
     single = plots.loss_curves(_ib_log()[:3])
-    assert len(single.axes) == 2  # CE alone: no second axis
+    assert len(single.axes) == 3  # CE alone: loss, k-means, weights moved; no second loss axis
+
+
+def test_the_loss_curves_show_how_far_each_epoch_moved_the_weights_in_its_phases_colour():
+    log = [{**r, "weights_moved": 0.01 if r["phase"] == "ce" else 0.0002} for r in _ib_log()]
+    fig = plots.loss_curves(log, "IB-Focal")
+    moved = next(ax for ax in fig.axes if ax.get_title() == "how far each epoch moved the weights")
+    lines = {line.get_label(): line for line in moved.lines if line.get_linestyle() != "--"}
+    assert list(lines["CE"].get_ydata()) == [1.0, 1.0, 1.0]  # percent, the discarded epoch left out
+    assert list(lines["IB-Focal"].get_xdata()) == [4, 5, 6] and list(lines["IB-Focal"].get_ydata()) == [0.02] * 3
+    assert lines["IB-Focal"].get_color() == plots.METHOD_COLOURS["ib_focal"]  # as 07 colours the method
 
 
 def test_legends_sit_outside_the_axes_of_the_results_and_gains_figures():
@@ -333,6 +343,7 @@ def test_takeaways_say_what_happened_not_what_should_have():
     assert "did not widen the gap (0.30 before, 0.10 after)" in takeaways.views(worse, np.array([[0, 0, 0.5]]))
     assert "training did not widen it" in readings.equivariance(worse)
     claims = [{"claim": "c", "metric": "Acc All", "difference": None, "se": None, "holds": "no data", "n_seeds": 0}]
-    assert "**c**: not judged (no data) (difference from PiCIE: Acc All -)" in takeaways.conclusion(
+    claims[0] |= {"against": "ce", "part_verdict": "no data"}
+    assert "**c**: not judged (no data) (difference from PiCIE: Acc All -: no data)" in takeaways.conclusion(
         [{"loss": "ce", "seed": 0, "acc_all": 50.0, "miou_all": 20.0}], claims
     )

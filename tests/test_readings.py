@@ -30,7 +30,7 @@ def test_the_ratio_of_ib_focal_to_ce_is_the_formulas():
 @pytest.mark.parametrize(
     ("alpha", "reading", "takeaway"),
     [
-        (1000, "lies above CE (dashed) everywhere plotted, 4.4 to 450 times", "which the learning-rate drop"),
+        (1000, "lies above CE (dashed) everywhere plotted, 4.4 to 450 times", "Adam's step does not grow"),
         (1, "lies below CE (dashed) everywhere plotted", "below CE everywhere plotted"),
         (10, "crosses CE (dashed)", "crossing it"),
     ],
@@ -42,6 +42,9 @@ def test_ib_focal_is_said_above_below_or_across_ce_as_its_ratio_lies(alpha, read
     contrary = {"above", "below", "crosses"} - {reading.split()[1]}
     assert not any(f"lies {w} CE" in readings.loss_shapes(cfg) for w in contrary if w != "crosses")
     assert ("hundreds" not in takeaways.losses(cfg)) and ("far above" not in readings.loss_shapes(cfg))
+    assert "times smaller" not in takeaways.losses(cfg)  # the rate is kept at the switch (ib_lr_factor 1)
+    if alpha == 1000:  # the IB authors' literal drop carried over to Adam: said to shrink every IB step
+        assert "makes every IB step 100 times smaller" in takeaways.losses(cfg.replace(ib_lr_factor=0.01))
 
 
 def test_focals_reach_is_never_a_degenerate_number():
@@ -71,12 +74,30 @@ def test_the_over_segmentation_claim_is_labelled_things_minus_stuff_not_a_differ
 
     row = [{"loss": "ce", "seed": 0, "acc_all": 50.0, "miou_all": 20.0}]
     part = {"metric": "clusters", "difference": 0.5, "se": None, "holds": "no data", "n_seeds": 1}
-    text = takeaways.conclusion(row, [{**part, "claim": OVERSEGMENTATION_CLAIM}, {**part, "claim": "Focal helps"}])
+    part["part_verdict"] = "no data"
+    over = {**part, "claim": OVERSEGMENTATION_CLAIM, "against": "things minus stuff"}
+    text = takeaways.conclusion(row, [over, {**part, "claim": "Focal helps", "against": "ce"}])
     assert (
-        f"**{OVERSEGMENTATION_CLAIM}**: not judged (no data) (things minus stuff in PiCIE's runs: clusters +0.50)"
-        in text
+        f"**{OVERSEGMENTATION_CLAIM}**: not judged (no data) (things minus stuff in PiCIE's runs: clusters +0.50: "
+        "no data)" in text
     )
-    assert "**Focal helps**: not judged (no data) (difference from PiCIE: clusters +0.50)" in text
+    assert "**Focal helps**: not judged (no data) (difference from PiCIE: clusters +0.50: no data)" in text
+
+
+def test_a_claims_sentence_shows_each_parts_verdict_and_the_rule_that_joins_them():
+    """A claim "within the evaluation's noise" beside a part two standard errors out read as a contradiction:
+    each part's verdict stands beside its number, and a claim of several parts says every part must hold."""
+    row = [{"loss": "ce", "seed": 0, "acc_all": 50.0, "miou_all": 20.0}]
+    base = {"claim": "Focal helps things", "against": "ce", "n_seeds": 3, "holds": "within evaluation noise"}
+    thing_acc = {**base, "metric": "Acc Thing", "difference": 0.92, "se": 0.2, "eval_se": 0.34, "part_verdict": "yes"}
+    thing_miou = {**base, "metric": "mIoU Thing", "difference": 0.1, "se": 0.2, "eval_se": 0.3}
+    thing_miou["part_verdict"] = "within evaluation noise"
+    text = takeaways.conclusion(row, [thing_acc, thing_miou])
+    assert "Acc Thing +0.92 ± 0.20 (SE), evaluation ± 0.34: holds" in text
+    assert "mIoU Thing +0.10 ± 0.20 (SE), evaluation ± 0.30: within evaluation noise" in text
+    assert "every part must hold" in text
+    one = takeaways.conclusion(row, [{**thing_acc, "holds": "yes"}])
+    assert "**Focal helps things**: holds (difference from PiCIE" in one and "every part" not in one
 
 
 def test_majority_vote_against_hungarian_is_said_by_the_accuracies_and_the_classes_named():
@@ -103,3 +124,48 @@ def test_the_evaluation_noise_sentence_follows_what_the_score_averages():
     assert f"standard error of {se:.2f} All Acc" in averaged and f"under about {2 * np.sqrt(2) * se:.2f}" in averaged
     assert "one such draw" not in averaged
     assert "no spread yet" in readings.evaluation_noise([57.6], [35.4], "CE", draws_in_score=1)
+
+
+def test_the_optimizer_reading_says_which_step_grows_with_the_loss():
+    from picie_lib.schedule import first_step_size
+
+    scales = (1.0, 1000.0)
+    sizes = {name: {s: first_step_size(name.lower(), s, lr=1e-3) for s in scales} for name in ("SGD", "Adam")}
+    text = readings.optimizer_steps(sizes)
+    assert "SGD's step grows 1,000 times when the loss is 1000 times larger" in text
+    assert "Adam's step stays the same (1.00 times)" in text
+    flipped = readings.optimizer_steps({"Adam": {1.0: 1.0, 10.0: 3.0}})
+    assert "Adam's step grows 3 times when the loss is 10 times larger" in flipped and "stays the same" not in flipped
+
+
+def test_the_training_reading_says_whether_the_second_phase_trains():
+    log = [
+        {
+            "epoch": e,
+            "phase": "ce",
+            "loss": 2.5 - 0.1 * e,
+            "kmeans_loss": [0.2, 0.2],
+            "weights_moved": 0.012,
+            "empty_clusters": [0, 0],
+        }
+        for e in (1, 2, 3)
+    ]
+    frozen = log + [
+        {
+            "epoch": e,
+            "phase": "ib_focal",
+            "loss": 80.0,
+            "kmeans_loss": [0.2, 0.2],
+            "weights_moved": 0.0003,
+            "empty_clusters": [0, 0],
+        }
+        for e in (4, 5)
+    ]
+    text = readings.loss_curves(frozen)
+    assert "1.2 % (CE), 0.03 % (IB-Focal): IB-Focal epochs 0.025 times as far as CE ones" in text
+    assert "barely trains" in text
+    moving = [{**r, "weights_moved": 0.006} if r["phase"] == "ib_focal" else r for r in frozen]
+    assert "0.5 times as far" in readings.loss_curves(moving) and "barely" not in readings.loss_curves(moving)
+    assert "An epoch moved the weights by 1.2 % (CE) (relative L2" in readings.loss_curves(log)
+    summary = {"seconds_per_pass": {"train": 6.0}, "switch_epoch": 4, "ce_min_epoch": None, "epochs": 5}
+    assert "barely trains" in takeaways.training(frozen, summary)

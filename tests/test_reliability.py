@@ -20,8 +20,8 @@ from picie_lib.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from picie_lib.cli import main
 from picie_lib.config import Config
 from picie_lib.data.base import BadFile, BadFileWarning
-from picie_lib.evaluate import evaluate_run
 from picie_lib.runs import read_jsonl
+from picie_lib.scores import evaluate_run
 from picie_lib.train import train
 
 # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')

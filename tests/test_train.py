@@ -19,7 +19,7 @@ from picie_lib.config import load_preset
 from picie_lib.data import build_dataset
 from picie_lib.losses import cross_entropy
 from picie_lib.model import batch_statistics
-from picie_lib.picie import NonFiniteLoss, Schedule, picie_loss
+from picie_lib.picie import NonFiniteLoss, picie_loss
 from picie_lib.runs import read_jsonl
 from picie_lib.train import train
 from picie_lib.transforms import draw_view_params
@@ -70,40 +70,6 @@ def test_ib_feature_norms_come_from_the_maps_given_for_them():
     assert torch.allclose(seen[0][0], picie._flat(torch.einsum("bdhw,kd->bkhw", f1, c[1])))
     loss_unit, _ = picie_loss(f1, f2, y1, y2, c, [None, None], spy, 1.0)
     assert loss_raw > 3 * loss_unit  # the raw maps are 5x larger
-
-
-# ---- the IB-Focal switch -------------------------------------------------------------------------
-def _run_schedule(cfg, epochs, losses):
-    s = Schedule(cfg, epochs)
-    actions, phases = [], []
-    for epoch, loss in enumerate(losses, start=1):
-        phases.append(s.phase(epoch))
-        actions.append(s.end_of_epoch(epoch, loss))
-    return s, actions, phases
-
-
-def test_min_loss_switches_at_the_minimum_and_goes_back_to_it():
-    s = Schedule(_cfg(loss="ib_focal"), 10)
-    actions = [s.end_of_epoch(epoch, loss) for epoch, loss in enumerate([3.0, 2.8, 2.9], start=1)]
-    assert actions == ["new_min", "new_min", "restore"]
-    # epoch 3 revealed the minimum at epoch 2: IB-Focal continues from epoch 2's weights as epoch 3
-    assert s.ce_min_epoch == 2 and s.switch_epoch == 3
-    assert [s.phase(e) for e in range(1, 6)] == ["ce", "ce", "ib_focal", "ib_focal", "ib_focal"]
-
-
-def test_min_loss_switch_is_capped_at_half_the_epochs():
-    s, actions, phases = _run_schedule(_cfg(loss="ib_focal"), 6, [3.0, 2.5, 2.0, 1.5, 1.0, 0.5])
-    assert actions[:3] == ["new_min"] * 3 and s.switch_epoch == 4 and s.ce_min_epoch == 3
-    assert phases == ["ce"] * 3 + ["ib_focal"] * 3
-
-
-def test_fixed_switch_epoch_and_zero():
-    s, actions, phases = _run_schedule(_cfg(loss="ib_focal", switch=2), 5, [3.0, 3.5, 1, 1, 1])
-    assert s.switch_epoch == 3 and "restore" not in actions and phases == ["ce", "ce"] + ["ib_focal"] * 3
-    _, _, phases0 = _run_schedule(_cfg(loss="ib_focal", switch=0), 3, [1, 1, 1])
-    assert phases0 == ["ib_focal"] * 3
-    _, actions_ce, phases_ce = _run_schedule(_cfg(loss="focal"), 3, [3, 4, 5])
-    assert phases_ce == ["focal"] * 3 and set(actions_ce) == {"keep"}
 
 
 # ---- end to end on the smoke preset ---------------------------------------------------------------
@@ -274,7 +240,7 @@ def test_the_cluster_pass_equals_one_joint_pass_over_both_views():
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_the_learning_rate_drops_at_the_switch_and_adams_moments_reset_if_asked(tmp_path, reset):
-    cfg = _cfg(loss="ib_focal", switch=1, ib_reset_optimizer=reset)  # 4 epochs: CE, then 3 of IB-Focal
+    cfg = _cfg(loss="ib_focal", switch=1, ib_reset_optimizer=reset, ib_lr_factor=0.01)  # CE, then 3 of IB-Focal
     train(cfg, tmp_path)
     log = read_jsonl(tmp_path / "log.jsonl")
     assert [r["phase"] for r in log] == ["ce"] + ["ib_focal"] * 3
@@ -371,6 +337,56 @@ def test_the_ib_focal_phase_records_how_far_it_moved_the_weights(tmp_path, monke
     assert summary["weights_moved_after_switch"] == pytest.approx(float((after - before).norm() / before.norm()))
 
 
+def test_global_min_discards_every_ce_epoch_after_the_minimum(tmp_path, monkeypatch):
+    _scripted_training(monkeypatch, [2.0, 2.5, 2.2] + [1.0] * 5)
+    train(_cfg(loss="ib_focal", switch="global_min", epochs_ib_focal=6), tmp_path)  # cap: 3 CE epochs
+    log = read_jsonl(tmp_path / "log.jsonl")
+    assert [(r["epoch"], r["phase"], r.get("discarded", False)) for r in log] == [
+        (1, "ce", False),
+        (2, "ce", True),
+        (3, "ce", True),
+        *[(e, "ib_focal", False) for e in range(2, 7)],
+    ]
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["history"] == log and ckpt["epoch"] == 6
+    ce_min = load_checkpoint(tmp_path / "ce_min.pt", CE_MIN_KEYS)["model"]
+    key = "decoder.layer1.weight"  # five IB-Focal epochs of + 0.01 from epoch 1's weights
+    assert torch.allclose(ckpt["model"][key], ce_min[key] + 0.05, atol=1e-6)
+
+
+def test_every_epoch_logs_how_far_it_moved_the_weights(tmp_path, monkeypatch):
+    """``weights_moved``: ||w_end - w_start|| / ||w_start|| over the epoch's parameters, against a direct
+    computation from copies taken at each training pass (CE epochs, the discarded one and IB epochs alike)."""
+    _scripted_training(monkeypatch, [2.0, 2.5, 1.0, 1.0, 1.0])
+    scripted, starts = picie.train_pass, []
+
+    def recording(model, *args, **kwargs):
+        starts.append(torch.cat([p.detach().flatten().double().clone() for p in model.parameters()]))
+        return scripted(model, *args, **kwargs)
+
+    monkeypatch.setattr(picie, "train_pass", recording)
+    model = picie.build_model(_cfg(), "cpu")
+    summary = train(_cfg(loss="ib_focal"), tmp_path)
+    log = read_jsonl(tmp_path / "log.jsonl")
+    shift = torch.full_like(starts[0], 0.01)  # what each scripted epoch adds to every parameter
+    expected = [float(shift.norm() / w.norm()) for w in starts]
+    assert [r["weights_moved"] for r in log] == pytest.approx(expected, rel=1e-6)
+    assert len(starts) == len(log) == 5 and sum(p.numel() for p in model.parameters()) == len(shift)
+    assert summary["weights_moved_per_epoch"]["ce"] == pytest.approx(expected[0])  # the discarded epoch left out
+    assert summary["weights_moved_per_epoch"]["ib_focal"] == pytest.approx(sum(expected[2:]) / 3)
+
+
+def test_the_default_ib_phase_trains_where_the_literal_rate_drop_freezes_it(tmp_path):
+    """Adam's rate kept and its moments restarted (the defaults): an IB-Focal epoch moves the weights about as far
+    as a CE epoch; the IB authors' 100x drop carried over to Adam (factor 0.01, moments kept) moves them far less."""
+    ratios = {}
+    for name, changes in {"default": {}, "literal": {"ib_lr_factor": 0.01, "ib_reset_optimizer": False}}.items():
+        summary = train(_cfg(loss="ib_focal", switch=1, **changes), tmp_path / name)
+        moved = summary["weights_moved_per_epoch"]
+        ratios[name] = moved["ib_focal"] / moved["ce"]
+    assert ratios["default"] > 0.25 and ratios["literal"] < ratios["default"] / 10
+
+
 def test_min_loss_ends_where_a_switch_at_the_minimum_ends(tmp_path, monkeypatch):
     _scripted_training(monkeypatch, [2.0, 1.5, 1.7, 1.0, 1.0])
     train(_cfg(loss="ib_focal"), tmp_path / "min_loss")
@@ -387,9 +403,9 @@ def test_non_finite_loss_stops_with_a_named_term_and_keeps_the_last_checkpoint(t
     real = picie.make_criterion
     calls = {"n": 0}
 
-    def poisoned(cfg, phase):
+    def poisoned(cfg, phase, ib_alpha=None):
         calls["n"] += 1
-        crit = real(cfg, phase)
+        crit = real(cfg, phase, ib_alpha)
         return (lambda z, t, f, w: crit(z, t, f, w) * float("nan")) if calls["n"] == 2 else crit
 
     monkeypatch.setattr(picie, "make_criterion", poisoned)
@@ -453,3 +469,47 @@ def test_focal_uses_its_own_class_weights(tmp_path):
     a, b, c = (load_checkpoint(tmp_path / n / "checkpoint.pt")["model"] for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_matched_alpha_makes_the_ib_focal_loss_equal_ces_on_the_first_step(tmp_path):
+    """``ib_alpha_match``: the alpha chosen at the switch puts IB-Focal's loss on the IB phase's first training
+    batch at CE's, both computed here from the losses themselves on that batch's features; the run keeps it."""
+    from picie_lib.losses import class_weights, ib_focal_loss
+    from picie_lib.model import bn_mode
+
+    cfg = _cfg(loss="ib_focal", switch=1, ib_alpha_match=True)
+    train(cfg, tmp_path)
+    log = read_jsonl(tmp_path / "log.jsonl")
+    alphas = {r["ib_alpha"] for r in log if r["phase"] == "ib_focal"}
+    assert len(alphas) == 1 and "ib_alpha" not in log[0]
+    alpha = alphas.pop()
+    # the first IB epoch (2) as the run drew it: the switch's weights, the epoch's views, clusters and labels
+    model = picie.build_model(cfg, "cpu")
+    model.load_state_dict(load_checkpoint(tmp_path / "switch.pt", SWITCH_KEYS)["model"])
+    dataset = build_dataset(cfg, "train", mode="train")
+    views = torch.Generator().manual_seed(picie.derive_seed(cfg.seed, 2, picie.STREAM_VIEWS))
+    dataset.set_view_params(draw_view_params(len(dataset), cfg, views))
+    order = picie.permutation(len(dataset), picie.derive_seed(cfg.seed, 2, picie.STREAM_CLUSTER_ORDER))
+    centroids, _, _ = picie.cluster_pass(
+        model, dataset, order, cfg, picie.derive_seed(cfg.seed, 2, picie.STREAM_KMEANS)
+    )
+    labels, counts = picie.label_pass(model, dataset, order, centroids, cfg)
+    train_order = picie.permutation(len(dataset), picie.derive_seed(cfg.seed, 2, picie.STREAM_TRAIN_ORDER))
+    idx, views = next(iter(loader.Batches(dataset, train_order[: cfg.batch_size_train], cfg.batch_size_train, cfg)))
+    with torch.no_grad(), bn_mode(model, "batch"):
+        features = picie.batch_features(model, dataset, idx, views, cfg)
+    targets = [labels[v, idx].long().reshape(-1) for v in (0, 1)]
+
+    def four_terms(loss, balance):  # across_1, across_2, within_1, within_2: (features' view, clusters' view)
+        weights = [class_weights(c, balance) for c in counts]
+        terms = []
+        for f, v in ((features[0], 1), (features[1], 0), (features[0], 0), (features[1], 1)):
+            logits = torch.einsum("bdhw,kd->bhwk", f, centroids[v]).reshape(-1, cfg.n_clusters) / cfg.temperature
+            terms.append(loss(logits, targets[v], f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), weights[v]))
+        return float(sum(terms) / 4)
+
+    ce = four_terms(lambda z, t, h, w: cross_entropy(z, t, weight=w), cfg.balance)
+    ib = four_terms(
+        lambda z, t, h, w: ib_focal_loss(z, t, h, alpha=alpha, gamma=cfg.ib_gamma, weight=w), cfg.ib_balance
+    )
+    assert ib == pytest.approx(ce, rel=1e-4) and alpha != cfg.ib_alpha

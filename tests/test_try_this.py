@@ -159,9 +159,15 @@ def check_04(number, text, out, baseline, run):
 
 
 def check_05(number, text, out, baseline, run):
-    folder = run.root / {1: "ib_focal-switch2", 2: "focal-T1", 3: "ce-12epochs"}[number]
+    folder = run.root / {1: "ib_focal-switch2", 2: "focal-T1", 3: "ce-12epochs", 4: "ib_focal-literal"}[number]
     summary, config = (json.loads((folder / f).read_text()) for f in ("summary.json", "config.json"))
-    if number == 1:
+    if number == 4:  # the literal schedule beside the base run's IB-Focal, both scored
+        assert (config["ib_lr_factor"], config["ib_reset_optimizer"]) == (0.01, False)
+        assert "ib_focal-seed0 (beside it)" in text and "IB epoch / CE epoch" in text
+        literal, default = (metrics(f) for f in (folder, run.base / "ib_focal-seed0"))
+        assert "at_switch" in literal and "at_switch" in default
+        assert f"{literal['scores']['acc_all']:.2f}" in text and f"{default['scores']['acc_all']:.2f}" in text
+    elif number == 1:
         assert (config["loss"], config["switch"], summary["switch_epoch"]) == ("ib_focal", 2, 3)
     elif number == 2:
         assert (config["loss"], config["temperature"]) == ("focal", 1.0)
