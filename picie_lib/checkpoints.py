@@ -16,6 +16,7 @@ import torch
 from picie_lib import distributed
 from picie_lib.config import EVALUATION_KEYS, RUNTIME_KEYS, Config, differences, from_dict
 from picie_lib.notebook import NOTEBOOK_DIR, absolute_paths
+from picie_lib.run_folder import unlink_own
 from picie_lib.runs import (
     first_line,
     load_tensors,
@@ -40,10 +41,10 @@ def invalidate_evaluation(run_dir: Path) -> None:
     """Remove the scores and figures of ``run_dir``'s earlier weights."""
     run_dir = Path(run_dir)
     for name in EVALUATION_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+        unlink_own(run_dir, name)
     for stem in EVALUATION_FIGURES:
         for suffix in (".png", ".reading.md"):
-            (run_dir / "figures" / f"{stem}{suffix}").unlink(missing_ok=True)
+            unlink_own(run_dir, f"figures/{stem}{suffix}")  # nothing through a figures/ that is a link
 
 
 def checkpoint_record(ckpt: dict) -> dict:
@@ -81,24 +82,79 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict
     missing = [k for k in keys if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}; {damaged}")
-    for key, (expected, holds) in CHECKPOINT_TYPES.items():
-        if key in ckpt and not holds(ckpt[key]):
-            raise ValueError(f"{path}: the checkpoint's {key!r} is not {expected}; {damaged}")
+    for key, problem in CHECKPOINT_TYPES.items():
+        found = problem(ckpt[key]) if key in ckpt else None
+        if found:
+            raise ValueError(f"{path}: the checkpoint's {key!r} {found}; {damaged}")
     return ckpt
 
 
-CHECKPOINT_TYPES = {  # what ``train`` writes under each key
-    "epoch": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-    "world_size": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    "processes_per_node": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    "config": ("a mapping of parameters", lambda v: isinstance(v, dict)),
-    "model": ("a state dict", lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
-    "optimizer": ("an optimizer state", lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v)),
-    "history": ("a list of epoch records", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
-    "schedule": (
-        "a schedule with best_loss, ce_min_epoch and switch_epoch",
-        lambda v: isinstance(v, dict) and {"best_loss", "ce_min_epoch", "switch_epoch"} <= set(v),
-    ),
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _history_problem(history) -> str | None:
+    """What is wrong with a checkpoint's history (one record per epoch, as ``train.epoch_record`` writes), or None."""
+    if not isinstance(history, list):
+        return "is not a list of epoch records"
+    for i, record in enumerate(history):
+        if not isinstance(record, dict):
+            return f"record {i + 1} is not a mapping"
+        for key, holds, expected in (
+            ("epoch", _is_int, "an integer"),
+            ("phase", lambda v: v in ("ce", "focal", "ib_focal"), "ce, focal or ib_focal"),
+            ("loss", _is_number, "a number"),
+        ):
+            problem = _field_problem(record, key, holds, expected)
+            if problem:
+                return f"record {i + 1} {problem}"
+    return None
+
+
+def _schedule_problem(schedule) -> str | None:
+    """What is wrong with a checkpoint's schedule (``Schedule.state_dict``), or None."""
+    if not isinstance(schedule, dict):
+        return "is not a mapping"
+    for key, holds, expected in (
+        ("best_loss", _is_number, "a number"),
+        ("ce_min_epoch", lambda v: v is None or _is_int(v), "an epoch or null"),
+        ("switch_epoch", lambda v: v is None or _is_int(v), "an epoch or null"),
+        ("ib_alpha", lambda v: v is None or _is_number(v), "a number or null"),
+    ):
+        if key == "ib_alpha" and key not in schedule:  # a checkpoint from before alpha could be matched
+            continue
+        problem = _field_problem(schedule, key, holds, expected)
+        if problem:
+            return problem
+    return None
+
+
+STATE = "a state dict"
+
+
+def _field_problem(mapping: dict, key: str, holds, expected: str) -> str | None:
+    if key not in mapping:
+        return f"lacks {key!r}"
+    return None if holds(mapping[key]) else f"has {key} = {mapping[key]!r}, expected {expected}"
+
+
+def _check(holds, expected: str):
+    return lambda v: None if holds(v) else f"is not {expected}"
+
+
+CHECKPOINT_TYPES = {  # what ``train`` writes under each key: a check that says what is wrong, or None
+    "epoch": _check(lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "world_size": _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "processes_per_node": _check(lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "config": _check(lambda v: isinstance(v, dict), "a mapping of parameters"),
+    "model": _check(lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values()), STATE),
+    "optimizer": _check(lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v), "an optimizer state"),
+    "history": _history_problem,
+    "schedule": _schedule_problem,
 }
 
 

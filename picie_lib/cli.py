@@ -15,6 +15,7 @@ import argparse
 import atexit
 import errno
 import os
+import shlex
 import signal
 import sys
 import time
@@ -113,18 +114,19 @@ def cmd_runtimes(args: argparse.Namespace) -> None:
 
 
 def cmd_notebook(args: argparse.Namespace) -> None:
-    from picie_lib.pipeline import execute, notebook_parameters
+    from picie_lib.pipeline import check_notebook_parameters, execute
+    from picie_lib.run_folder import exclusive, holds_a_run, start_manifest
 
     given = parse_overrides(args.param)
-    unknown = sorted(set(given) - notebook_parameters(args.name))
-    if unknown:
-        raise ValueError(f"-p {', '.join(unknown)}: not in {args.name}'s parameters cell "
-                         f"({', '.join(sorted(notebook_parameters(args.name)))})")  # fmt: skip
+    check_notebook_parameters(args.name, given)  # before papermill: a bad value is exit 2, not a failed kernel
     for key in ("out_dir", "run_dir"):  # read from here, not from notebooks/ where the kernel runs
         if isinstance(given.get(key), str):
             given[key] = str(Path(given[key]).resolve())
     output = Path(args.output).resolve()
-    execute(args.name, output, given)
+    with exclusive(output.parent):  # a new or empty folder becomes this command's: running it again rewrites it
+        if not holds_a_run(output.parent):
+            start_manifest(output.parent)
+        execute(args.name, output, given)
     say(f"wrote {output} and {output.with_suffix('.html')}")
 
 
@@ -261,8 +263,9 @@ class Terminated(BaseException):
 def what_was_saved(args: argparse.Namespace) -> str:
     """One sentence on what an interrupted command leaves, and how to go on from it."""
     out = Path(getattr(args, "out", None) or getattr(args, "run_dir", None) or ".")
-    if args.command == "evaluate":
-        return f"nothing written (metrics.json is written whole at the end); again: python -m picie_lib evaluate {out}"
+    if args.command == "evaluate":  # the same command, every option kept
+        again = " ".join(["python -m picie_lib", *map(shlex.quote, args.argv)])
+        return f"nothing written (metrics.json is written whole at the end); again: {again}"
     if args.command not in ("train", "compare", "run") or not holds_a_run(out):
         return "nothing to keep"
     argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
@@ -307,6 +310,8 @@ def os_error_line(err: OSError, command: str = "train") -> str:
         return f"no space left on the device holding {where}; free some space and run the same command again"
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write {where} ({err.strerror}); choose a writable --out"
+    if err.errno == errno.EMLINK:
+        return f"{where} is a hard link: writing it would change the file behind its other names; remove it"
     if err.errno == errno.ELOOP:
         return f"{where} is a symbolic link; a run writes its own files, never through a link: remove the link"
     if err.errno == errno.ENOTDIR or isinstance(err, NotADirectoryError):

@@ -12,7 +12,6 @@ the global protocol.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from picie_lib.plots import METHOD_COLOURS, save_figure
 from picie_lib.probe import linear_probe
 from picie_lib.progress import progress
 from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest
-from picie_lib.runs import atomic_write_text, csv_text, record_session, weights_digest, write_json
+from picie_lib.runs import atomic_write_text, csv_text, read_json, record_session, weights_digest, write_json
 from picie_lib.scores import evaluate_run, read_metrics, scored_checkpoint, stored_scores, write_evaluation
 from picie_lib.train import check_before_writing, train
 
@@ -74,6 +73,11 @@ def resumable(out_dir: Path, cfg: Config) -> Path:
     saved = Path(out_dir) / "config.json"
     if not saved.is_file():
         raise FileNotFoundError(f"{out_dir}: nothing to resume there (no config.json); start it without --resume")
+    if any((Path(out_dir) / name).exists() for name in ("checkpoint.pt", "log.jsonl")):
+        raise ValueError(
+            f"{out_dir} holds one training run (`train --out`), not a comparison's or the notebooks' runs; continue it "
+            "with `train --resume`, or choose another --out"
+        )
     diff = differences(load_config(saved).to_dict(), cfg, RUNTIME_KEYS)
     if diff:
         raise ValueError(f"{out_dir} holds a run of another configuration ({'; '.join(diff)}); cannot resume it")
@@ -142,7 +146,7 @@ def result_row(method: str, seed: int, cfg: Config, out_dir: Path, train_set=Non
     row.update({f"eval_se_{c}": score_standard_error(spread, c) for c in COLUMNS})  # the score's (a mean of draws)
     row["seconds"] = metrics.get("seconds")
     if (run_dir / "summary.json").is_file():  # a trained method: its epochs and the training time
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_json(run_dir / "summary.json")
         row["seconds"] = (row["seconds"] or 0.0) + sum(summary["seconds_per_pass"].values())
         row.update(epochs=summary["epochs"], switch_epoch=summary["switch_epoch"])
         row["weights_moved_after_switch"] = summary.get("weights_moved_after_switch")

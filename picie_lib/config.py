@@ -7,8 +7,8 @@ the CLI, the library and papermill all read them. An unknown key is an error, ne
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-from collections.abc import Hashable
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 from typing import Any
@@ -32,6 +32,7 @@ from picie_lib.rules import (
     text,
 )
 from picie_lib.runs import write_json
+from picie_lib.yaml_text import read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 LOSSES = ("ce", "focal", "ib_focal")
@@ -89,7 +90,7 @@ class Config:
     """Folder data set: YAML/JSON class table (`names`, `things`); null = `data_root`/classes.yaml."""
     max_images: int | None = param(None, optional(integer(1)))
     """On-disk data: keep the first N images of each split (quick trials); null = all."""
-    image_size: int = param(96, integer(1))
+    image_size: int = param(96, integer(8))
     """Synthetic: side of the generated images (the base resolution the views are cut from)."""
     n_train: int = param(400, integer(1))
     """Synthetic: number of training images."""
@@ -325,16 +326,22 @@ def _coerce_float(value: Any) -> Any:
 def checked(values: dict[str, Any], source: str) -> dict[str, Any]:
     """``values`` coerced to the fields' types, each checked against its field's rule; the message names
     ``source`` (a preset file, "-p", a checkpoint) and, for "-p", the mistaken override as typed."""
-    unknown = sorted(set(values) - set(_FIELDS))
+    unknown = sorted(set(values) - set(_FIELDS), key=str)
     if unknown:
         where = f"-p {unknown[0]}={_shown(values[unknown[0]])}" if source == "-p" else source
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(_FIELDS))}")
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}{did_you_mean(unknown, _FIELDS)}")
     out = {k: _coerce(k, v) for k, v in values.items()}
     for key, value in out.items():
         problem = rule_error(key, value, values[key])
         if problem:
             raise ValueError(f"-p {problem}" if source == "-p" else f"{source}: {problem}")
     return out
+
+
+def did_you_mean(unknown: list, known) -> str:
+    """ "; did you mean X?" for the first unknown name close to a known one, else the known names listed."""
+    close = difflib.get_close_matches(str(unknown[0]), list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
 
 
 def from_dict(values: dict[str, Any], source: str = "parameters") -> Config:
@@ -353,35 +360,6 @@ def preset_path(name: str) -> Path:
         available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise ValueError(f"--preset {name!r}: expected one of {available} or the path of a .yaml file")
     return path
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                problem = "a key must be a name, not a list or a mapping"
-                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-            if key in first_line:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {first_line[key] + 1})", key_node.start_mark
-                )
-            first_line[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(text: str, source: str) -> Any:
-    """Parse YAML ``text``; a syntax error or a duplicate key becomes one line naming ``source`` and where."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
 def load_preset(name: str, overrides_source: str = "parameters", **overrides: Any) -> Config:

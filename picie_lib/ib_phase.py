@@ -5,7 +5,6 @@ class, and the sentence that says whether the phase moved the weights and the sc
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 from picie_lib.claims import AT_SWITCH, COLUMNS, HEADERS, VERDICT_WORDS, by_seed, paired_difference, verdict
 from picie_lib.config import LOSS_NAMES
 from picie_lib.eval_seeds import score_standard_error
+from picie_lib.runs import read_json
 from picie_lib.scores import current_evaluation, read_metrics
 
 
@@ -190,7 +190,7 @@ def phase_table(run_dir: Path, beside: Path | None = None) -> list[dict]:
             runs[f"{Path(beside).name} (beside it)"] = Path(beside)
     rows = []
     for name, folder in runs.items():
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_json(folder / "summary.json")
         row = {"run": name, "folder": str(folder)}
         for phase, moved in summary.get("weights_moved_per_epoch", {}).items():
             row[f"weights moved per {LOSS_NAMES[phase]} epoch (%)"] = round(100 * moved, 3)

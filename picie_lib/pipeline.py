@@ -15,21 +15,21 @@ with which parameters, and collects what they wrote into one folder:
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from picie_lib.compare import resumable
-from picie_lib.config import LOSSES, Config, load_preset, save_config
+from picie_lib.config import LOSSES, Config, checked, did_you_mean, load_preset, preset_path, save_config
 from picie_lib.notebook import NOTEBOOK_DIR, absolute_paths
 from picie_lib.progress import progress
 from picie_lib.report import report_markdown, runtimes_table
-from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest, record_written
-from picie_lib.runs import atomic_write_text, record_session, write_json
+from picie_lib.rules import SEED, SWITCH, boolean, choice, integer, optional, text
+from picie_lib.run_folder import exclusive, new_run_dir, record_in_manifest, record_written, refuse_foreign
+from picie_lib.runs import atomic_write_text, read_json, record_session, temporary_beside, write_json
 from picie_lib.train import check_before_writing
 
 SHARED = ("00_setup", "01_data", "02_views", "03_clustering", "04_losses")
@@ -169,6 +169,39 @@ def notebook_parameters(notebook: str) -> set[str]:
     return set(re.findall(r"^(\w+) = ", cell.source, flags=re.M))
 
 
+NOTEBOOK_RULES = {  # what the parameters cells' own names accept (``params`` is checked as the configuration)
+    "preset": optional(text),
+    "seed": SEED,
+    "loss": choice(*LOSSES),
+    "epochs": optional(integer(1)),
+    "switch": optional(SWITCH),
+    "interactive": boolean,
+    "resume": boolean,
+    "out_dir": text,
+    "run_dir": optional(text),
+}
+
+
+def check_notebook_parameters(notebook: str, given: dict) -> None:
+    """What papermill would only find in the kernel, found before it starts, each a ``ValueError`` of one line: a
+    name the notebook's parameters cell does not declare (with the closest one it does), a value its rule
+    refuses, a preset that is not there, and ``params`` that the configuration refuses."""
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(given) - declared)
+    if unknown:
+        raise ValueError(f"-p {unknown[0]}: not in {notebook}'s parameters cell{did_you_mean(unknown, declared)}")
+    for key, value in given.items():
+        rule = NOTEBOOK_RULES.get(key)
+        if rule is not None and not rule.holds(value):
+            raise ValueError(f"-p {key}={value!r}: expected {rule.expected}")
+    if given.get("preset") is not None:
+        preset_path(given["preset"])
+    params = given.get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"-p params={params!r}: expected a mapping of parameters, e.g. params={{epochs_ce: 4}}")
+    checked(params, "-p params")
+
+
 def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = None) -> None:
     """Run ``cwd/notebook.ipynb`` (default: the repository's notebooks) with papermill into
     ``output``, and render the executed copy to HTML beside it (``html_copy``), failed or not."""
@@ -180,17 +213,20 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
     source = cwd / f"{notebook}.ipynb"
     if not source.is_file():
         raise FileNotFoundError(f"{source}: notebook not found (the notebooks live in the repository's notebooks/)")
+    html = output.with_suffix(".html")
+    for path in (output, html):  # the tracked notebooks, a user's file: never written over
+        refuse_foreign(path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    record_written(output)  # papermill writes it itself, cell by cell
-    if output.is_symlink():
-        raise OSError(errno.ELOOP, "a symbolic link", str(output))
+    record_written(output)
+    executing = temporary_beside(output)  # papermill writes cell by cell: into a file of its own, renamed at the end
     quiet = os.environ.get("PICIE_PROGRESS")
     os.environ["PICIE_PROGRESS"] = "0"  # the kernel inherits it
     try:
-        with tempfile.TemporaryDirectory(prefix="picie-kernel-") as sockets:
+        with tempfile.TemporaryDirectory(prefix="picie-kernel-") as sockets, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The specified file .* does not end in one of", UserWarning)  # the .tmp
             papermill.execute_notebook(
                 str(source),
-                str(output),
+                executing,
                 parameters=parameters,
                 kernel_name="python3",
                 cwd=str(cwd),
@@ -216,11 +252,20 @@ def execute(notebook: str, output: Path, parameters: dict, cwd: Path | None = No
             os.environ.pop("PICIE_PROGRESS", None)
         else:
             os.environ["PICIE_PROGRESS"] = quiet
-        if output.is_file():
-            try:
-                atomic_write_text(output.with_suffix(".html"), html_copy(output))
-            except Exception as err:  # a rendering problem must not hide the notebook's own error
-                print(f"warning: no HTML for {output}: {type(err).__name__}: {err}", file=sys.stderr)
+        _finish_executed(executing, output, html)
+
+
+def _finish_executed(executing: str, output: Path, html: Path) -> None:
+    """Rename what papermill wrote over ``output`` (the rename replaces a link or another name of a file, never
+    what they lead to) and render it to ``html``; a rendering problem must not hide the notebook's own error."""
+    if Path(executing).stat().st_size == 0:  # papermill stopped before its first write
+        Path(executing).unlink(missing_ok=True)
+        return
+    os.replace(executing, output)
+    try:
+        atomic_write_text(html, html_copy(output))
+    except Exception as err:
+        print(f"warning: no HTML for {output}: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def default_out_dir(preset: str) -> Path:
@@ -274,7 +319,7 @@ def _run(cfg: Config, preset: str, out_dir: Path, overrides: dict, overwrite: bo
         print(f"{name}: {timings[name]:.0f} s", flush=True)
     wall = time.perf_counter() - start
     method_timings = out_dir / "timings.json"  # 07_compare wrote the seconds per method there
-    previous = json.loads(method_timings.read_text()) if method_timings.is_file() else {}
+    previous = read_json(method_timings) if method_timings.is_file() else {}
     write_json(method_timings, {**previous, "wall_seconds": wall, "per_notebook": timings})
     atomic_write_text(out_dir / "report.md", report_markdown(out_dir, cfg, wall, timings))
     if not resume:  # a resumed run's seconds are not the whole run's

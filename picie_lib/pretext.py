@@ -17,6 +17,7 @@ epoch); a call with other parameters trains it again.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from picie_lib.data.synthetic import TEXTURES, _texture, two_tones, warped_voronoi
 from picie_lib.model import FEATURE_DIM, PanopticFPN, bf16_autocast
 from picie_lib.progress import progress
+from picie_lib.run_folder import exclusive
 from picie_lib.runs import atomic_torch_save, environment, write_json
 from picie_lib.transforms import to_network_input
 
@@ -91,23 +93,58 @@ def pretrain_backbone(
     seed: int = 0,
     amp: bool = True,
 ) -> Path:
-    """Train the pretext task and save the backbone to ``out`` (reused when its parameters match)."""
+    """Train the pretext task and save the backbone to ``out`` with its record ``out.json`` (reused when its
+    parameters match). The folder is held while it trains (``run_folder.exclusive``); an ``out`` that is not a
+    pretext backbone of this command (no pretext record beside it) is refused, named, before any work."""
     out = Path(out)
     amp = bf16_autocast("cpu", amp)  # float32 on a CPU without bfloat16 instructions (recorded as such)
-    parameters = {"n_images": n_images, "epochs": epochs, "size": size, "batch_size": batch_size, "lr": lr,
-                  "seed": seed, "amp": amp}  # fmt: skip
+    parameters = dict(n_images=n_images, epochs=epochs, size=size, batch_size=batch_size, lr=lr, seed=seed, amp=amp)
     record = out.with_name(out.name + ".json")
-    if out.is_file() and record.is_file() and json.loads(record.read_text()).get("parameters") == parameters:
+    if out.is_file() and _pretext_parameters(record) == parameters:
         return out  # reused silently: every model the demo builds starts here
-    print(f"pretext backbone: training it once into {out} ({n_images} scenes, {epochs} epochs)", flush=True)
-    start = time.perf_counter()
+    with exclusive(out.parent):
+        for path in (out, record):
+            if os.path.lexists(path) and _pretext_parameters(record) is None:
+                raise FileExistsError(
+                    f"{path} exists and is not a pretext backbone this command wrote (no pretext record {record.name} "
+                    "beside it); choose another --out, or move it away"
+                )
+        print(f"pretext backbone: training it once into {out} ({n_images} scenes, {epochs} epochs)", flush=True)
+        start = time.perf_counter()
+        state, history = train_pretext(parameters)
+        atomic_torch_save(state, out)
+        seconds = time.perf_counter() - start
+        write_json(
+            record, {"parameters": parameters, "history": history, "seconds": seconds, "environment": environment()}
+        )
+    accuracy = history[-1]["pixel_accuracy"]
+    print(
+        f"pretext backbone: {n_images} scenes, {epochs} epoch(s), pixel accuracy {accuracy:.1%}, {seconds:.0f} s", out
+    )
+    return out
+
+
+def _pretext_parameters(record: Path) -> dict | None:
+    """The parameters a pretext record (``out.json``) holds, or None where there is no such record."""
+    try:
+        saved = json.loads(record.read_text()) if record.is_file() and not record.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    return saved.get("parameters") if isinstance(saved, dict) and isinstance(saved.get("parameters"), dict) else None
+
+
+def train_pretext(parameters: dict) -> tuple[dict, list[dict]]:
+    """The pretext task (a texture's class per stride-4 cell of built-in scenes) trained with ``parameters``:
+    the backbone's state dict and each epoch's pixel accuracy."""
+    n_images, epochs, size, seed = (parameters[k] for k in ("n_images", "epochs", "size", "seed"))
+    batch_size, amp = parameters["batch_size"], parameters["amp"]
     scenes = [pretext_scene(seed, i, size) for i in range(n_images)]
     images = torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(np.stack([s[1] for s in scenes]))[:, 2::4, 2::4]  # the centres of stride-4 cells
     torch.manual_seed(seed)
     model = PanopticFPN().to(memory_format=torch.channels_last)
     head = torch.nn.Conv2d(FEATURE_DIM, len(PRETEXT_TEXTURES), 1)
-    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=lr)
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=parameters["lr"])
     history = []
     for epoch in range(epochs):
         order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
@@ -124,13 +161,7 @@ def pretrain_backbone(
             correct += int((logits.argmax(1) == labels[idx]).sum())
             total += labels[idx].numel()
         history.append({"epoch": epoch + 1, "pixel_accuracy": correct / total})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(model.backbone.state_dict(), out)
-    seconds = time.perf_counter() - start
-    write_json(record, {"parameters": parameters, "history": history, "seconds": seconds, "environment": environment()})
-    print(f"pretext backbone: {n_images} scenes, {epochs} epoch(s), pixel accuracy "
-          f"{history[-1]['pixel_accuracy']:.1%}, {seconds:.0f} s -> {out}")  # fmt: skip
-    return out
+    return model.backbone.state_dict(), history
 
 
 def pretext_backbone() -> Path:

@@ -4,16 +4,24 @@ saved with what to look for in it, the notebooks' seconds; and the runtime line 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config
+from picie_lib.config import (
+    LOSS_NAMES,
+    LOSSES,
+    METHOD_NAMES,
+    RUNTIME_KEYS,
+    Config,
+    differences,
+    load_config,
+    load_preset,
+)
 from picie_lib.notebook import NOTEBOOK_DIR
 from picie_lib.plots import reading_path
-from picie_lib.runs import atomic_write_text, write_json
+from picie_lib.runs import atomic_write_text, read_json, write_json
 from picie_lib.takeaways import conclusion
 
 RUNTIMES = NOTEBOOK_DIR / "runtimes.json"  # seconds per notebook on the demo preset, committed (publish_runtimes)
@@ -60,7 +68,13 @@ def publish_runtimes(run_dir: Path, folder: Path = NOTEBOOK_DIR) -> dict:
     path = Path(run_dir) / RUNTIMES.name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no runtimes there; a whole `python -m picie_lib run` writes them")
-    table = json.loads(path.read_text())
+    table = read_json(path)
+    ran = differences(load_config(Path(run_dir) / "config.json").to_dict(), load_preset("demo"), RUNTIME_KEYS)
+    if ran:  # what the run's own parameters say, not the table's words
+        raise ValueError(
+            f"{run_dir} ran other parameters than the demo preset's ({'; '.join(ran[:3])}); the notebooks state the "
+            "demo preset's runtimes as shipped (`python -m picie_lib run --preset demo`)"
+        )
     if table.get("preset") != "demo" or table.get("overrides"):
         raise ValueError(
             f"{path}: a run of preset {table.get('preset')!r} with overrides {table.get('overrides') or {}}; the "
@@ -146,6 +160,6 @@ def report_markdown(out_dir: Path, cfg: Config, wall: float, timings: dict[str, 
         "",
     ]
     if (out_dir / "claims.json").is_file():
-        rows, claims = (json.loads((out_dir / f"{n}.json").read_text()) for n in ("results", "claims"))
+        rows, claims = (read_json(out_dir / f"{n}.json", list, "a list") for n in ("results", "claims"))
         lines += ["## Conclusion of this run", "", conclusion(rows, claims), ""]
     return "\n".join(lines)

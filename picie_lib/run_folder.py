@@ -28,6 +28,31 @@ PROBE_PREFIX = ".probe."  # the file ``writable_folder`` writes and removes at o
 # listed before the file is written. ``--overwrite`` removes only what is listed (``clear_run``).
 MANIFEST_NAME = ".picie_lib-run"
 BOOKKEEPING = (LOCK_NAME, MANIFEST_NAME)
+MANIFEST_LIMIT = 1 << 20  # bytes: a run lists a few hundred short paths; more is a damaged or foreign file
+
+
+def own_fd(path: Path, flags: int, mode: int = FILE_MODE) -> int:
+    """``os.open(path, flags)`` for a file a job writes in place (its lock, manifest, log), never through a
+    symbolic link (``O_NOFOLLOW``) and never into a file that has other names: writing a hard link in place
+    would change the file behind its other names, anywhere on the disk. Pass no ``O_TRUNC``: truncate after."""
+    import stat
+
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        os.close(fd)
+        raise OSError(errno.EMLINK, f"a hard link ({info.st_nlink} names for one file)", str(path))
+    return fd
+
+
+def unlink_own(folder: Path, relative: str) -> bool:
+    """Remove ``folder/relative`` (a file, or a symbolic link itself) unless a folder on the way from ``folder``
+    is a symbolic link: what it leads to is not the run's. Returns whether the path was the run's to remove."""
+    parts = Path(relative).parts
+    if any(Path(folder).joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts))):
+        return False
+    Path(folder, relative).unlink(missing_ok=True)
+    return True
 
 
 class FolderInUse(FileExistsError):
@@ -79,13 +104,12 @@ def _take_lock(folder: Path):
     import stat
 
     lock = folder / LOCK_NAME
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
         try:
             try:
-                fd, made = os.open(lock, flags | os.O_CREAT | os.O_EXCL, FILE_MODE), True
+                fd, made = own_fd(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL), True
             except FileExistsError:
-                fd, made = os.open(lock, flags), False
+                fd, made = own_fd(lock, os.O_RDWR), False
         except FileNotFoundError:  # removed between the two opens
             continue
         except OSError as err:
@@ -137,10 +161,11 @@ def writable_folder(folder: Path) -> Path:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the ``.NAME.*.tmp`` files of atomic writes that a killed job (SIGKILL, power loss) left in
     ``folder`` and its ``figures/``; the caller holds the folder's lock, so none of them is being written."""
-    stale = [*Path(folder).glob(".*.tmp"), *Path(folder).glob("figures/.*.tmp")]
+    folder = Path(folder)
+    stale = [*folder.glob(".*.tmp"), *([] if (folder / "figures").is_symlink() else folder.glob("figures/.*.tmp"))]
     stale = [p for p in stale if not p.name.startswith(PROBE_PREFIX)]  # another job's probe, gone at once
     for path in stale:
-        path.unlink(missing_ok=True)
+        unlink_own(folder, path.relative_to(folder).as_posix())
     return stale
 
 
@@ -166,6 +191,17 @@ def _manifest_of(path: Path) -> Path | None:
     return None
 
 
+def refuse_foreign(path: Path) -> None:
+    """``FileExistsError`` naming ``path`` when something is there that no picie_lib job wrote: a job writes over
+    its own files only, the ones its run's manifest lists."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    folder = _manifest_of(path)
+    if folder is None or path.relative_to(folder).as_posix() not in manifest_entries(folder):
+        raise FileExistsError(f"{path} exists and no picie_lib run wrote it; choose another path, or move it away")
+
+
 def record_written(path: Path) -> None:
     """List ``path`` in its run's manifest (``_manifest_of``) before it is written, so that a file cut
     short by a kill is listed too. Refuses to write into a folder of the run that is a symbolic link
@@ -185,7 +221,7 @@ def record_in_manifest(folder: Path, relative: str) -> None:
     manifest = Path(folder) / MANIFEST_NAME
     if not is_run_folder(folder) or relative in manifest_entries(folder):
         return  # a folder made before manifests: nothing to add to
-    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = own_fd(manifest, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, (relative + "\n").encode())
     finally:
@@ -193,25 +229,36 @@ def record_in_manifest(folder: Path, relative: str) -> None:
 
 
 def manifest_entries(folder: Path) -> list[str]:
-    """The paths ``folder``'s manifest lists, in order, once each; an entry that would leave the folder
-    (absolute, ``..``) is ignored: a hand-edited manifest cannot send ``--overwrite`` elsewhere."""
+    """The paths ``folder``'s manifest lists, in order, once each. An entry that would leave the folder (absolute,
+    ``..``), name the folder itself or its bookkeeping (the lock another job may hold), or hold a control
+    character is ignored: a hand-edited manifest cannot send ``--overwrite`` elsewhere. A manifest over
+    ``MANIFEST_LIMIT`` bytes is refused, named."""
     manifest = Path(folder) / MANIFEST_NAME
     if not is_run_folder(folder):
         return []
-    entries = []
-    for line in manifest.read_text(errors="replace").splitlines():
-        parts = Path(line).parts
-        if line and not Path(line).is_absolute() and ".." not in parts and line not in entries:
-            entries.append(line)
-    return entries
+    if manifest.stat().st_nlink > 1:  # its other names lie outside the run: clearing or appending would change them
+        raise OSError(errno.EMLINK, f"a hard link ({manifest.stat().st_nlink} names for one file)", str(manifest))
+    if manifest.stat().st_size > MANIFEST_LIMIT:
+        raise ValueError(
+            f"{manifest}: {manifest.stat().st_size} bytes, more than a run writes ({MANIFEST_LIMIT}); it is damaged "
+            "or not a picie_lib manifest: remove it, and the folder's files are no run's to replace"
+        )
+    entries = {}
+    for line in manifest.read_bytes().decode(errors="replace").splitlines():
+        path = Path(line)
+        if not line or path.is_absolute() or ".." in path.parts or not path.parts or path.parts[0] in BOOKKEEPING:
+            continue
+        if any(ord(c) < 32 or c == "\ufffd" for c in line):
+            continue
+        entries.setdefault(path.as_posix(), None)
+    return [e for e in entries if e != "."]
 
 
 def start_manifest(folder: Path) -> None:
     """Make ``folder`` a run folder: an empty manifest (kept if there is one)."""
     manifest = Path(folder) / MANIFEST_NAME
     if not is_run_folder(folder):
-        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-        os.close(fd)
+        os.close(own_fd(manifest, os.O_WRONLY | os.O_CREAT))
 
 
 def clear_run(folder: Path) -> list[Path]:
@@ -239,7 +286,11 @@ def clear_run(folder: Path) -> list[Path]:
                 break
             with contextlib.suppress(OSError):
                 parent.rmdir()
-    os.truncate(folder / MANIFEST_NAME, 0)
+    fd = own_fd(folder / MANIFEST_NAME, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
     return sorted(p for p in folder.rglob("*") if p.name not in BOOKKEEPING and not p.is_dir())
 
 

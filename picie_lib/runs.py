@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from picie_lib.distributed import trace
-from picie_lib.run_folder import FILE_MODE, record_written
+from picie_lib.run_folder import FILE_MODE, own_fd, record_written
 
 
-def _temporary_beside(path: Path) -> str:
+def temporary_beside(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, FILE_MODE)
@@ -44,7 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         record_written(path)
-        tmp = _temporary_beside(path)
+        tmp = temporary_beside(path)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -103,11 +103,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one line to ``path``, never through a symbolic link (``O_NOFOLLOW``)."""
+    """Append one line to ``path``, never through a symbolic link nor into a hard link (``run_folder.own_fd``)."""
     path = Path(path)
     try:
         record_written(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fd = own_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         with os.fdopen(fd, "a") as fh:
             fh.write(json_text(record) + "\n")
             fh.flush()
@@ -135,6 +135,19 @@ def load_tensors(path: Path) -> Any:
         ) from None
     except (RuntimeError, EOFError, ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: unreadable, truncated or not a torch file ({first_line(err)})") from None
+
+
+def read_json(path: Path, expected: type = dict, what: str = "a mapping") -> Any:
+    """A JSON file a run wrote (metrics, summary, environment, timings), read whole: invalid JSON, text that is
+    not UTF-8, or a value that is not of the ``expected`` type is a ``ValueError`` of one line naming the file."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes().decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); restore it from a copy, or compute it again") from None
+    if not isinstance(value, expected):
+        raise ValueError(f"{path}: holds {type(value).__name__}, expected {what}; restore it or compute it again")
+    return value
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -203,11 +216,11 @@ def read_sessions(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); remove it or restore it from a copy") from None
-    return saved if isinstance(saved, list) else [saved]
+    saved = read_json(path, (dict, list), "a list of sessions")
+    sessions = saved if isinstance(saved, list) else [saved]
+    if not all(isinstance(s, dict) for s in sessions):
+        raise ValueError(f"{path}: expected a list of sessions (mappings); remove it or restore it from a copy")
+    return sessions
 
 
 def environment_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -6,7 +6,6 @@ and a predictor that draws a scored run's classes again. The scoring itself is `
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,15 @@ from picie_lib.eval_seeds import paired_effect
 from picie_lib.evaluate import CENTROIDS_FORMAT, evaluate_model, network_feature_fn, predict, rgb_feature_fn
 from picie_lib.picie import build_model, labelling_bn
 from picie_lib.run_folder import exclusive
-from picie_lib.runs import atomic_torch_save, atomic_write_text, csv_text, environment, weights_digest, write_json
+from picie_lib.runs import (
+    atomic_torch_save,
+    atomic_write_text,
+    csv_text,
+    environment,
+    read_json,
+    weights_digest,
+    write_json,
+)
 
 
 def load_trained_model(run_dir: Path, cfg: Config) -> torch.nn.Module:
@@ -168,7 +175,10 @@ def read_metrics(path: Path) -> dict:
     not a number (a class absent from the split, a subset it is not in) is written as null
     (``runs.json_text``) and read back here as NaN, in the scores, the per-class rows and the
     over-segmentation summary."""
-    metrics = json.loads(Path(path).read_text())
+    metrics = read_json(path)
+    for key in ("scores", "per_class"):
+        if not isinstance(metrics.get(key, {} if key == "scores" else []), dict if key == "scores" else list):
+            raise ValueError(f"{path}: its {key!r} is not what an evaluation writes; evaluate the run again")
 
     def nan_for_null(values: dict, skip: tuple[str, ...] = ()) -> dict:
         return {k: (math.nan if v is None and k not in skip else v) for k, v in values.items()}

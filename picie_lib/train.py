@@ -35,7 +35,7 @@ from picie_lib.model import load_backbone_state_dict
 from picie_lib.picie import build_model, run_epoch
 from picie_lib.pretext import resolve_pretrained
 from picie_lib.progress import progress
-from picie_lib.run_folder import discard_run, exclusive, new_run_dir
+from picie_lib.run_folder import discard_run, exclusive, new_run_dir, unlink_own
 from picie_lib.runs import append_jsonl, atomic_torch_save, atomic_write_text, json_text, record_session, write_json
 from picie_lib.schedule import Schedule, set_phase
 
@@ -85,10 +85,15 @@ def _start_run_folder(cfg: Config, out_dir: Path, resume: bool, overwrite: bool)
     """Make ``out_dir`` a new run's folder (``new_run_dir``) and return True; or, for ``--resume`` before
     the run's first checkpoint (same configuration), start that run again in its folder and return False."""
     if resume and (out_dir / "config.json").is_file():
+        if any(p.is_dir() and (p / "config.json").is_file() for p in out_dir.iterdir()):
+            raise ValueError(
+                f"{out_dir} holds the runs of a comparison or of the notebooks, not one training run; continue it "
+                "with the command that made it (`compare` or `run` with --resume), or choose another --out"
+            )
         check_same_config(load_config(out_dir / "config.json").to_dict(), cfg, out_dir / "config.json")
         if distributed.is_main():
             for name in RUN_FILES:
-                (out_dir / name).unlink(missing_ok=True)
+                unlink_own(out_dir, name)
         return False
     if distributed.is_main():
         new_run_dir(out_dir, overwrite=overwrite)

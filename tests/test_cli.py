@@ -25,7 +25,8 @@ def compared(tmp_path_factory):
 def test_compare_writes_table_2_and_its_rows(compared):
     out, proc = compared
     rows = json.loads((out / "results.json").read_text())
-    assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal", "linear_probe"}
+    methods = {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal", "linear_probe"}
+    assert {r["loss"] for r in rows} == methods | {"ib_focal_at_switch"}  # IB-Focal's weights at its switch too
     assert all(KEYS <= set(r) for r in rows)
     assert all(r["seed"] == 0 for r in rows)
     header = (out / "results.csv").read_text().splitlines()[0].split(",")

@@ -5,8 +5,9 @@ from dataclasses import fields
 
 import pytest
 
-from picie_lib.config import Config, from_dict, load_preset, parse_override, parse_overrides, read_yaml
+from picie_lib.config import Config, from_dict, load_preset, parse_override, parse_overrides
 from picie_lib.rules import Rule
+from picie_lib.yaml_text import read_yaml
 
 
 def test_defaults_are_the_papers_setting():
@@ -166,3 +167,23 @@ def test_a_switch_that_only_ib_focal_would_use_does_not_stop_ce_and_the_last_epo
     Config(switch=20).check_runnable()  # CE never switches
     Config(loss="ib_focal", switch=19).check_runnable()  # IB-Focal in epoch 20 of 20
     Config(loss="ib_focal", epochs_ib_focal=2).check_runnable()
+
+
+def test_yaml_whose_aliases_expand_beyond_the_limit_is_refused_at_once():
+    import time
+
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)]
+    start = time.perf_counter()  # 10^9 values once expanded
+    with pytest.raises(ValueError, match=r"bomb.yaml: expands to more than 100,000 values"):
+        read_yaml("\n".join(levels) + "\n", "bomb.yaml")
+    assert time.perf_counter() - start < 2
+    shared = read_yaml("a: &a [1, 2]\nb: *a\nc: *a\n", "x")  # a few aliases are fine
+    assert shared == {"a": [1, 2], "b": [1, 2], "c": [1, 2]}
+
+
+def test_an_unknown_parameter_close_to_a_known_one_is_named():
+    with pytest.raises(ValueError, match=r"^-p eval_seed=8: unknown key\(s\) eval_seed; did you mean eval_seeds\?$"):
+        load_preset("smoke", overrides_source="-p", eval_seed=8)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) zzz; known keys: amp, "):
+        load_preset("smoke", overrides_source="-p", zzz=1)

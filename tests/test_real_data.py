@@ -393,7 +393,7 @@ def test_paper_preset():
     assert (cfg.dataset, cfg.res, cfg.base_res, cfg.n_clusters) == ("cocostuff27", 320, 640, 27)
     # PiCIE's script: clustering in batches of 256, training in batches of 128 (what fits a 24 GB card)
     assert (cfg.batch_size_cluster, cfg.batch_size_train) == (256, 128)
-    assert (cfg.bn_eval, cfg.switch, cfg.ib_lr_factor) == ("running", "min_loss", 0.01)
+    assert (cfg.bn_eval, cfg.switch, cfg.ib_lr_factor, cfg.ib_reset_optimizer) == ("running", "min_loss", 1.0, True)
     assert (cfg.epochs_ce, cfg.epochs_focal, cfg.epochs_ib_focal) == (10, 15, 20)
     assert (cfg.lr, cfg.balance, cfg.pretrained, cfg.curated) == (1e-4, "picie", "imagenet", True)
 

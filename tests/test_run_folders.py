@@ -302,7 +302,7 @@ def one_epoch_run(tmp_path_factory) -> Path:
         ({"epoch": -1}, "the checkpoint's 'epoch' is not an integer >= 0"),
         ({"history": {}}, "the checkpoint's 'history' is not a list of epoch records"),
         ({"config": [1]}, "the checkpoint's 'config' is not a mapping of parameters"),
-        ({"schedule": {"best_loss": 1.0}}, "the checkpoint's 'schedule' is not a schedule with best_loss"),
+        ({"schedule": {"best_loss": 1.0}}, "the checkpoint's 'schedule' lacks 'ce_min_epoch'"),
         ({"model": {"conv.weight": torch.zeros(3)}}, "does not fit (Error(s) in loading state_dict"),
     ],
 )

@@ -271,7 +271,8 @@ def test_the_notebook_command_passes_a_dict_and_runs_a_quiet_kernel(tmp_path):
     assert "lies below CE (dashed)" in outputs_text(out) and out.with_suffix(".html").is_file()
     assert "TCP" not in proc.stderr + proc.stdout and (tmp_path / "o" / "figures" / "04_losses.png").is_file()
     proc = picie("notebook", "04_losses", str(tmp_path / "x.ipynb"), "-p", "alpha=1", timeout=600)
-    assert proc.returncode != 0 and "-p alpha: not in 04_losses's parameters cell (" in proc.stderr
+    unknown = "-p alpha: not in 04_losses's parameters cell; known keys: interactive, "
+    assert proc.returncode == 2 and unknown in proc.stderr  # refused before a kernel starts
 
 
 def test_a_finished_run_opens_with_its_own_parameters_from_one_environment_variable(tmp_path, monkeypatch):

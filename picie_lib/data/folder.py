@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from picie_lib.config import read_yaml
 from picie_lib.data.images import ImageFiles, find_images, label_table
+from picie_lib.yaml_text import read_yaml
 
 IGNORE_VALUE = 255
 TABLE_FILE = "classes.yaml"

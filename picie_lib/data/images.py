@@ -17,6 +17,7 @@ COCO's and Cityscapes' label maps are aligned with the stored pixels, as PiCIE r
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,20 +35,38 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # ship with (nvJPEG included), so its notice would only repeat on every batch
 warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
 NOT_ALLOWED = -2  # in a label table: a raw value that the data set never uses
+# the most pixels an image or label map may have (PIL's decompression-bomb threshold, for every decoder): a file of a
+# few MB can declare 65535 x 65535 pixels, 13 GB once decoded
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def check_pixels(path: Path | str, size: tuple[int, int], what: str) -> None:
+    """``BadFile`` naming ``path`` when an image of ``size`` (width, height, from its header) exceeds ``MAX_PIXELS``."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise BadFile(path, f"{width}x{height} = {width * height:,} pixels, over the limit of {MAX_PIXELS:,}", what)
 
 
 def _open(path: Path, what: str, data: torch.Tensor | None = None) -> Image.Image:
     """Open and fully decode ``path``, from its bytes ``data`` if they were read already (decoding is where
     corrupt and truncated files fail; the error names ``path`` either way)."""
     try:
-        with Image.open(path if data is None else io.BytesIO(data.numpy().tobytes())) as img:
+        with warnings.catch_warnings():  # PIL warns from MAX_PIXELS on, and check_pixels refuses there
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path if data is None else io.BytesIO(data.numpy().tobytes()))
+        with img:
+            check_pixels(path, img.size, what)  # from the header, before the pixels are decoded
             img.load()
             return img
     except FileNotFoundError:
         raise
     except UnidentifiedImageError as err:  # its own message names a BytesIO, not the file
         raise BadFile(path, "unreadable (UnidentifiedImageError: not an image format PIL knows)", what) from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # PIL refuses at open beyond twice the limit: the same words
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        counted = f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels than twice the limit"
+        raise BadFile(path, f"{counted}, over the limit of {MAX_PIXELS:,}", what) from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise BadFile(path, f"unreadable ({type(err).__name__}: {err})", what) from err
 
 
@@ -89,11 +108,28 @@ def read_bytes(path: Path | str) -> torch.Tensor:
         raise
     except OSError as err:
         raise BadFile(path, f"unreadable ({type(err).__name__}: {err})", "a readable image file") from err
+    if not data:
+        raise BadFile(path, "an empty file (0 bytes)", "an image file")
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def is_jpeg(data: torch.Tensor) -> bool:
     return data.dim() == 1 and len(data) > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
+
+
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame: baseline, progressive, ...
+
+
+def jpeg_size(data: torch.Tensor) -> tuple[int, int]:
+    """(width, height) a JPEG's frame header declares, read from its markers without decoding; (0, 0) where
+    there is none (the decoder then names the file's problem)."""
+    raw, at = data.numpy().tobytes(), 2
+    while at + 9 <= len(raw) and raw[at] == 0xFF:
+        marker, length = raw[at + 1], int.from_bytes(raw[at + 2 : at + 4], "big")
+        if marker in SOF_MARKERS:
+            return int.from_bytes(raw[at + 7 : at + 9], "big"), int.from_bytes(raw[at + 5 : at + 7], "big")
+        at += 2 + length
+    return 0, 0
 
 
 # a RuntimeError that says the device failed, not the file: raised, never taken for a bad file
@@ -107,7 +143,14 @@ def decode_images(encoded: list[torch.Tensor], paths: list[Path], device) -> lis
     that call fails (one bad file fails it), each on its own; one torchvision refuses (a CMYK one on a GPU, a
     truncated one) goes to PIL, whose verdict on the file counts (``read_image``, from the same bytes)."""
     out: list = [None] * len(encoded)
-    jpegs = [i for i, data in enumerate(encoded) if is_jpeg(data)]
+    jpegs = []
+    for i, data in enumerate(encoded):
+        if is_jpeg(data):
+            try:
+                check_pixels(paths[i], jpeg_size(data), "an image of at most that many pixels")
+                jpegs.append(i)
+            except BadFile as err:
+                out[i] = err
     on_gpu = torch.device(device).type == "cuda"
     if jpegs and on_gpu:
         # nvJPEG's hardware engine can write its outputs, blocks the caching allocator has just recycled, before
