@@ -28,9 +28,9 @@ test: setup  ## lint, every test, then every notebook under nbval on the smoke p
 test-fast: setup  ## the unit tier: pytest -m "not slow" (under a minute; no process started, no model trained)
 	$(PY) -m pytest -m "not slow"
 
-# `make lab RUN=outputs/demo-...` opens the notebooks on a finished run: out_dir and the parameters are that run's.
+# `make lab RUN=outputs/demo-...` opens that run's executed notebooks, copied into its lab/ folder; `make lab` alone
+# a scratch copy in outputs/lab/. JupyterLab's root is that copy: its autosave never touches the tracked notebooks.
 RUN ?=
-ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-lab: setup  ## JupyterLab on the notebooks (RUN=DIR: on the run in DIR; as root, with --allow-root)
-	$(if $(RUN),PICIE_NOTEBOOK_OUT=$(abspath $(RUN))) $(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/
+lab: setup  ## JupyterLab on working copies (RUN=DIR: the run in DIR, its executed notebooks; else a scratch copy)
+	$(PY) -m picie_lib lab $(RUN)

@@ -130,6 +130,18 @@ def cmd_notebook(args: argparse.Namespace) -> None:
     say(f"wrote {output} and {output.with_suffix('.html')}")
 
 
+def cmd_lab(args: argparse.Namespace) -> None:
+    from picie_lib.lab import lab_command, working_copy
+
+    run = Path(args.run).resolve() if args.run else None
+    folder = working_copy(run)
+    os.environ["PICIE_NOTEBOOK_OUT"] = str(run or (folder.parent / "notebooks"))  # the notebooks' default out_dir
+    command = lab_command(folder)
+    say(f"JupyterLab on {folder} (working copies; the tracked notebooks stay as they are): {' '.join(command)}")
+    if not args.dry_run:
+        os.execv(command[0], command)
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from picie_lib.data.prepare import PREPARE
 
@@ -225,6 +237,11 @@ def _upkeep_commands(sub) -> None:
     p.add_argument("--epochs", type=_positive, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_pretext)
+
+    p = sub.add_parser("lab", help="JupyterLab on working copies: a run's executed notebooks, or a scratch copy")
+    p.add_argument("run", nargs="?", help="a finished run's folder (make demo's); none: a scratch copy in outputs/lab")
+    p.add_argument("--dry-run", action="store_true", help="make the working copy and print the command, start nothing")
+    p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser(
         "runtimes", help="make a finished `run --preset demo`'s seconds the notebooks' stated runtimes (tracked files)"

@@ -221,11 +221,12 @@ def evaluate_clusters(
     return result
 
 
-def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None) -> dict:
+def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=None, stored=None) -> dict:
     """PiCIE's final evaluation of ``model``: its features, its dot-product classifier rule, for each
     k-means seed (``over_eval_seeds``). With ``bn_eval: running`` a fresh copy of the model is evaluated
     per seed (its running statistics move during the fresh k-means) and the result holds the first copy's
-    BatchNorm buffers (``bn_state``), so that predictions can be drawn again exactly as they were scored."""
+    BatchNorm buffers (``bn_state``), so that predictions can be drawn again exactly as they were scored. The draws
+    ``stored`` holds (``scores.stored_draws``) are not drawn again."""
     train_set = train_set or build_dataset(cfg, "train", mode="eval")
     val_set = val_set or build_dataset(cfg, "val", mode="eval")
 
@@ -246,7 +247,7 @@ def evaluate_model(model: torch.nn.Module, cfg: Config, train_set=None, val_set=
         result["bn_state"] = bn_state(evaluated)
         return result
 
-    return over_eval_seeds(evaluate_with, cfg)
+    return over_eval_seeds(evaluate_with, cfg, stored)
 
 
 def evaluate_rgb(cfg: Config, train_set=None, val_set=None) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 
 from picie_lib.claims import AT_SWITCH, COLUMNS, HEADERS, VERDICT_WORDS, by_seed, paired_difference, verdict
 from picie_lib.config import LOSS_NAMES
-from picie_lib.eval_seeds import score_standard_error
+from picie_lib.eval_seeds import combine_class_effects, score_standard_error
 from picie_lib.runs import read_json
 from picie_lib.scores import current_evaluation, read_metrics
 
@@ -98,23 +98,8 @@ def class_effects(out_dir: Path, seeds: list[int], key: str = "iou_all") -> list
     runs = [m for m in runs if "ib_phase_effect" in m]
     if not runs:
         return []
-    out = []
-    for c, row in enumerate(runs[0]["per_class"]):
-        effects = [m["ib_phase_effect"]["per_class"][c][key] for m in runs]
-        values = np.array([e["difference"] for e in effects], dtype=float)
-        finite = values[~np.isnan(values)]
-        if not len(finite):
-            continue
-        se = float(finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
-        eval_se = _combined([e["se"] for e in effects])
-        noises = [n for n in (se, eval_se) if not math.isnan(n)]
-        mean = float(finite.mean())
-        beyond = bool(noises) and mean != 0 and all(abs(mean) >= 2 * n for n in noises)
-        out.append(
-            {"class": row["class"], "kind": row["kind"], "difference": mean, "se": se, "eval_se": eval_se}
-            | {"beyond_noise": beyond, "seeds": len(finite)}
-        )
-    return out
+    per_seed = [[effect[key] for effect in m["ib_phase_effect"]["per_class"]] for m in runs]
+    return combine_class_effects(runs[0]["per_class"], per_seed)
 
 
 SLOW = 0.1  # an IB epoch moving the weights less than this share of a CE epoch's move: the phase barely trains

@@ -56,6 +56,30 @@ def notebook_config(preset: str | None, params: dict | None = None, *folders: Pa
     return cfg.replace(**absolute_paths(cfg, NOTEBOOK_DIR.parent))
 
 
+def outputs_folder(out_dir: Path | str, params: dict | None = None) -> Path:
+    """Where a notebook writes: ``out_dir``, or, where ``params`` change a finished run saved there (its
+    config.json; a "Try this" in JupyterLab on a run), a folder of that try's own, ``out_dir/tries/NAME`` named by
+    what changed (``eval_seeds=8``): a try writes beside the run, never over its scores, figures or report."""
+    out_dir = Path(out_dir)
+    saved = out_dir / "config.json"
+    if not params or not saved.is_file():
+        return out_dir
+    run = load_config(saved).to_dict()
+    changed = {k: v for k, v in sorted(params.items()) if run.get(k) != (list(v) if isinstance(v, tuple) else v)}
+    if not changed:
+        return out_dir
+    name = ",".join(f"{k}={v}" for k, v in changed.items())
+    return out_dir / "tries" / "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in name)
+
+
+def scored_folders(out_dir: Path | str, params: dict | None, loss: str, seed: int, run_dir=None) -> tuple[Path, Path]:
+    """06's two folders: the run whose weights it scores (``run_dir``, default ``out_dir/<loss>-seed<seed>``) and
+    where its scores and figures go: the run's own folder, or the try's (``outputs_folder``) when ``params``
+    change the finished run in ``out_dir`` and no ``run_dir`` of its own was given."""
+    run = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{loss}-seed{seed}"
+    return run, run if run_dir is not None else outputs_folder(out_dir, params) / run.name
+
+
 def setup_report(cfg: Config) -> list[dict]:
     """What 00_setup shows: each need, what was found, whether this preset needs it (``status``: ok,
     optional, missing) and what to do when it is missing."""

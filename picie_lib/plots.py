@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from picie_lib.config import LOSS_NAMES, METHOD_NAMES
 from picie_lib.data.base import first_usable
+from picie_lib.eval_seeds import CLASS_THRESHOLD
 from picie_lib.runs import atomic_write_bytes
 from picie_lib.transforms import denormalize
 
@@ -290,66 +291,41 @@ def loss_curves(log: Sequence[dict], title: str = ""):
     return fig
 
 
-def paired_gains(per_class: dict[str, Sequence[Sequence[dict]]], names: dict[str, str], baseline: str, key: str):
-    """One row per method (but the baseline), seed and class: the class's ``key`` minus the baseline's of
-    the same seed (a pandas DataFrame: class, kind, method, gain)."""
-    import pandas as pd
-
-    records = []
-    for method, seeds in per_class.items():
-        if method == baseline:
-            continue
-        for rows, base_rows in zip(seeds, per_class[baseline], strict=False):
-            base = {r["class"]: r[key] for r in base_rows}
-            records += [
-                {
-                    "class": r["class"],
-                    "kind": r["kind"],
-                    "method": names.get(method, method),
-                    "gain": r[key] - base[r["class"]],
-                }
-                for r in rows
-            ]
-    return pd.DataFrame(records)
-
-
-def gains_over_baseline(
-    per_class: dict[str, Sequence[Sequence[dict]]],
-    names: dict[str, str],
-    baseline: str = "ce",
-    key: str = "iou_subset",
-):
-    """Per-class IoU gain of every method over the baseline, things and stuff apart. ``per_class``:
-    method -> one list of ``per_class.csv`` rows per seed, the seeds in the same order for every method;
-    bars are the mean paired gain, with one sample standard deviation where there are several seeds."""
-    import seaborn as sns
-
-    frame = paired_gains(per_class, names, baseline, key)
-    widths = [max(1, int((frame.kind == kind).sum())) for kind in ("thing", "stuff")]  # one bar slot per class
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True, gridspec_kw={"width_ratios": widths})
-    n_seeds = len(per_class[baseline])
+def gains_over_baseline(effects: dict[str, Sequence[dict]], names: dict[str, str], baseline: str = "ce"):
+    """Per-class IoU gain of every method over the baseline, things and stuff apart. ``effects``: method -> its
+    classes' gains (``eval_seeds.gains_over``: the mean over the seeds and both noises); a whisker spans
+    ``CLASS_THRESHOLD`` standard errors of the larger noise, so a bar whose whisker crosses zero is within the noise."""
+    methods = list(effects)
+    classes = {
+        kind: [r["class"] for r in next(iter(effects.values())) if r["kind"] == kind] for kind in ("thing", "stuff")
+    }
+    widths = [max(1, len(classes[kind])) for kind in ("thing", "stuff")]  # one bar slot per class
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True, gridspec_kw={"width_ratios": widths})
+    width = 0.8 / max(1, len(methods))
     for ax, kind in zip(axes, ("thing", "stuff"), strict=True):
-        sns.barplot(
-            frame[frame.kind == kind],
-            x="class",
-            y="gain",
-            hue="method",
-            palette={names.get(m, m): METHOD_COLOURS.get(m) for m in per_class if m != baseline},
-            errorbar="sd",
-            capsize=0.1,
-            ax=ax,
-            legend=ax is axes[0],
-        )
+        x = np.arange(len(classes[kind]))
+        for i, method in enumerate(methods):
+            by_class = {r["class"]: r for r in effects[method]}
+            gains = [by_class[c]["difference"] if c in by_class else np.nan for c in classes[kind]]
+            whiskers = [CLASS_THRESHOLD * by_class[c]["noise"] if c in by_class else np.nan for c in classes[kind]]
+            ax.bar(
+                x + (i - (len(methods) - 1) / 2) * width,
+                gains,
+                width,
+                color=METHOD_COLOURS.get(method),
+                label=names.get(method, method),
+                yerr=np.nan_to_num(whiskers),
+                capsize=2,
+                ecolor="black",
+            )
         ax.axhline(0, color="black", lw=0.8)
-        ax.tick_params(axis="x", rotation=75, labelsize=7)
-        (
-            ax.set_xlabel(""),
-            ax.set_ylabel("IoU gain (points)"),
-            ax.set_title(f"{kind}: IoU gain over {names.get(baseline, baseline)}"),
-        )
+        ax.set_xticks(x, classes[kind], rotation=75, fontsize=7)
+        ax.set_ylabel("IoU gain (points)")
+        ax.set_title(f"{kind}: IoU gain over {names.get(baseline, baseline)}")
+    seeds = max((r["seeds"] for rows in effects.values() for r in rows), default=1)
+    title = f"mean over {seeds} seeds" if seeds > 1 else "one seed"
+    title += f"; whiskers: {CLASS_THRESHOLD:g} standard errors of the larger noise (the seeds' or the k-means draws')"
     handles, labels = axes[0].get_legend_handles_labels()
-    axes[0].get_legend().remove()
-    spread = f"mean over {n_seeds} seeds, bars: one sample std" if n_seeds > 1 else "one seed"
     fig.legend(
         handles,
         labels,
@@ -358,7 +334,7 @@ def gains_over_baseline(
         ncol=len(labels),
         fontsize=8,
         frameon=False,
-        title=spread,
+        title=title,
         title_fontsize=8,
     )
     fig.tight_layout()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from picie_lib.config import LOSS_NAMES, LOSSES, METHOD_NAMES, Config
+from picie_lib.eval_seeds import CLASS_THRESHOLD
 from picie_lib.losses import cosine_logit_max_probability, cross_entropy, ib_focal_loss, reachable_l1_norms
 from picie_lib.metrics import boundary_errors
 from picie_lib.model import FEATURE_DIM
@@ -267,30 +268,31 @@ def results(rows: Sequence[dict]) -> str:
     )
 
 
-def gains(per_class: dict[str, Sequence[Sequence[dict]]], baseline: str = "ce", key: str = "iou_subset") -> str:
-    """``per_class`` as for ``plots.gains_over_baseline``: method -> one list of rows per seed."""
+def gains(effects: dict[str, Sequence[dict]], baseline: str = "ce") -> str:
+    """``effects`` as for ``plots.gains_over_baseline``. Per method: the classes whose gain lies beyond both
+    noises (largest first), or that none does and the largest gain with its noise; then the mean over things and
+    over stuff."""
     parts = []
-    for method, seeds in per_class.items():
-        if method == baseline:
-            continue
-        gain: dict[str, list[float]] = {}
-        kinds = {}
-        for rows, base_rows in zip(seeds, per_class[baseline], strict=False):
-            base = {r["class"]: r[key] for r in base_rows}
-            for r in rows:
-                if np.isfinite(r[key]) and np.isfinite(base[r["class"]]):  # a class absent from the split has none
-                    gain.setdefault(r["class"], []).append(r[key] - base[r["class"]])
-                    kinds[r["class"]] = r["kind"]
-        mean = {c: float(np.mean(v)) for c, v in gain.items()}
-        if not mean:
+    for method, rows in effects.items():
+        if not rows:
             parts.append(f"{METHOD_NAMES[method]}: no class scored in both runs")
             continue
-        up, down = max(mean, key=mean.get), min(mean, key=mean.get)
-        by_kind = {k: np.mean([v for c, v in mean.items() if kinds[c] == k] or [np.nan]) for k in ("thing", "stuff")}
-        parts.append(
-            f"{METHOD_NAMES[method]} gains most on {up} ({mean[up]:+.1f}) and loses most on {down} "
-            f"({mean[down]:+.1f}); on average things {by_kind['thing']:+.1f}, stuff {by_kind['stuff']:+.1f}"
-        )
+        beyond = sorted((r for r in rows if r["beyond_noise"]), key=lambda r: -abs(r["difference"]))
+        by_kind = {
+            k: np.mean([r["difference"] for r in rows if r["kind"] == k] or [np.nan]) for k in ("thing", "stuff")
+        }
+        if beyond:
+            named = ", ".join(f"{r['class']} {r['difference']:+.1f}" for r in beyond[:4])
+            more = f" and {len(beyond) - 4} more" if len(beyond) > 4 else ""
+            text = f"{METHOD_NAMES[method]} changes beyond the noise on {named}{more}"
+        else:
+            top = max(rows, key=lambda r: abs(r["difference"]))
+            noise = "unmeasured" if np.isnan(top["noise"]) else f"± {CLASS_THRESHOLD * top['noise']:.1f}"
+            text = (
+                f"{METHOD_NAMES[method]} changes no class beyond the noise (the largest, {top['class']} "
+                f"{top['difference']:+.1f}, has a noise of {noise})"
+            )
+        parts.append(text + f"; on average things {by_kind['thing']:+.1f}, stuff {by_kind['stuff']:+.1f}")
     return "; ".join(parts) + f" (IoU points over {METHOD_NAMES[baseline]}, subset protocol)."
 
 

@@ -25,15 +25,16 @@ from picie_lib.checkpoints import (
 from picie_lib.config import EVALUATION_KEYS, Config, differences, from_dict, load_config
 from picie_lib.data import build_dataset
 from picie_lib.distributed import resolve_device
-from picie_lib.eval_seeds import paired_effect
+from picie_lib.eval_seeds import draws_of, paired_effect
 from picie_lib.evaluate import CENTROIDS_FORMAT, evaluate_model, network_feature_fn, predict, rgb_feature_fn
 from picie_lib.picie import build_model, labelling_bn
-from picie_lib.run_folder import exclusive
+from picie_lib.run_folder import exclusive, holds_a_run, start_manifest
 from picie_lib.runs import (
     atomic_torch_save,
     atomic_write_text,
     csv_text,
     environment,
+    load_tensors,
     read_json,
     weights_digest,
     write_json,
@@ -105,28 +106,56 @@ def scored_checkpoint(run_dir: Path, force: bool = False) -> tuple[Config, dict]
 
 
 def evaluate_run(
-    run_dir: Path, train_set=None, val_set=None, force: bool = False, evaluation: dict | None = None
+    run_dir: Path,
+    train_set=None,
+    val_set=None,
+    force: bool = False,
+    evaluation: dict | None = None,
+    into: Path | None = None,
 ) -> dict:
-    """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it,
-    with the checkpoint they scored (``checkpoints.checkpoint_record``: epoch, phase, loss, weights' hash).
-    ``evaluation`` overrides the folder's evaluation parameters (``EVALUATION_KEYS``); metrics.json records
-    the values used."""
+    """``python -m picie_lib evaluate DIR``: evaluate a trained run and write its metrics beside it (or ``into``
+    another folder: a try's, which leaves the run's own scores as they are), with the checkpoint they scored
+    (``checkpoints.checkpoint_record``: epoch, phase, loss, weights' hash). ``evaluation`` overrides the folder's
+    evaluation parameters (``EVALUATION_KEYS``); metrics.json records the values used. The k-means draws the
+    run's own metrics.json kept for these weights are reused (``stored_draws``), not drawn again."""
     run_dir = Path(run_dir)
     run_config_path(run_dir)  # a wrong folder is named before exclusive() could create it
     unknown = set(evaluation or {}) - set(EVALUATION_KEYS)
     if unknown:
         raise ValueError(f"evaluation={sorted(unknown)}: expected only {', '.join(EVALUATION_KEYS)}")
-    with exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
+    out = Path(into or run_dir)
+    with exclusive(out) if distributed.is_main() else contextlib.nullcontext():  # rank 0 writes
+        if into is not None and not holds_a_run(out):
+            start_manifest(out)
         cfg, ckpt = scored_checkpoint(run_dir, force)
         cfg = cfg.replace(**(evaluation or {}))
         model = build_model(cfg, resolve_device(cfg.device))
         model.load_state_dict(ckpt["model"])
-        result = evaluate_model(model, cfg, train_set, val_set)
-        result["checkpoint"] = checkpoint_record(ckpt)
+        result = evaluate_model(model, cfg, train_set, val_set, stored_draws(run_dir, cfg, ckpt))
+        result["checkpoint"] = checkpoint_record(ckpt) | ({"run": str(run_dir)} if into is not None else {})
         if cfg.loss == "ib_focal" and (run_dir / "switch.pt").is_file():
             evaluate_at_switch(run_dir / "switch.pt", model, cfg, result, train_set, val_set)
-        write_evaluation(run_dir, result, cfg.loss, cfg)
+        write_evaluation(out, result, cfg.loss, cfg)
     return result
+
+
+def stored_draws(run_dir: Path, cfg: Config, ckpt: dict) -> dict[int, dict]:
+    """The k-means draws ``run_dir/metrics.json`` kept (``eval_seeds.draws_of``), when it scored these weights
+    (``ckpt``'s) with ``cfg``'s evaluation but for the number of draws; the first draw with its centroids from
+    centroids.pt. Empty otherwise: nothing is reused that was scored another way."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file() or not (Path(run_dir) / "centroids.pt").is_file():
+        return {}
+    ignore = (TRAINING_RUNTIME_KEYS - set(EVALUATION_KEYS)) | {"eval_seeds"}  # only the number of draws may differ
+    saved = stored_scores(path, cfg, weights_digest(ckpt["model"]), ignore)
+    draws = draws_of(saved) if saved is not None else {}
+    if draws:
+        centroids = load_tensors(Path(run_dir) / "centroids.pt")
+        first = draws[saved["eval_spread"]["seeds"][0]]
+        first["centroids"] = centroids["centroids"]
+        if "bn_state" in centroids:
+            first["bn_state"] = centroids["bn_state"]
+    return draws
 
 
 def evaluate_at_switch(path: Path, model, cfg: Config, result: dict, train_set=None, val_set=None) -> None:
@@ -206,25 +235,33 @@ def stored_scores(metrics: Path, cfg: Config, weights: str | None, ignore: froze
     return None if differences(saved.get("config", {}), cfg, ignore) else saved
 
 
-def current_evaluation(run_dir: Path, cfg: Config | None = None) -> dict:
-    """The scores of the weights now in ``run_dir`` under ``cfg``'s evaluation parameters (default: the
-    folder's): its ``metrics.json`` while that scored these weights so, else ``evaluate_run`` with them. A
-    ``cfg`` that trains differently from the folder's run is refused (``checkpoints.evaluation_asked``)."""
+def current_evaluation(run_dir: Path, cfg: Config | None = None, into: Path | None = None) -> dict:
+    """The scores of the weights now in ``run_dir`` under ``cfg``'s evaluation parameters (default: the folder's):
+    the metrics.json of ``into`` (default the run's folder) while that scored these weights so, else
+    ``evaluate_run`` with them, written there. A ``cfg`` that trains differently from the folder's run is refused
+    (``checkpoints.evaluation_asked``)."""
     run_dir = Path(run_dir)
+    if into is not None and Path(into).resolve() == run_dir.resolve():
+        into = None  # the run's own folder
+    target = Path(into or run_dir)
     folder_cfg, ckpt = scored_checkpoint(run_dir)
     evaluation = {} if cfg is None else evaluation_asked(run_dir, folder_cfg, cfg)
     ignore = TRAINING_RUNTIME_KEYS if cfg is None else TRAINING_RUNTIME_KEYS - set(EVALUATION_KEYS)
-    if (run_dir / "centroids.pt").is_file():
+    if (target / "centroids.pt").is_file():
         wanted = folder_cfg.replace(**evaluation)
-        saved = stored_scores(run_dir / "metrics.json", wanted, weights_digest(ckpt["model"]), ignore)
+        saved = stored_scores(target / "metrics.json", wanted, weights_digest(ckpt["model"]), ignore)
         if saved is not None:
             return saved
-    return evaluate_run(run_dir, evaluation=evaluation)
+    return evaluate_run(run_dir, evaluation=evaluation, into=into)
 
 
-def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-    """``(images, size) -> (B, H, W)`` class ids predicted by an evaluated run (or reference point):
-    its fitted centroids, each cluster named by the run's Hungarian matching (All); -1 = unmatched."""
+Predictor = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def class_predictor(run_dir: Path, weights_dir: Path | None = None) -> Predictor:
+    """``(images, size) -> (B, H, W)`` class ids predicted by an evaluated run (or reference point): its fitted
+    centroids, each cluster named by the run's Hungarian matching (All); -1 = unmatched. The trained weights are
+    ``weights_dir``'s where the scores lie elsewhere (a try's re-scoring of a run)."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir / "metrics.json")
     if not (run_dir / "centroids.pt").is_file():
@@ -238,7 +275,7 @@ def class_predictor(run_dir: Path) -> Callable[[torch.Tensor, tuple[int, int]], 
         if metrics["method"] == "untrained":
             model = build_model(cfg, resolve_device(cfg.device))
         else:
-            model = load_trained_model(run_dir, cfg)
+            model = load_trained_model(weights_dir or run_dir, cfg)
         if "bn_state" in saved:  # the statistics the predictions were scored with
             model.load_state_dict(saved["bn_state"], strict=False)
         extract, rule = network_feature_fn(model, cfg, labelling_bn(cfg)), "dot"

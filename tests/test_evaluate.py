@@ -231,3 +231,38 @@ def test_a_ce_run_has_no_switch_to_score(tmp_path):
     train(load_preset("smoke", epochs_ce=1, device="cpu"), tmp_path)
     result = evaluate_run(tmp_path)
     assert "at_switch" not in result and "ib_phase_effect" not in result
+
+
+def test_a_try_reuses_the_draws_the_run_kept_and_leaves_its_scores_as_they_were(tmp_path, monkeypatch):
+    """Re-scoring a run with fewer or more k-means draws, into a try's folder: the draws the run's metrics.json
+    kept are not drawn again, the scores equal an evaluation from scratch, and the run's own files are untouched."""
+    from picie_lib import evaluate
+    from picie_lib.scores import current_evaluation, evaluate_run
+    from picie_lib.train import train
+
+    cfg = load_preset("smoke", epochs_ce=1, eval_seeds=3, device="cpu")
+    run = tmp_path / "run"
+    train(cfg, run)
+    evaluate_run(run)
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    real, calls = evaluate.evaluate_clusters, []
+
+    def counting(*args, seed=None, **kwargs):
+        calls.append(seed)
+        return real(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_clusters", counting)
+    fewer = current_evaluation(run, cfg.replace(eval_seeds=2), into=tmp_path / "tries" / "two" / "run")
+    assert calls == [] and fewer["draws_reused"] == 2 and fewer["eval_spread"]["seeds"] == [0, 1]
+    more = current_evaluation(run, cfg.replace(eval_seeds=5), into=tmp_path / "tries" / "five" / "run")
+    assert calls == [3, 4] and more["draws_reused"] == 3
+    monkeypatch.setattr(evaluate, "evaluate_clusters", real)
+    model = build_model(cfg, "cpu")
+    model.load_state_dict(__import__("torch").load(run / "checkpoint.pt", weights_only=True)["model"])
+    scratch = evaluate_model(model, cfg.replace(eval_seeds=5))
+    assert more["scores"] == pytest.approx(scratch["scores"]) and more["confusion"] == scratch["confusion"]
+    for key in ("iou_all", "iou_subset", "effective_clusters", "fragments_per_object"):
+        np.testing.assert_allclose(*([r[key] for r in x["per_class"]] for x in (more, scratch)), rtol=1e-9)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept  # the run's scores as they were
+    again = current_evaluation(run, cfg.replace(eval_seeds=5), into=tmp_path / "tries" / "five" / "run")
+    assert again["scores"] == pytest.approx(more["scores"]) and calls == [3, 4]  # read back, not scored again

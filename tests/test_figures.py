@@ -13,6 +13,7 @@ from picie_lib.claims import CLAIMS, COLUMNS, GLOBAL_COLUMNS, PAPER_TABLE, paire
 from picie_lib.config import METHOD_NAMES
 from picie_lib.data import SyntheticScenes
 from picie_lib.data.cocostuff_classes import COARSE_NAMES
+from picie_lib.eval_seeds import gains_over
 from picie_lib.explore import browse, failure_map
 from picie_lib.losses import cosine_logit_max_probability
 from picie_lib.metrics import boundary_errors, class_pixel_counts
@@ -193,17 +194,49 @@ def test_legends_sit_outside_the_axes_of_the_results_and_gains_figures():
         "the paper's value (COCO-Stuff-27)",
         *(METHOD_NAMES[m] for m in ("ce", "focal", "ib_focal")),
     }
-    per_class = {
-        m: [[{"class": n, "kind": "thing" if c < 12 else "stuff", "iou_subset": 10.0 * (m != "ce") + s} for c, n in
-             enumerate(COARSE_NAMES)] for s in (0, 2)]
-        for m in ("ce", "focal", "ib_focal")
-    }  # fmt: skip
-    fig = plots.gains_over_baseline(per_class, METHOD_NAMES)
+    gains = gains_over(_runs_with_draws({"ce": 0.0, "focal": 10.0, "ib_focal": 10.0}, noise=0.5))
+    fig = plots.gains_over_baseline(gains, METHOD_NAMES)
     fig.canvas.draw()
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == [METHOD_NAMES["focal"], METHOD_NAMES["ib_focal"]]
     assert legend.get_window_extent().y1 <= min(ax.get_window_extent().y0 for ax in fig.axes)
-    assert "things +10.0, stuff +10.0" in readings.gains(per_class)
+
+
+def _runs_with_draws(shift: dict[str, float], noise: float, seeds=(0, 1), draws: int = 6, classes=COARSE_NAMES):
+    """Each method's metrics.json per seed, with per-class IoU kept draw by draw: the method's ``shift`` plus a
+    noise of its own per draw and per seed; the same k-means seeds for every method of a seed."""
+    rng = np.random.default_rng(0)
+    runs = {}
+    for method, gain in shift.items():
+        runs[method] = []
+        for seed in seeds:
+            base = np.full((draws, len(classes)), 30.0 + seed) + rng.normal(0, noise, (draws, len(classes)))
+            iou = base + gain
+            rows = [{"class": n, "kind": "thing" if c < 12 else "stuff", "iou_subset": float(iou[:, c].mean())}
+                    for c, n in enumerate(classes)]  # fmt: skip
+            spread = {"seeds": [seed * draws + i for i in range(draws)]}
+            runs[method].append(
+                {"per_class": rows, "per_class_draws": {"iou_subset": iou.tolist()}, "eval_spread": spread}
+            )
+    return runs
+
+
+def test_per_class_gains_carry_both_noises_and_the_reading_names_only_gains_beyond_them():
+    gains = gains_over(_runs_with_draws({"ce": 0.0, "focal": 10.0, "ib_focal": 0.0}, noise=0.5))
+    focal = {r["class"]: r for r in gains["focal"]}
+    person = next(c for c in COARSE_NAMES if c.startswith("person"))
+    assert focal[person]["beyond_noise"] and focal[person]["difference"] == pytest.approx(10.0, abs=1.0)
+    assert focal[person]["eval_se"] > 0 and focal[person]["noise"] == max(focal[person]["se"], focal[person]["eval_se"])
+    text = readings.gains(gains)
+    assert "Method 1: Focal changes beyond the noise on " in text and "and 23 more" in text
+    assert "Method 2: IB-Focal changes no class beyond the noise (the largest, " in text
+    fig = plots.gains_over_baseline(gains, METHOD_NAMES)
+    whiskers = [line for ax in fig.axes for line in ax.lines if len(line.get_xdata()) and line.get_linestyle() == "-"]
+    assert whiskers  # every bar carries its noise
+    quiet = gains_over(_runs_with_draws({"ce": 0.0, "focal": 0.0}, noise=3.0, seeds=(0, 1, 2), draws=24))
+    assert "changes no class beyond the noise" in readings.gains(quiet) and "beyond the noise on" not in readings.gains(
+        quiet
+    )
 
 
 def test_readings_name_the_best_and_worst_classes_and_skip_absent_ones():

@@ -297,17 +297,67 @@ def test_a_finished_run_opens_with_its_own_parameters_from_one_environment_varia
     )
 
 
-def test_make_lab_opens_a_run_and_starts_as_root():
+def test_lab_opens_working_copies_and_its_saves_never_reach_the_tracked_notebooks(tmp_path):
+    """`make lab RUN=DIR` opens copies of the run's executed notebooks in DIR/lab, `make lab` a scratch copy; a
+    save through JupyterLab's own file API (its contents manager, rooted where `lab` roots it: what autosave calls)
+    writes the copy, cannot reach the tracked notebooks, and keeps a copy the student changed on the next start."""
     import os
     import subprocess
 
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    from tornado.web import HTTPError
+
+    from picie_lib.config import load_preset, save_config
+    from picie_lib.lab import lab_command, working_copy
+
+    tracked = {p: p.read_bytes() for p in NOTEBOOK_DIR.iterdir() if p.is_file()}
+    run = tmp_path / "demo-run"
+    (run / "notebooks").mkdir(parents=True)
+    save_config(load_preset("smoke"), run / "config.json")
+    executed = nbformat.read(NOTEBOOK_DIR / "06_evaluate.ipynb", as_version=4)
+    executed.cells[0].source += "\n\nexecuted"
+    nbformat.write(executed, run / "notebooks" / "06_evaluate-ce-seed0.ipynb")
+    folder = working_copy(run)
+    assert folder == run / "lab" and [p.name for p in folder.glob("*.ipynb")] == ["06_evaluate-ce-seed0.ipynb"]
+    scratch = working_copy(None, tmp_path / "scratch")
+    assert sorted(p.name for p in scratch.glob("*.ipynb")) == sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    command = lab_command(folder, root=True)
+    assert f"--ServerApp.root_dir={folder.resolve()}" in command and command[-1] == "--allow-root"
+
+    contents = FileContentsManager(root_dir=str(folder))  # what JupyterLab's server saves through
+    model = contents.get("06_evaluate-ce-seed0.ipynb")
+    model["content"].cells[1].source += "\nparams = {'eval_seeds': 8}  # a student's edit"
+    contents.save(model, "06_evaluate-ce-seed0.ipynb")
+    for outside in ("../../../notebooks/06_evaluate.ipynb", str(NOTEBOOK_DIR / "06_evaluate.ipynb")):
+        with pytest.raises(HTTPError):
+            contents.save(model, outside)
+    assert "a student's edit" in (folder / "06_evaluate-ce-seed0.ipynb").read_text()
+    working_copy(run)  # the next start keeps the student's copy
+    assert "a student's edit" in (folder / "06_evaluate-ce-seed0.ipynb").read_text()
+    assert {p: p.read_bytes() for p in NOTEBOOK_DIR.iterdir() if p.is_file()} == tracked
     repo = NOTEBOOK_DIR.parent
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
-    args = ["make", "--no-print-directory", "-n", "lab", "RUN=outputs/demo-x"]
-    proc = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=env)
-    line = next(line for line in proc.stdout.splitlines() if "jupyter lab" in line)
-    assert line.startswith(f"PICIE_NOTEBOOK_OUT={repo / 'outputs' / 'demo-x'} ") and "jupyter lab" in line
-    assert ("--allow-root" in line) == (os.getuid() == 0)
+    shown = subprocess.run(["make", "--no-print-directory", "-n", "lab", f"RUN={run}"], cwd=repo, capture_output=True,
+                           text=True, env=env).stdout  # fmt: skip
+    assert f"-m picie_lib lab {run}" in shown
+
+
+def test_a_try_on_a_finished_run_writes_beside_it(run, tmp_path):
+    """A "Try this" in a finished run's folder (its config.json there, as `run` leaves it): 06 re-scores into
+    tries/eval_seeds=2, reusing the draws the run kept; 04's figure goes there too; the run's files stay."""
+    from picie_lib.config import load_preset, save_config
+
+    finished = tmp_path / "finished"
+    shutil.copytree(run.base, finished)
+    save_config(load_preset(str(run.preset)), finished / "config.json")
+    before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
+    text, _ = run("06_evaluate", {"params": {"eval_seeds": 2}}, finished)
+    scored = metrics(finished / "tries" / "eval_seeds=2" / "ce-seed0")
+    assert len(scored["eval_spread"]["seeds"]) == 2 and scored["draws_reused"] == 1 and "a try on" in text
+    assert (finished / "tries" / "eval_seeds=2" / "ce-seed0" / "figures" / "per_class_iou.png").is_file()
+    run("04_losses", {"params": {"ib_alpha": 1}}, finished)
+    assert (finished / "tries" / "ib_alpha=1" / "figures" / "04_losses.png").is_file()
+    assert {p: p.read_bytes() for p in before} == before  # the run's scores, figures and report as they were
 
 
 def test_tables_show_whole_in_the_executed_notebooks(baseline):
