@@ -189,7 +189,11 @@ def phase_table(run_dir: Path, beside: Path | None = None) -> list[dict]:
             row["All Acc"], row["mIoU"] = (round(metrics["scores"][k], 2) for k in ("acc_all", "miou_all"))
             if "ib_phase_effect" in metrics:
                 effect = metrics["ib_phase_effect"]["scores"]["acc_all"]
-                noise = "one k-means draw" if math.isnan(effect["se"]) else f"± {effect['se']:.2f}, evaluation"
+                noise = (
+                    "one k-means draw"
+                    if effect["se"] is None or math.isnan(effect["se"])
+                    else f"± {effect['se']:.2f}, evaluation"
+                )
                 row["the IB phase's effect on All Acc"] = f"{effect['difference']:+.2f} ({noise})"
         rows.append(row)
     return rows

@@ -13,7 +13,7 @@ from commands import picie
 from picie_lib import notebook, pipeline, report, runs
 from picie_lib.claims import COLUMNS
 from picie_lib.cli import main
-from picie_lib.config import load_preset
+from picie_lib.config import load_preset, save_config
 
 # slow: starts processes or trains, not in the unit tier (pytest -m 'not slow')
 pytestmark = pytest.mark.slow
@@ -157,11 +157,19 @@ def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
         assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
         assert (out / "notebooks" / f"{name}.html").stat().st_size > 10_000
     rows = json.loads((out / "results.json").read_text())
-    assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal", "linear_probe"}
+    assert {r["loss"] for r in rows} == {
+        "rgb_kmeans",
+        "untrained",
+        "ce",
+        "focal",
+        "ib_focal",
+        "ib_focal_at_switch",
+        "linear_probe",
+    }
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"loss", "seed", *COLUMNS} <= set(header)
     claims = json.loads((out / "claims.json").read_text())
-    assert len(claims) == 7 and all(c["holds"] == "one seed" for c in claims)  # smoke: one seed, not judged
+    assert len(claims) == 9 and all(c["holds"] == "one seed" for c in claims)  # smoke: one seed, not judged
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings["per_notebook"]) == {name for _, name, _ in steps} and "per_method" in timings
     assert "PiCIE, the paper's row (= PiCIE + H" in proc.stdout
@@ -169,7 +177,7 @@ def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
 
 def test_every_figure_is_read_for_the_reader_in_the_notebooks_and_the_report(smoke_run):
     out, _, _ = smoke_run
-    published = {"01_data": 2, "02_views": 2, "03_clustering": 2, "04_losses": 2, "05_train-ib_focal-seed0": 1}
+    published = {"01_data": 2, "02_views": 2, "03_clustering": 2, "04_losses": 3, "05_train-ib_focal-seed0": 1}
     published |= {"06_evaluate-focal-seed0": 4, "07_compare": 4}  # 05 also shows its live curves, unread
     for name, count in published.items():
         html = (out / "notebooks" / f"{name}.html").read_text()
@@ -236,11 +244,16 @@ def test_every_notebook_states_its_runtime_from_the_committed_table(tmp_path):
         (folder / path.name).write_text(path.read_text())
     timings = {name: 1.0 + i for i, name in enumerate(table["per_notebook"])}
     for preset, overrides in (("smoke", {}), ("demo", {"seed": 1})):
+        save_config(load_preset(preset, **overrides), run_dir / "config.json")
         runs.write_json(run_dir / "runtimes.json", report.runtimes_table(timings, 600.0, preset, overrides))
         with pytest.raises(ValueError, match="the notebooks state the demo preset's runtimes as shipped"):
             report.publish_runtimes(run_dir, folder)
-    assert [(folder / p.name).read_text() for p in NOTEBOOKS] == [p.read_text() for p in NOTEBOOKS]
+    # the table's words alone are not believed: the run's own parameters must be the demo's
     runs.write_json(run_dir / "runtimes.json", report.runtimes_table(timings, 600.0, "demo", {}))
+    with pytest.raises(ValueError, match="ran other parameters than the demo preset's"):
+        report.publish_runtimes(run_dir, folder)
+    assert [(folder / p.name).read_text() for p in NOTEBOOKS] == [p.read_text() for p in NOTEBOOKS]
+    save_config(load_preset("demo"), run_dir / "config.json")
     for _ in range(2):
         report.publish_runtimes(run_dir, folder)
     title = nbformat.read(folder / "05_train.ipynb", as_version=4).cells[0].source
@@ -364,7 +377,14 @@ def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):
     )
     assert config["data_root"] == str(layout.root)  # made absolute: the notebooks run in notebooks/
     rows = json.loads((out / "results.json").read_text())
-    assert {r["loss"] for r in rows} == {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal"}  # no probe on COCO
+    assert {r["loss"] for r in rows} == {
+        "rgb_kmeans",
+        "untrained",
+        "ce",
+        "focal",
+        "ib_focal",
+        "ib_focal_at_switch",
+    }  # no probe
     val = json.loads((out / "ce-seed0" / "metrics.json").read_text())
     assert sum(r["pixels"] for r in val["per_class"]) == np.asarray(val["confusion"]).sum() > 0
     assert val["skipped_files"] == [str(corrupt), str(bad_label)]  # each bad file left out and named
