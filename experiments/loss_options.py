@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,17 +52,17 @@ VARIANTS = {
     ),
     "ib_focal, drop-in": (
         "ib_focal",
-        {"ib_reset_optimizer": False},
+        {"ib_lr_factor": 1.0, "ib_reset_optimizer": False},
         "PiCIE's optimizer untouched (rate and moments as they were): a drop-in loss swap",
     ),
     "ib_focal, alpha matched": (
         "ib_focal",
-        {"ib_alpha_match": True, "ib_reset_optimizer": False},
+        {"ib_alpha_match": True, "ib_lr_factor": 1.0, "ib_reset_optimizer": False},
         "alpha set so the IB loss equals CE's at the switch (the IB author's rule), moments kept",
     ),
     "ib_focal, alpha matched and reset": (
         "ib_focal",
-        {"ib_alpha_match": True},
+        {"ib_alpha_match": True, "ib_lr_factor": 1.0, "ib_reset_optimizer": True},
         "alpha matched at the switch and Adam's moments restarted",
     ),
     "ib_focal, switch=global_min": (
@@ -227,7 +228,7 @@ def main() -> None:
     if any(r["method"] == "ib_focal" for r in rows):
         text += "\n\n" + schedule_markdown(rows, args.seeds)
     print("\n" + text)
-    command = "python experiments/loss_options.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "experiments/loss_options.py", *sys.argv[1:]])
     atomic_write_text(args.out / "results.md", f"`{command}`\n\n{text}\n")
     atomic_write_text(args.out / "results.csv", csv_text(rows))
     atomic_write_text(args.out / "runs.csv", csv_text(runs))
