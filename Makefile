@@ -22,7 +22,7 @@ demo: setup  ## the notebooks, executed: the three methods on the built-in data 
 test: setup  ## lint, every test, then every notebook under nbval on the smoke preset (CPU; 30 to 60 min on 2 cores)
 	@echo "make test runs every test (30 to 60 min on 2 cores); make test-fast runs the unit tier in under a minute"
 	$(VENV)/bin/ruff check picie_lib tests notebooks benchmarks experiments
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=40
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
 
 test-fast: setup  ## the unit tier: pytest -m "not slow" (under a minute; no process started, no model trained)
