@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 NOTEBOOKS = sorted(notebook.NOTEBOOK_DIR.glob("*.ipynb"))
 PARAMETERS = ("preset", "params", "out_dir", "seed", "interactive")
+# the results rows of every run: the references, the three methods and IB-Focal's weights at its switch
+RESULT_ROWS = {"rgb_kmeans", "untrained", "ce", "focal", "ib_focal", "ib_focal_at_switch"}
 
 
 def test_the_numbered_notebooks_are_all_there():
@@ -157,15 +159,7 @@ def test_run_executes_every_notebook_and_writes_the_results(smoke_run):
         assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
         assert (out / "notebooks" / f"{name}.html").stat().st_size > 10_000
     rows = json.loads((out / "results.json").read_text())
-    assert {r["loss"] for r in rows} == {
-        "rgb_kmeans",
-        "untrained",
-        "ce",
-        "focal",
-        "ib_focal",
-        "ib_focal_at_switch",
-        "linear_probe",
-    }
+    assert {r["loss"] for r in rows} == RESULT_ROWS | {"linear_probe"}
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"loss", "seed", *COLUMNS} <= set(header)
     claims = json.loads((out / "claims.json").read_text())
@@ -377,14 +371,7 @@ def test_run_paper_preset_on_a_tiny_coco_layout_root_with_bad_files(tmp_path):
     )
     assert config["data_root"] == str(layout.root)  # made absolute: the notebooks run in notebooks/
     rows = json.loads((out / "results.json").read_text())
-    assert {r["loss"] for r in rows} == {
-        "rgb_kmeans",
-        "untrained",
-        "ce",
-        "focal",
-        "ib_focal",
-        "ib_focal_at_switch",
-    }  # no probe
+    assert {r["loss"] for r in rows} == RESULT_ROWS  # no probe on COCO
     val = json.loads((out / "ce-seed0" / "metrics.json").read_text())
     assert sum(r["pixels"] for r in val["per_class"]) == np.asarray(val["confusion"]).sum() > 0
     assert val["skipped_files"] == [str(corrupt), str(bad_label)]  # each bad file left out and named
