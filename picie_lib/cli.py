@@ -109,8 +109,10 @@ def cmd_runtimes(args: argparse.Namespace) -> None:
     from picie_lib.report import RUNTIMES, publish_runtimes
 
     table = publish_runtimes(Path(args.run_dir))
-    say(f"wrote {RUNTIMES} and the runtime line of every notebook: {table['machine']}, {table['date']}, "
-        f"whole run {table['wall_seconds'] / 60:.1f} min")  # fmt: skip
+    say(
+        f"wrote {RUNTIMES} and the runtime line of every notebook: {table['machine']}, {table['date']}, "
+        f"whole run {table['wall_seconds'] / 60:.1f} min"
+    )
 
 
 def cmd_notebook(args: argparse.Namespace) -> None:
@@ -224,9 +226,13 @@ def _upkeep_commands(sub) -> None:
     p.add_argument("name", help="a notebook of notebooks/ without .ipynb, e.g. 06_evaluate")
     p.add_argument("output", help="the executed copy to write (.ipynb; the .html beside it)")
     p.add_argument(
-        "-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="a value of the parameters cell, as YAML: -p loss=focal -p 'params={temperature: 1.0}'",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_notebook)
 
     p = sub.add_parser(
@@ -253,17 +259,26 @@ def _upkeep_commands(sub) -> None:
 def _evaluation_args(p: argparse.ArgumentParser) -> None:
     """evaluate's own parameters (``config.EVALUATION_KEYS``; eval_batch_size stays the run's), as flags."""
     p.add_argument(
-        "--eval-seeds", type=_positive, default=None, metavar="N",
+        "--eval-seeds",
+        type=_positive,
+        default=None,
+        metavar="N",
         help="score the same weights by the mean of N k-means draws (eval_seeds; metrics.json: eval_spread)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--restarts", type=_positive, default=None, metavar="R",
+        "--restarts",
+        type=_positive,
+        default=None,
+        metavar="R",
         help="starts of each k-means, the lowest inertia kept (eval_kmeans_restarts)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--init-batches", type=_positive, default=None, metavar="B",
+        "--init-batches",
+        type=_positive,
+        default=None,
+        metavar="B",
         help="batches in the k-means' initial fit (eval_kmeans_init_batches; the train split's count: all pixels)",
-    )  # fmt: skip
+    )
 
 
 def _positive(text: str) -> int:

@@ -23,8 +23,13 @@ from picie_lib.progress import progress
 PER_CLASS_DRAWS = ("iou_all", "iou_subset")  # per-class columns kept draw by draw (their noise: paired_effect)
 # per-class columns averaged over the draws; the rest (class, kind, pixels, the matched cluster) are the first draw's
 AVERAGED = (
-    "iou_all", "iou_subset", "clusters_for_90pct", "effective_clusters", "top_cluster_share", "fragments_per_object"
-)  # fmt: skip
+    "iou_all",
+    "iou_subset",
+    "clusters_for_90pct",
+    "effective_clusters",
+    "top_cluster_share",
+    "fragments_per_object",
+)
 
 
 def eval_seed_list(cfg: Config) -> list[int]:

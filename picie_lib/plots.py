@@ -27,10 +27,34 @@ METHOD_COLOURS = dict(zip(METHOD_NAMES, plt.get_cmap("tab10").colors, strict=Fal
 # light blue (23), plant green (22), ground brown (21), building grey (20), water blue (26), wall cream (18),
 # person crimson (9), vehicle navy (11); the others were picked greedily, farthest from those already taken.
 CLASS_PALETTE = (
-    "#ff00ff", "#ffe800", "#ffa2ff", "#0000ff", "#00ff00", "#00ffd1", "#741746", "#174617", "#ff00a2",
-    "#dc143c", "#ff7400", "#1a237e", "#8b5dff", "#ff8ba2", "#a2a22e", "#a2e817", "#a22ea2", "#2ea28b",
-    "#f0e0b0", "#00ff8b", "#8c8c8c", "#a0662d", "#2ca02c", "#87cefa", "#5d8bff", "#e8a200", "#1f78b4",
-)  # fmt: skip
+    "#ff00ff",
+    "#ffe800",
+    "#ffa2ff",
+    "#0000ff",
+    "#00ff00",
+    "#00ffd1",
+    "#741746",
+    "#174617",
+    "#ff00a2",
+    "#dc143c",
+    "#ff7400",
+    "#1a237e",
+    "#8b5dff",
+    "#ff8ba2",
+    "#a2a22e",
+    "#a2e817",
+    "#a22ea2",
+    "#2ea28b",
+    "#f0e0b0",
+    "#00ff8b",
+    "#8c8c8c",
+    "#a0662d",
+    "#2ca02c",
+    "#87cefa",
+    "#5d8bff",
+    "#e8a200",
+    "#1f78b4",
+)
 
 
 def class_colours(n: int) -> np.ndarray:
