@@ -50,8 +50,20 @@ def one_line(stderr: str) -> str:
 
 
 def cli(*args: str, timeout: float = 600) -> tuple[int, str]:
+    """The command in a child process, as a user runs it: exit code and the whole of stderr."""
     result = picie(*args, timeout=timeout)
     return result.returncode, result.stderr
+
+
+def in_process(capsys, *args: str) -> tuple[int, str]:
+    """The same command through ``cli.main`` in this process, where the process boundary is not what is tested
+    (``test_the_corrected_command_runs_into_the_same_out`` holds that a refusal is one line on a real stderr)."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
 
 
 @contextmanager
@@ -92,9 +104,9 @@ def _opened_path(fd: int) -> str:
         (["run", "-p", "seeds=[]"], "error: -p seeds=[]: expected a non-empty list"),
     ],
 )
-def test_a_bad_parameter_stops_before_anything_is_written(tmp_path, command_args, message):
+def test_a_bad_parameter_stops_before_anything_is_written(tmp_path, capsys, command_args, message):
     out = tmp_path / "out"
-    code, err = cli(command_args[0], "--preset", "smoke", *command_args[1:], "--out", str(out), timeout=120)
+    code, err = in_process(capsys, command_args[0], "--preset", "smoke", *command_args[1:], "--out", str(out))
     assert code == 2 and one_line(err).startswith(message), err
     assert not out.exists()  # so the corrected command may use the same --out
 
@@ -105,7 +117,8 @@ def _not_json(constant: str):
 
 def test_the_corrected_command_runs_into_the_same_out(tmp_path):
     out = tmp_path / "out"
-    assert cli("train", *ONE_EPOCH, "--loss", "ce", "-p", "seed=-1", "--out", str(out))[0] == 2
+    code, err = cli("train", *ONE_EPOCH, "--loss", "ce", "-p", "seed=-1", "--out", str(out))
+    assert code == 2 and one_line(err).startswith("error: -p seed=-1: expected an integer"), err
     code, err = cli("train", *ONE_EPOCH, "--loss", "ce", "-p", "seed=1", "--out", str(out))
     assert code == 0, err[-2000:]
     for path in [*out.glob("*.json"), out / "log.jsonl"]:  # strict JSON: no NaN or Infinity anywhere
@@ -113,17 +126,19 @@ def test_the_corrected_command_runs_into_the_same_out(tmp_path):
             json.loads(line, parse_constant=_not_json)
 
 
-def test_presets_with_bad_yaml_or_a_key_given_twice_are_one_line(tmp_path):
+def test_presets_with_bad_yaml_or_a_key_given_twice_are_one_line(tmp_path, capsys):
     broken, twice = tmp_path / "broken.yaml", tmp_path / "twice.yaml"
     broken.write_text("epochs_ce: 2\nhue: [-0.1, 0.1\n")
     twice.write_text("epochs_ce: 2\nlr: 1.0e-3\nepochs_ce: 3\n")
-    code, err = cli("train", "--preset", str(broken), "--loss", "ce", "--out", str(tmp_path / "a"))
+    code, err = in_process(capsys, "train", "--preset", str(broken), "--loss", "ce", "--out", str(tmp_path / "a"))
     assert code == 2 and one_line(err).startswith(f"error: {broken}: not valid YAML at line 3")
-    code, err = cli("train", "--preset", str(twice), "--loss", "ce", "--out", str(tmp_path / "b"))
+    code, err = in_process(capsys, "train", "--preset", str(twice), "--loss", "ce", "--out", str(tmp_path / "b"))
     assert code == 2 and one_line(err) == (
         f"error: {twice}: not valid YAML at line 3, column 1: duplicate key 'epochs_ce' (first on line 1)"
     )
-    code, err = cli("train", "--preset", str(tmp_path / "absent.yaml"), "--loss", "ce", "--out", str(tmp_path / "c"))
+    code, err = in_process(
+        capsys, "train", "--preset", str(tmp_path / "absent.yaml"), "--loss", "ce", "--out", str(tmp_path / "c")
+    )
     assert code == 2 and one_line(err) == f"error: --preset {tmp_path / 'absent.yaml'}: no such file"
 
 
@@ -337,12 +352,12 @@ def test_a_read_only_out_is_named_before_any_work(tmp_path, monkeypatch, capsys)
         assert not (run / "metrics.json").exists()
 
 
-def test_an_out_that_is_a_file_or_a_missing_run_to_resume_is_named(tmp_path):
+def test_an_out_that_is_a_file_or_a_missing_run_to_resume_is_named(tmp_path, capsys):
     file = tmp_path / "notes.txt"
     file.write_text("mine")
-    code, err = cli("train", *ONE_EPOCH, "--loss", "ce", "--out", str(file))
+    code, err = in_process(capsys, "train", *ONE_EPOCH, "--loss", "ce", "--out", str(file))
     assert code == 2 and one_line(err) == f"error: {file} is a file; expected a folder (choose another --out)"
-    code, err = cli("train", *ONE_EPOCH, "--loss", "ce", "--out", str(file / "run"))
+    code, err = in_process(capsys, "train", *ONE_EPOCH, "--loss", "ce", "--out", str(file / "run"))
     assert code == 2 and one_line(err) == f"error: {file / 'run'}: a parent folder is a file; choose another --out"
     assert file.read_text() == "mine"
     missing = tmp_path / "never"
@@ -354,20 +369,20 @@ def test_an_out_that_is_a_file_or_a_missing_run_to_resume_is_named(tmp_path):
         (["compare", "--preset", "smoke"], f"error: {missing}: nothing to resume there (no config.json)"),
         (["run", "--preset", "smoke"], f"error: {missing}: nothing to resume there (no config.json)"),
     ]:
-        code, err = cli(*args, "--out", str(missing), "--resume")
+        code, err = in_process(capsys, *args, "--out", str(missing), "--resume")
         assert code == 2 and one_line(err).startswith(message), err
         assert not missing.exists()
 
 
-def test_a_checkpoint_missing_a_key_is_named(tmp_path):
+def test_a_checkpoint_missing_a_key_is_named(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli("train", *ONE_EPOCH, "--loss", "ce", "--out", str(out))[0] == 0
+    assert in_process(capsys, "train", *ONE_EPOCH, "--loss", "ce", "--out", str(out))[0] == 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     del ckpt["model"]
     torch.save(ckpt, out / "checkpoint.pt")
     message = f"error: {out / 'checkpoint.pt'}: the checkpoint lacks 'model'; it is damaged or was edited."
     for args in (["evaluate", str(out)], ["train", *ONE_EPOCH, "--loss", "ce", "--out", str(out), "--resume"]):
-        code, err = cli(*args)
+        code, err = in_process(capsys, *args)
         assert code == 2 and one_line(err).startswith(message), err
 
 
