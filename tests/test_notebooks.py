@@ -311,12 +311,12 @@ def test_a_run_killed_midway_resumes_to_the_scores_of_an_uninterrupted_one(smoke
         start_new_session=True,
     )
     deadline = time.monotonic() + 600
-    while not (out / "focal-seed0" / "checkpoint.pt").is_file() and proc.poll() is None:
+    while not (out / "ib_focal-seed0" / "checkpoint.pt").is_file() and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     kernels = _children_by_parent_pid(proc.pid)  # jupyter starts kernels in their own session
-    assert kernels, "expected the kernel that trains Focal"
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-way through Focal's training, CE trained and scored
+    assert kernels, "expected the kernel that trains IB-Focal"
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-way through IB-Focal's training, CE and Focal trained and scored
     proc.wait()
     deadline = time.monotonic() + 15
     while any(Path(f"/proc/{pid}").exists() for pid in kernels):  # they watch their parent and stop
@@ -329,6 +329,8 @@ def test_a_run_killed_midway_resumes_to_the_scores_of_an_uninterrupted_one(smoke
         out / "ce-seed0" / "checkpoint.pt",
         out / "ce-seed0" / "metrics.json",
         out / "untrained-seed0" / "metrics.json",
+        out / "focal-seed0" / "checkpoint.pt",
+        out / "focal-seed0" / "metrics.json",
     ]
     stamps = [p.stat().st_mtime_ns for p in done]
     resumed = picie("run", "--preset", "smoke", "--out", str(out), "--resume", timeout=1200)
