@@ -19,8 +19,8 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup  ## the notebooks, executed: the three methods on the built-in data set, report.md (about 15 min, 2 CPU cores)
 	$(PY) -m picie_lib run --preset demo --out $(DEMO_OUT)
 
-test: setup  ## lint, every test, then every notebook under nbval on the smoke preset (CPU; 30 to 60 min on 2 cores)
-	@echo "make test runs every test (30 to 60 min on 2 cores); make test-fast runs the unit tier in under a minute"
+test: setup  ## lint, every test, then every notebook under nbval on the smoke preset (CPU; its budget: tests/budget.py)
+	@echo "make test runs every test (about 40 min on 2 cores, docs/tests.md); make test-fast runs the unit tier in under a minute"
 	$(VENV)/bin/ruff check picie_lib tests notebooks benchmarks experiments
 	$(PY) -m pytest --durations=40
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
